@@ -1,0 +1,112 @@
+"""Hyperparameters of PruneVid, with the paper's names and validation.
+
+Defaults are the values of the paper's multiple-choice runs (`prunevid-method.md` §3.1); the official
+argparse defaults (tau=1.0, ratios 1.0, alpha=0.1) do not reproduce the paper and are not used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+SCORINGS = ("official", "rope_causal")
+SCORE_REDUCTIONS = ("max", "mean")
+
+
+def _check_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    too_low = value <= lo if lo_open else value < lo
+    if too_low or value > hi:
+        left = "(" if lo_open else "["
+        raise ValueError(f"{name} must be in {left}{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value: Any, lo: int, hi: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be {rng}, got {value!r}")
+    return value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+@dataclass
+class PruneVidConfig:
+    """PruneVid hyperparameters.
+
+    Stage 1 (before the LLM): ``tau`` (a location is static when its mean pairwise cosine similarity inside a
+    segment is strictly greater), ``temporal_segment_ratio`` (initial temporal clusters = int(T * ratio)),
+    ``cluster_ratio`` (share of tokens kept by spatial DPC-KNN merging), ``k`` (DPC-KNN neighbours),
+    ``min_merge_size`` (groups of at most this many tokens are not merged spatially; 14 in the official code).
+
+    Stage 2 (inside the LLM, prefill only): ``selected_layer`` K is 0-indexed and inclusive: decoder layers
+    0..K run on all stage-1 tokens, layers K+1.. on the kept ones, and the KV cache of layers 0..K is cut to
+    the kept ones. ``alpha`` is the keep fraction, applied per group with floor.
+
+    Named options (defaults reproduce the official code):
+      - ``scoring``: ``"official"`` = pre-RoPE, unmasked softmax of layer K's own q/k;
+        ``"rope_causal"`` = RoPE applied and causal normalisation (what an attention map of the layer shows).
+      - ``score_reduce``: ``"max"`` (official: max over heads, then max over post-video tokens) or ``"mean"``.
+      - ``seed``: the DPC-KNN density tie-break noise is drawn from a generator seeded with this value at
+        every prefill, so runs are reproducible; ``None`` draws from torch's global RNG as the official code.
+    """
+
+    tau: float = 0.8
+    temporal_segment_ratio: float = 0.25
+    cluster_ratio: float = 0.5
+    selected_layer: int = 10
+    alpha: float = 0.4
+    k: int = 7
+    stage1: bool = True
+    stage2: bool = True
+    min_merge_size: int = 14
+    scoring: str = "official"
+    score_reduce: str = "max"
+    seed: Optional[int] = 0
+
+    def __post_init__(self) -> None:
+        self.tau = _check_number("tau", self.tau, -1.0, 1.0)
+        self.temporal_segment_ratio = _check_number(
+            "temporal_segment_ratio", self.temporal_segment_ratio, 0.0, 1.0, lo_open=True)
+        self.cluster_ratio = _check_number("cluster_ratio", self.cluster_ratio, 0.0, 1.0, lo_open=True)
+        self.alpha = _check_number("alpha", self.alpha, 0.0, 1.0, lo_open=True)
+        self.selected_layer = _check_int("selected_layer", self.selected_layer, 0)
+        self.k = _check_int("k", self.k, 1)
+        self.min_merge_size = _check_int("min_merge_size", self.min_merge_size, 0)
+        self.stage1 = _check_bool("stage1", self.stage1)
+        self.stage2 = _check_bool("stage2", self.stage2)
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.score_reduce not in SCORE_REDUCTIONS:
+            raise ValueError(f"score_reduce must be one of {SCORE_REDUCTIONS}, got {self.score_reduce!r}")
+        if self.seed is not None:
+            self.seed = _check_int("seed", self.seed, 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.stage1 or self.stage2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "PruneVidConfig":
+        """Build from a dict (papermill parameters, ``--set`` pairs); unknown names are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ValueError(f"unknown PruneVid parameter(s) {unknown}; known: {sorted(names)}")
+        return cls(**params)
+
+    def replace(self, **changes: Any) -> "PruneVidConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,125 @@
+"""Model registry: architecture -> patch file and defaults; loading by registry name, directory or hub id.
+
+Adding a model = one file in this folder (``ARCHITECTURES``, ``DEFAULTS``, ``language_layers``, ``patch``,
+``unpatch``, ``num_video_tokens``) plus one line in ``_REGISTRY``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    module_name: str
+    architectures: tuple
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(f"{__name__}.{self.module_name}")
+
+
+def _spec(name: str, module_name: str) -> ModelSpec:
+    mod = importlib.import_module(f"{__name__}.{module_name}")
+    return ModelSpec(name, module_name, tuple(mod.ARCHITECTURES), dict(mod.DEFAULTS))
+
+
+_REGISTRY = {
+    "llava_onevision": "llava_onevision",
+}
+
+
+def registry() -> dict:
+    return {name: _spec(name, mod) for name, mod in _REGISTRY.items()}
+
+
+def spec_for(model) -> ModelSpec:
+    """The registry entry whose architecture is in ``model``'s class hierarchy (matched by class name)."""
+    names = {cls.__name__ for cls in type(model).__mro__}
+    for spec in registry().values():
+        if names & set(spec.architectures):
+            return spec
+    supported = sorted(a for s in registry().values() for a in s.architectures)
+    raise ValueError(f"no PruneVid patch for {type(model).__name__}; supported architectures: {supported}")
+
+
+@dataclass
+class VideoPreprocessing:
+    """How a checkpoint wants its frames: square resize, rescale to [0, 1], normalise."""
+
+    size: int
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.5, 0.5, 0.5)
+    resample: str = "bicubic"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    spec: ModelSpec
+    preprocessing: VideoPreprocessing
+    name: str
+
+
+def _dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
+
+
+def preprocessing_from_dir(path: str, config) -> VideoPreprocessing:
+    """Read the checkpoint's own video processor config (LLaVA-OneVision ships mean/std 0.5, not CLIP's)."""
+    size = config.vision_config.image_size
+    for rel in ("video_processor/preprocessor_config.json", "video_preprocessor_config.json",
+                "preprocessor_config.json"):
+        p = os.path.join(path, rel)
+        if os.path.isfile(p):
+            with open(p) as f:
+                cfg = json.load(f)
+            sz = cfg.get("size", {})
+            size = sz.get("height", sz.get("shortest_edge", size)) if isinstance(sz, dict) else int(sz)
+            return VideoPreprocessing(size=int(size), mean=tuple(cfg.get("image_mean", (0.5,) * 3)),
+                                      std=tuple(cfg.get("image_std", (0.5,) * 3)))
+    return VideoPreprocessing(size=size)
+
+
+def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementation: str = "sdpa") -> LoadedModel:
+    """Load a model by registry name (``tiny``: random tiny LLaVA-OneVision), local checkpoint directory,
+    or hub id (downloaded by ``huggingface_hub`` where a network exists)."""
+    torch_dtype = _dtype(dtype)
+    if name_or_path == "tiny":
+        from ..tiny import build_tiny_llava_onevision
+        model, tok = build_tiny_llava_onevision(attn_implementation=attn_implementation)
+        model = model.to(device=device, dtype=torch_dtype)
+        return LoadedModel(model, tok, spec_for(model), VideoPreprocessing(size=model.config.vision_config.image_size),
+                           "tiny")
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+    path = name_or_path
+    if not os.path.isdir(path):
+        if path.startswith((".", "/", "~")) or path.count("/") != 1:
+            raise FileNotFoundError(f"model directory not found: {path} (a hub id looks like 'org/name'; "
+                                    f"registry names: {['tiny']})")
+        from huggingface_hub import snapshot_download
+        path = snapshot_download(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+    model = model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    template = os.path.join(path, "chat_template.json")
+    if getattr(tokenizer, "chat_template", None) is None and os.path.isfile(template):
+        with open(template) as f:
+            tokenizer.chat_template = json.load(f)["chat_template"]
+    return LoadedModel(model, tokenizer, spec_for(model), preprocessing_from_dir(path, config), name_or_path)

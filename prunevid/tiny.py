@@ -1,0 +1,83 @@
+"""Tiny random LLaVA-OneVision models and an offline tokenizer, for tests, the quick demo and notebooks.
+
+The default tiny model sees 112 px frames in 8 px patches: 14 x 14 patches pooled to 7 x 7 = 49 visual
+tokens per frame, enough for PruneVid's spatial merging (groups of more than 14 tokens) to really run.
+Weights are random: outputs are meaningless, but every shape, hook and cache path is the real one.
+"""
+from __future__ import annotations
+
+import torch
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+
+# The LLaVA-OneVision chat template, as its checkpoints render it: per message "<|im_start|>{role}\n", then
+# "<image>\n" / "<video>\n" per visual item, then the text, then "<|im_end|>\n"; no default system message.
+LLAVA_ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image>\\n' }}"
+    "{% elif item['type'] == 'video' %}{{ '<video>\\n' }}{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_byte_tokenizer():
+    """A byte-level tokenizer (256 byte symbols, no merges) plus the Qwen/LLaVA special tokens.
+
+    Every string round-trips exactly (newlines, ``Best option:(``, letters), which a word-level toy
+    tokenizer does not; vocabulary 261.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {sym: i for i, sym in enumerate(sorted(alphabet))}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=None, eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", unk_token=None,
+                                  additional_special_tokens=["<|im_start|>", "<image>", "<video>"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<image>", "<video>"]})
+    tok.chat_template = LLAVA_ONEVISION_CHAT_TEMPLATE
+    return tok
+
+
+def tiny_llava_onevision_config(tokenizer, *, image_size: int = 112, patch_size: int = 8, vision_hidden: int = 32,
+                                vision_layers: int = 2, hidden: int = 64, layers: int = 4, heads: int = 4,
+                                kv_heads: int = 2, attn_implementation: str = "sdpa"):
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                                num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
+                                patch_size=patch_size, vision_use_head=False)
+    text = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=len(tokenizer),
+                       max_position_embeddings=8192, pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
+                               image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                               video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+                               vision_feature_layer=-1, vision_feature_select_strategy="full",
+                               image_grid_pinpoints=[[image_size, image_size]], tie_word_embeddings=False)
+    cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+def build_tiny_llava_onevision(*, seed: int = 0, attn_implementation: str = "sdpa", **config_kwargs):
+    """(model, tokenizer): a random tiny ``LlavaOnevisionForConditionalGeneration`` in eval mode."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    tok = build_byte_tokenizer()
+    cfg = tiny_llava_onevision_config(tok, attn_implementation=attn_implementation, **config_kwargs)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+        # Random init leaves the newline at zeros-ish scale; give it the scale of the other embeddings.
+        with torch.no_grad():
+            model.model.image_newline.normal_(0, 0.02)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
