@@ -81,15 +81,16 @@ def _forward(self, parent, kwargs):
     state = self._prunevid
     cfg = state.config
     active = getattr(cfg, "enabled", False)
-    videos = kwargs.get("pixel_values_videos")
     input_ids = kwargs.get("input_ids")
     cache = get_cache(kwargs)
     past = cache.get_seq_length() if cache is not None else 0
+    encoded = kwargs.get("mm_encoder_outputs") or {}
 
-    if videos is not None:
+    # `generate` encodes the video before the prefill and passes it as mm_encoder_outputs["video"].
+    if kwargs.get("pixel_values_videos") is not None or encoded.get("video") is not None:
         state.decode = None
         if not active:
-            state.stats = _unpruned_stats(self, input_ids, videos)
+            state.stats = _unpruned_stats(self, input_ids)
             return parent.forward(self, **kwargs)
         return _pruned_prefill(self, parent, state, kwargs)
 
@@ -101,10 +102,10 @@ def _forward(self, parent, kwargs):
     return parent.forward(self, **kwargs)
 
 
-def _unpruned_stats(self, input_ids, videos) -> dict:
+def _unpruned_stats(self, input_ids) -> dict:
     stats = empty_stats()
     if input_ids is not None and input_ids.shape[0] == 1:
-        n_vis = videos.shape[1] * tokens_per_frame(self.config)
+        n_vis = int((input_ids[0] == self.config.video_token_id).sum()) - 1     # the newline is not visual
         stats.update(visual_tokens_in=n_vis, visual_tokens_stage1=n_vis, visual_tokens_stage2=n_vis,
                      text_tokens=input_ids.shape[1] - n_vis)
     return finish_stats(stats)
@@ -113,19 +114,25 @@ def _unpruned_stats(self, input_ids, videos) -> dict:
 def _pruned_prefill(self, parent, state, kwargs):
     cfg = state.config
     input_ids = kwargs.get("input_ids")
-    videos = kwargs["pixel_values_videos"]
+    videos = kwargs.get("pixel_values_videos")
+    encoded = dict(kwargs.get("mm_encoder_outputs") or {})
     if input_ids is None:
         raise ValueError("the PruneVid patch needs input_ids (with the <video> placeholders), not inputs_embeds")
-    if input_ids.shape[0] != 1 or videos.shape[0] != 1:
+    if videos is not None:
+        feats = self.get_video_features(
+            videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
+            vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True,
+        ).pooler_output                                                       # (B, F*P + 1, C)
+    else:
+        feats = encoded.pop("video").pooler_output
+    if input_ids.shape[0] != 1 or feats.shape[0] != 1:
         raise ValueError(f"the PruneVid patch supports batch size 1 (one video per call), got input_ids of "
-                         f"shape {tuple(input_ids.shape)} and pixel_values_videos of shape {tuple(videos.shape)}")
-    if kwargs.get("pixel_values") is not None:
+                         f"shape {tuple(input_ids.shape)} and {feats.shape[0]} video(s)")
+    if kwargs.get("pixel_values") is not None or encoded.get("image") is not None:
         raise ValueError("the PruneVid patch does not support images and a video in the same prompt")
-    if kwargs.get("mm_encoder_outputs") is not None:
-        raise ValueError("pass pixel_values_videos, not mm_encoder_outputs, to a PruneVid-patched model")
-
-    n_frames = videos.shape[1]
+    feats = feats[0]
     per_frame = tokens_per_frame(self.config)
+    n_frames = (feats.shape[0] - 1) // per_frame
     placeholders = (input_ids[0] == self.config.video_token_id).nonzero().squeeze(1)
     expected = n_frames * per_frame + 1
     if placeholders.numel() != expected:
@@ -133,11 +140,6 @@ def _pruned_prefill(self, parent, state, kwargs):
                          f"{expected} features ({n_frames} frames x {per_frame} tokens + 1 image-newline)")
     if int(placeholders[-1] - placeholders[0]) + 1 != expected:
         raise ValueError("the <video> placeholders of the prompt must be contiguous")
-
-    feats = self.get_video_features(
-        videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
-        vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True,
-    ).pooler_output[0]                                                        # (F*P + 1, C)
     frames = feats[:-1].view(n_frames, per_frame, -1)                         # (F, P, C)
     newline = feats[-1:]
 
@@ -171,7 +173,8 @@ def _pruned_prefill(self, parent, state, kwargs):
     n1 = ids.shape[1]
 
     mask = kwargs.get("attention_mask")
-    new_kwargs = dict(kwargs, input_ids=None, inputs_embeds=embeds, pixel_values_videos=None)
+    new_kwargs = dict(kwargs, input_ids=None, inputs_embeds=embeds, pixel_values_videos=None,
+                      mm_encoder_outputs=None)
     if mask is not None:
         new_kwargs["attention_mask"] = mask[:, keep1]
     if n1 != n_full:  # positions re-numbered over the merged sequence (official behaviour)
