@@ -257,3 +257,30 @@ def test_stats_needs_a_patched_model(tiny):
 def test_unsupported_model_is_named():
     with pytest.raises(ValueError, match="no PruneVid patch for Linear"):
         prunevid.apply(torch.nn.Linear(2, 2))
+
+
+def test_small_config_without_spatial_merging():
+    """56 px / 14 px patches -> 4 tokens per frame: every group is <= 14 tokens, nothing is merged spatially."""
+    from prunevid.tiny import build_tiny_llava_onevision
+    model, tok = build_tiny_llava_onevision(image_size=56, patch_size=14)
+    inputs = make_inputs(model, tok, frames=8)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        prunevid.apply(model, stage1=False, stage2=False, selected_layer=K)
+        assert torch.equal(model(**inputs).logits, ref)
+        prunevid.apply(model, selected_layer=K, alpha=0.5)
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    s = prunevid.stats(model)
+    assert s["visual_tokens_in"] == 32
+    # stage 1 only averages static locations over time: per segment S_i = #static, D_i = #dynamic
+    assert all(st + d // w <= 4 for st, d, w in zip(s["static_tokens"], s["dynamic_tokens"], s["segments"]))
+    assert s["visual_tokens_stage2"] == kept_count(s["static_tokens"], s["dynamic_tokens"], s["segments"], 0.5)
+
+
+def test_two_frame_video_is_one_segment(model_tok):
+    model, tok = model_tok
+    inputs = make_inputs(model, tok, frames=2)
+    prunevid.apply(model, selected_layer=K)
+    with torch.no_grad():
+        model(**inputs)
+    assert prunevid.stats(model)["segments"] == [2]
