@@ -46,6 +46,20 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, k: int = 7, generator: Optional[to
     b, n, c = xb.shape
     if not 1 <= n_clusters <= n:
         raise ValueError(f"n_clusters must be in [1, {n}] for {n} tokens, got {n_clusters}")
+    dist, density, delta = _decision_graph(xb, k, generator)
+    score = delta * density
+    centers = score.topk(n_clusters, dim=-1).indices                        # (B, n_clusters), descending
+    to_centers = torch.gather(dist, 1, centers[:, :, None].expand(b, n_clusters, n))   # (B, n_clusters, N)
+    labels = to_centers.argmin(dim=1)                                       # nearest centre, ties -> lowest rank
+    labels.scatter_(1, centers, torch.arange(n_clusters, device=x.device).expand(b, n_clusters))
+    if single:
+        labels, centers = labels[0], centers[0]
+    return (labels, centers) if return_centers else labels
+
+
+def _decision_graph(xb: torch.Tensor, k: int, generator: Optional[torch.Generator]):
+    """(B, N, C) -> distances (B, N, N), density rho (B, N), distance-to-denser delta (B, N)."""
+    b, n, c = xb.shape
     xf = xb.float()
     dist = torch.cdist(xf, xf) / (c ** 0.5)                                  # (B, N, N)
     knn = dist.topk(min(k, n), dim=-1, largest=False).values                # (B, N, k), self included
@@ -57,14 +71,14 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, k: int = 7, generator: Optional[to
     denser = density[:, None, :] > density[:, :, None]                      # [b, i, j]: rho_j > rho_i
     dist_max = dist.flatten(1).max(dim=-1).values[:, None, None]
     delta = torch.where(denser, dist, dist_max).min(dim=-1).values
-    score = delta * density
-    centers = score.topk(n_clusters, dim=-1).indices                        # (B, n_clusters), descending
-    to_centers = torch.gather(dist, 1, centers[:, :, None].expand(b, n_clusters, n))   # (B, n_clusters, N)
-    labels = to_centers.argmin(dim=1)                                       # nearest centre, ties -> lowest rank
-    labels.scatter_(1, centers, torch.arange(n_clusters, device=x.device).expand(b, n_clusters))
-    if single:
-        labels, centers = labels[0], centers[0]
-    return (labels, centers) if return_centers else labels
+    return dist, density, delta
+
+
+def decision_graph(x: torch.Tensor, k: int = 7, generator: Optional[torch.Generator] = None):
+    """DPC-KNN's decision graph of (N, C) tokens: (density rho (N,), distance-to-denser delta (N,)).
+    Centres are the tokens with the largest rho x delta (what ``dpc_knn`` picks); for plots and teaching."""
+    _, density, delta = _decision_graph(x[None], k, generator)
+    return density[0], delta[0]
 
 
 def cluster_means(x: torch.Tensor, labels: torch.Tensor, n_clusters: int) -> torch.Tensor:
