@@ -1,20 +1,25 @@
-"""PruneVid on ``LlavaOnevisionForConditionalGeneration`` (LLaVA-OneVision and LLaVA-Video checkpoints).
+"""Token reduction on ``LlavaOnevisionForConditionalGeneration`` (LLaVA-OneVision and LLaVA-Video checkpoints).
 
 What is model-specific lives here: where the video features come from (``get_video_features``: SigLIP,
 projector, bilinear 2x pooling, one ``image_newline`` appended after all frames), how the prompt marks
-them (one ``<video>`` placeholder per feature), and which modules are the decoder layers. The shared parts
-are in ``prunevid.merge`` (stage 1), ``prunevid.llm`` (stage 2 hooks, cache surgery) and ``prunevid.patch``.
+them (one ``<video>`` placeholder per feature), and which modules are the decoder layers. The token rules
+are the methods' (``prunevid.methods``, interface in ``prunevid.methods.base``); the shared in-LLM
+mechanics are in ``prunevid.llm`` (``LayerPruner``: in-LLM plans, cache surgery, cache policies).
 
 The patched inner model is called exactly like the original: ``input_ids`` hold the full number of
-``<video>`` placeholders. At the prefill that carries ``pixel_values_videos`` it
-  1. computes the frame features (F, P, C) and the newline, runs stage 1 on the frames,
-  2. shortens the sequence: the first N1 placeholders receive the merged tokens, the last one the newline
-     (never merged or pruned; counted as text), the surplus placeholders are dropped; positions are
-     re-numbered 0..N1-1 over the merged sequence, as the official code does,
-  3. arms stage 2 (``LayerPruner``) with the group sizes, and runs the language model.
-Decode steps get their inputs remapped: positions shift by the number of tokens stage 1 removed (so the
-first new token sits at the merged prefill length, as in the official code), and a full-length 2-D
-attention mask is reduced to the kept columns.
+``<video>`` placeholders. At the prefill that carries ``pixel_values_videos``, for the active method it
+  1. computes the frame features (F, P, C) and the newline — and, when the method sets
+     ``needs_vision_attention``, the SigLIP importance / keys pooled to the same grid (``_VisionProbe``);
+  2. asks ``method.reduce`` for the tokens entering the LLM and shortens the sequence: the first N1
+     placeholders receive them, the last one the newline (never merged or pruned; counted as text), the
+     surplus placeholders are dropped; positions are re-numbered 0..N1-1 over the shortened sequence, as the
+     official PruneVid / LLaVA code does;
+  3. asks ``method.plan`` for an in-LLM plan and ``method.cache_policy`` for a KV-cache policy, hands both to
+     the ``LayerPruner`` and runs the language model.
+Decode steps get their inputs remapped: positions shift by the number of tokens the pre-LLM reduction
+removed (so the first new token sits at the shortened prefill length, as in the official code), and a
+full-length 2-D attention mask is reduced to the kept columns. A method whose settings are a no-op
+(``enabled`` False) runs the unpatched forward.
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ import math
 
 import torch
 
-from ..merge import merge_video_tokens
-from ..llm import Stage2Plan, get_cache
+from ..llm import get_cache
+from ..methods.base import Reduction, SequenceLayout, VideoContext
 from ..patch import finish_stats, empty_stats
+from ..prune import attention_column_sums
 
 ARCHITECTURES = ("LlavaOnevisionForConditionalGeneration",)
 DEFAULTS = {"frames": 32, "selected_layer": 10, "tokens_per_frame": 196, "protocol": "lmms-eval"}
@@ -79,8 +85,7 @@ def _patched_class(parent: type) -> type:
 # ----------------------------------------------------------------------------------------------------------
 def _forward(self, parent, kwargs):
     state = self._prunevid
-    cfg = state.config
-    active = getattr(cfg, "enabled", False)
+    method = state.impl
     videos = kwargs.get("pixel_values_videos")
     input_ids = kwargs.get("input_ids")
     cache = get_cache(kwargs)
@@ -88,7 +93,9 @@ def _forward(self, parent, kwargs):
 
     if videos is not None:
         state.decode = None
-        if not active:
+        state.pruner.set_policy(None)
+        state.info = {}
+        if not method.enabled:
             state.stats = _unpruned_stats(self, input_ids, videos)
             return parent.forward(self, **kwargs)
         return _pruned_prefill(self, parent, state, kwargs)
@@ -98,6 +105,7 @@ def _forward(self, parent, kwargs):
         kwargs = _remap_decode(kwargs, dec)
     elif past == 0:
         state.decode = None
+        state.pruner.set_policy(None)
     return parent.forward(self, **kwargs)
 
 
@@ -106,12 +114,82 @@ def _unpruned_stats(self, input_ids, videos) -> dict:
     if input_ids is not None and input_ids.shape[0] == 1:
         n_vis = videos.shape[1] * tokens_per_frame(self.config)
         stats.update(visual_tokens_in=n_vis, visual_tokens_stage1=n_vis, visual_tokens_stage2=n_vis,
-                     text_tokens=input_ids.shape[1] - n_vis)
+                     kv_visual_tokens=n_vis, text_tokens=input_ids.shape[1] - n_vis)
     return finish_stats(stats)
 
 
+class _VisionProbe:
+    """Forward pre-hook on the SigLIP attention of the layer whose output the projector reads, for this
+    instance and this call only. From that layer's own q/k (SDPA keeps running; nothing is eager) it
+    computes, per frame, the attention each patch receives averaged over heads and queries (block-wise
+    column sums) and the keys averaged over heads. The kit's adaptation for CLS-less SigLIP (the rule of
+    HoliTom's VisionZip port): PruMerge/VisionZip use CLS attention on CLIP."""
+
+    def __init__(self, attn, block: int = 256):
+        self.attn, self.block = attn, block
+        self.importance = self.keys = None
+        self.handle = attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]               # (frames, Np, D), layer-normed
+        n_frames, n_patches, _ = h.shape
+        heads = module.num_heads
+        with torch.no_grad():
+            imp, keys = [], []
+            for f in range(n_frames):
+                q = module.q_proj(h[f]).view(n_patches, heads, -1).transpose(0, 1)     # (H, Np, d)
+                k = module.k_proj(h[f]).view(n_patches, heads, -1).transpose(0, 1)
+                sums = attention_column_sums(q, k, scaling=module.scale, block=self.block)  # (H, Np)
+                imp.append(sums.sum(0) / (heads * n_patches))
+                keys.append(k.mean(0))
+            self.importance = torch.stack(imp)                           # (F, Np) float32
+            self.keys = torch.stack(keys)                                # (F, Np, d)
+        return None
+
+    def remove(self):
+        self.handle.remove()
+
+
+def _vision_layer(self, feature_layer):
+    """The SigLIP encoder layer whose output ``hidden_states[feature_layer]`` is."""
+    layers = self.vision_tower.vision_model.encoder.layers
+    if not isinstance(feature_layer, int):
+        raise NotImplementedError("vision attention for several vision_feature_layers is not supported")
+    return layers[feature_layer] if feature_layer < 0 else layers[feature_layer - 1]
+
+
+def _video_features(self, state, kwargs, videos):
+    """(frames (F, P, C), newline (1, C), importance (F, P) or None, keys (F, P, Dk) or None)."""
+    n_frames = videos.shape[1]
+    per_frame = tokens_per_frame(self.config)
+    feature_layer = kwargs.get("vision_feature_layer")
+    if feature_layer is None:
+        feature_layer = self.config.vision_feature_layer
+    strategy = kwargs.get("vision_feature_select_strategy") or self.config.vision_feature_select_strategy
+    probe = _VisionProbe(_vision_layer(self, feature_layer).self_attn) if state.impl.needs_vision_attention else None
+    try:
+        feats = self.get_video_features(
+            videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
+            vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True,
+        ).pooler_output[0]                                                    # (F*P + 1, C)
+    finally:
+        if probe is not None:
+            probe.remove()
+    frames = feats[:-1].view(n_frames, per_frame, -1)                         # (F, P, C)
+    newline = feats[-1:]
+    importance = keys = None
+    if probe is not None:
+        imp, k = probe.importance, probe.keys
+        if strategy == "default":                                             # a CLS column is dropped
+            imp, k = imp[:, 1:], k[:, 1:]
+        # pooled to the per-frame grid exactly as the features are (bilinear 2x, the model's own apply_pooling)
+        importance = self.apply_pooling(imp[..., None].to(frames.dtype)).squeeze(-1)   # (F, P)
+        keys = self.apply_pooling(k.to(frames.dtype))                                  # (F, P, d)
+    return frames, newline, importance, keys
+
+
 def _pruned_prefill(self, parent, state, kwargs):
-    cfg = state.config
+    method = state.impl
     input_ids = kwargs.get("input_ids")
     videos = kwargs["pixel_values_videos"]
     if input_ids is None:
@@ -134,29 +212,25 @@ def _pruned_prefill(self, parent, state, kwargs):
     if int(placeholders[-1] - placeholders[0]) + 1 != expected:
         raise ValueError("the <video> placeholders of the prompt must be contiguous")
 
-    feats = self.get_video_features(
-        videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
-        vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True,
-    ).pooler_output[0]                                                        # (F*P + 1, C)
-    frames = feats[:-1].view(n_frames, per_frame, -1)                         # (F, P, C)
-    newline = feats[-1:]
+    frames, newline, importance, keys = _video_features(self, state, kwargs, videos)
+    side = int(round(math.sqrt(per_frame)))
+    video = VideoContext(frames=frames, grid=(side, per_frame // side), generator=state.generator(),
+                         importance=importance, keys=keys)
 
     stats = empty_stats()
     stats.update(visual_tokens_in=n_frames * per_frame)
-    if cfg.stage1:
-        merged = merge_video_tokens(frames, tau=cfg.tau, temporal_segment_ratio=cfg.temporal_segment_ratio,
-                                    cluster_ratio=cfg.cluster_ratio, k=cfg.k, generator=state.generator(),
-                                    min_merge_size=cfg.min_merge_size)
-        visual = merged.tokens
-        sizes = (merged.static_sizes, merged.dynamic_sizes, merged.window_sizes)
-        state.last_merge = merged
-    else:  # stage 2 alone: every frame is one dynamic group of one segment
-        visual = frames.reshape(-1, frames.shape[-1])
-        sizes = ([0], [n_frames * per_frame], [n_frames])
-        state.last_merge = None
+    red = method.reduce(video)
+    if red is None:  # frames enter unchanged: every frame is one dynamic group of one segment
+        red = Reduction(tokens=frames.reshape(-1, frames.shape[-1]), static_sizes=[0],
+                        dynamic_sizes=[n_frames * per_frame], window_sizes=[n_frames])
+    visual = red.tokens
+    state.last_reduction = red
+    state.last_merge = red.info.get("merge")
     n_vis = visual.shape[0]
-    stats.update(visual_tokens_stage1=n_vis, segments=list(sizes[2]), static_tokens=list(sizes[0]),
-                 dynamic_tokens=list(sizes[1]))
+    stats["visual_tokens_stage1"] = n_vis
+    if "merge" in red.info:  # PruneVid's stage-1 structure
+        stats.update(segments=list(red.window_sizes), static_tokens=list(red.static_sizes),
+                     dynamic_tokens=list(red.dynamic_sizes))
 
     # Shorter sequence: text, the first n_vis placeholders, the newline placeholder, text.
     n_full = input_ids.shape[1]
@@ -174,25 +248,33 @@ def _pruned_prefill(self, parent, state, kwargs):
     new_kwargs = dict(kwargs, input_ids=None, inputs_embeds=embeds, pixel_values_videos=None)
     if mask is not None:
         new_kwargs["attention_mask"] = mask[:, keep1]
-    if n1 != n_full:  # positions re-numbered over the merged sequence (official behaviour)
+    if n1 != n_full:  # positions re-numbered over the shortened sequence (official PruneVid / LLaVA behaviour)
         base = new_kwargs.get("attention_mask")
         base = torch.ones_like(ids) if base is None else base.long()
         new_kwargs["position_ids"] = (base.cumsum(-1) - 1).clamp_min(0)
 
-    plan = None
-    if cfg.stage2:
-        plan = Stage2Plan(seq_len=n1, visual_start=first, visual_len=n_vis, query_start=first + n_vis + 1,
-                          static_sizes=list(sizes[0]), dynamic_sizes=list(sizes[1]), window_sizes=list(sizes[2]),
-                          alpha=cfg.alpha, layer=cfg.selected_layer, scoring=cfg.scoring, reduce=cfg.score_reduce)
+    layout = SequenceLayout(seq_len=n1, visual_start=first, visual_len=n_vis, query_start=first + n_vis + 1,
+                            num_layers=len(state.pruner.layers), num_frames=n_frames,
+                            visual_tokens_in=n_frames * per_frame, reduction=red)
+    plan = method.plan(layout)
+    policy = method.cache_policy(layout)
+    if plan is not None:
         state.pruner.arm(plan)
+    if policy is not None:
+        policy.phase = "prefill"
+    state.pruner.set_policy(policy)
     try:
         out = parent.forward(self, **new_kwargs)
     finally:
         if plan is not None:
             state.pruner.disarm()
+        if policy is not None:
+            policy.phase = "decode"
     state.last_plan = plan
 
     kept_seq = keep1 if plan is None or plan.keep is None else keep1[plan.keep.to(keep1.device)]
+    if policy is not None and policy.kept_positions() is not None:
+        kept_seq = keep1[policy.kept_positions().to(keep1.device)]
     stats["visual_tokens_stage2"] = plan.kept_visual if plan is not None and plan.keep is not None else n_vis
     stats["text_tokens"] = n1 - n_vis
     out_cache = getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
@@ -201,7 +283,14 @@ def _pruned_prefill(self, parent, state, kwargs):
         stats["kv_visual_tokens"] = out_cache.layers[-1].get_seq_length() - stats["text_tokens"]
         state.decode = {"n_full": n_full, "offset": n_full - n1, "kept": kept_seq, "seen": 0,
                         "cache_len": cache_len, "next_pos": n1}
+    else:
+        state.pruner.set_policy(None)
     state.stats = finish_stats(stats)
+    state.info = dict(red.info)
+    state.info.pop("merge", None)
+    if policy is not None and policy.info is not None:
+        state.info.update(policy.info)                     # the policy keeps updating it during decoding
+        policy.info = state.info
     return out
 
 
