@@ -77,7 +77,25 @@ def _patched_class(parent: type) -> type:
         kwargs.update(zip(arg_names, args))
         return _forward(self, parent, kwargs)
 
-    cls = type(f"PruneVid{parent.__name__}", (parent,), {"forward": forward, "_prunevid_parent": parent})
+    def get_video_features(self, pixel_values_videos, *args, **kwargs):
+        # transformers >= 5.24's generate() encodes the video *before* the prefill (``mm_encoder_outputs``) by
+        # calling this method; a method that needs the vision attention gets it here, for this call only.
+        state = self.__dict__.get("_prunevid")
+        if state is None or not state.impl.enabled or not state.impl.needs_vision_attention:
+            return parent.get_video_features(self, pixel_values_videos, *args, **kwargs)
+        layer = kwargs.get("vision_feature_layer", args[0] if args else None)
+        if layer is None:
+            layer = self.config.vision_feature_layer
+        probe = _VisionProbe(_vision_layer(self, layer).self_attn)
+        try:
+            out = parent.get_video_features(self, pixel_values_videos, *args, **kwargs)
+        finally:
+            probe.remove()
+        state.vision = {"features": out.pooler_output, "importance": probe.importance, "keys": probe.keys}
+        return out
+
+    cls = type(f"PruneVid{parent.__name__}", (parent,), {"forward": forward, "get_video_features": get_video_features,
+                                                          "_prunevid_parent": parent})
     _CLASS_CACHE[parent] = cls
     return cls
 
@@ -87,16 +105,17 @@ def _forward(self, parent, kwargs):
     state = self._prunevid
     method = state.impl
     videos = kwargs.get("pixel_values_videos")
+    encoded = _encoded_video(kwargs)
     input_ids = kwargs.get("input_ids")
     cache = get_cache(kwargs)
     past = cache.get_seq_length() if cache is not None else 0
 
-    if videos is not None:
+    if videos is not None or encoded is not None:
         state.decode = None
         state.pruner.set_policy(None)
         state.info = {}
         if not method.enabled:
-            state.stats = _unpruned_stats(self, input_ids, videos)
+            state.stats = _unpruned_stats(self, input_ids, _num_frames(self, videos, encoded))
             return parent.forward(self, **kwargs)
         return _pruned_prefill(self, parent, state, kwargs)
 
@@ -109,10 +128,28 @@ def _forward(self, parent, kwargs):
     return parent.forward(self, **kwargs)
 
 
-def _unpruned_stats(self, input_ids, videos) -> dict:
+def _encoded_video(kwargs):
+    """The pre-encoded video (``mm_encoder_outputs["video"]``, what generate() passes in transformers >= 5.24)."""
+    mm = kwargs.get("mm_encoder_outputs")
+    if not mm:
+        return None
+    return mm.get("video") if isinstance(mm, dict) else None
+
+
+def _num_frames(self, videos, encoded) -> int:
+    if videos is not None:
+        return int(videos.shape[1])
+    n = encoded.pooler_output.shape[-2] - 1
+    per_frame = tokens_per_frame(self.config)
+    if n % per_frame:
+        raise ValueError(f"pre-encoded video features hold {n + 1} tokens, not frames x {per_frame} + 1 newline")
+    return n // per_frame
+
+
+def _unpruned_stats(self, input_ids, n_frames) -> dict:
     stats = empty_stats()
     if input_ids is not None and input_ids.shape[0] == 1:
-        n_vis = videos.shape[1] * tokens_per_frame(self.config)
+        n_vis = n_frames * tokens_per_frame(self.config)
         stats.update(visual_tokens_in=n_vis, visual_tokens_stage1=n_vis, visual_tokens_stage2=n_vis,
                      kv_visual_tokens=n_vis, text_tokens=input_ids.shape[1] - n_vis)
     return finish_stats(stats)
@@ -152,34 +189,34 @@ class _VisionProbe:
 
 def _vision_layer(self, feature_layer):
     """The SigLIP encoder layer whose output ``hidden_states[feature_layer]`` is."""
-    layers = self.vision_tower.vision_model.encoder.layers
+    tower = self.vision_tower
+    tower = getattr(tower, "vision_model", tower)                  # SiglipVisionModel wraps or is the transformer
+    layers = tower.encoder.layers
     if not isinstance(feature_layer, int):
         raise NotImplementedError("vision attention for several vision_feature_layers is not supported")
     return layers[feature_layer] if feature_layer < 0 else layers[feature_layer - 1]
 
 
-def _video_features(self, state, kwargs, videos):
+def _video_features(self, state, kwargs, videos, encoded, n_frames):
     """(frames (F, P, C), newline (1, C), importance (F, P) or None, keys (F, P, Dk) or None)."""
-    n_frames = videos.shape[1]
     per_frame = tokens_per_frame(self.config)
-    feature_layer = kwargs.get("vision_feature_layer")
-    if feature_layer is None:
-        feature_layer = self.config.vision_feature_layer
-    strategy = kwargs.get("vision_feature_select_strategy") or self.config.vision_feature_select_strategy
-    probe = _VisionProbe(_vision_layer(self, feature_layer).self_attn) if state.impl.needs_vision_attention else None
-    try:
-        feats = self.get_video_features(
+    if encoded is None:
+        state.vision = None
+        encoded = self.get_video_features(        # the patched method: runs the vision probe when needed
             videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
-            vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True,
-        ).pooler_output[0]                                                    # (F*P + 1, C)
-    finally:
-        if probe is not None:
-            probe.remove()
-    frames = feats[:-1].view(n_frames, per_frame, -1)                         # (F, P, C)
+            vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True)
+    feats = encoded.pooler_output
+    feats = feats[0] if not isinstance(feats, torch.Tensor) or feats.dim() == 3 else feats   # (F*P + 1, C)
+    frames = feats[:-1].reshape(n_frames, per_frame, -1)                      # (F, P, C)
     newline = feats[-1:]
     importance = keys = None
-    if probe is not None:
-        imp, k = probe.importance, probe.keys
+    if state.impl.needs_vision_attention:
+        vision = getattr(state, "vision", None)
+        if vision is None or vision["features"] is not encoded.pooler_output:
+            raise ValueError(f"method {state.method!r} needs the vision tower's attention: pass "
+                             f"pixel_values_videos (or encode the video with the patched model's get_video_features)")
+        imp, k = vision["importance"], vision["keys"]
+        strategy = kwargs.get("vision_feature_select_strategy") or self.config.vision_feature_select_strategy
         if strategy == "default":                                             # a CLS column is dropped
             imp, k = imp[:, 1:], k[:, 1:]
         # pooled to the per-frame grid exactly as the features are (bilinear 2x, the model's own apply_pooling)
@@ -191,18 +228,19 @@ def _video_features(self, state, kwargs, videos):
 def _pruned_prefill(self, parent, state, kwargs):
     method = state.impl
     input_ids = kwargs.get("input_ids")
-    videos = kwargs["pixel_values_videos"]
+    videos = kwargs.get("pixel_values_videos")
+    encoded = _encoded_video(kwargs)
+    batch = videos.shape[0] if videos is not None else encoded.pooler_output.shape[0]
     if input_ids is None:
         raise ValueError("the PruneVid patch needs input_ids (with the <video> placeholders), not inputs_embeds")
-    if input_ids.shape[0] != 1 or videos.shape[0] != 1:
+    if input_ids.shape[0] != 1 or batch != 1:
         raise ValueError(f"the PruneVid patch supports batch size 1 (one video per call), got input_ids of "
-                         f"shape {tuple(input_ids.shape)} and pixel_values_videos of shape {tuple(videos.shape)}")
-    if kwargs.get("pixel_values") is not None:
+                         f"shape {tuple(input_ids.shape)} and a video batch of {batch}")
+    mm = kwargs.get("mm_encoder_outputs") or {}
+    if kwargs.get("pixel_values") is not None or (isinstance(mm, dict) and mm.get("image") is not None):
         raise ValueError("the PruneVid patch does not support images and a video in the same prompt")
-    if kwargs.get("mm_encoder_outputs") is not None:
-        raise ValueError("pass pixel_values_videos, not mm_encoder_outputs, to a PruneVid-patched model")
 
-    n_frames = videos.shape[1]
+    n_frames = _num_frames(self, videos, encoded)
     per_frame = tokens_per_frame(self.config)
     placeholders = (input_ids[0] == self.config.video_token_id).nonzero().squeeze(1)
     expected = n_frames * per_frame + 1
@@ -212,7 +250,7 @@ def _pruned_prefill(self, parent, state, kwargs):
     if int(placeholders[-1] - placeholders[0]) + 1 != expected:
         raise ValueError("the <video> placeholders of the prompt must be contiguous")
 
-    frames, newline, importance, keys = _video_features(self, state, kwargs, videos)
+    frames, newline, importance, keys = _video_features(self, state, kwargs, videos, encoded, n_frames)
     side = int(round(math.sqrt(per_frame)))
     video = VideoContext(frames=frames, grid=(side, per_frame // side), generator=state.generator(),
                          importance=importance, keys=keys)
@@ -246,6 +284,7 @@ def _pruned_prefill(self, parent, state, kwargs):
 
     mask = kwargs.get("attention_mask")
     new_kwargs = dict(kwargs, input_ids=None, inputs_embeds=embeds, pixel_values_videos=None)
+    new_kwargs.pop("mm_encoder_outputs", None)
     if mask is not None:
         new_kwargs["attention_mask"] = mask[:, keep1]
     if n1 != n_full:  # positions re-numbered over the shortened sequence (official PruneVid / LLaVA behaviour)
