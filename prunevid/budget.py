@@ -4,8 +4,8 @@
 
 ============  ==========================================================================================
 prunevid      ``retain``: alpha searched per video on the stage-1 groups (largest alpha on a 0.001 grid
-              keeping <= target; ``prunevid.methods.prunevid_method``); stage 1 alone below the target is
-              reported unreachable (raise ``cluster_ratio`` / ``tau``)
+              keeping <= target); when stage 1 alone is below the target, ``cluster_ratio`` and then ``tau``
+              are raised first (``prunevid.methods.prunevid_method``; the settings used are reported)
 random        ``retain`` (its own knob)
 fastv         ``retain``: R = 1 - retain (tokens after layer K; layers 0..K-1 still see all tokens)
 visionzip     ``retain`` (per-frame share, its own knob)

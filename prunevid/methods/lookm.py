@@ -88,7 +88,7 @@ def merge_evicted(keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, 
         ke, ve = keys[:, ev].float(), values[:, ev].float()
         target = (F.normalize(ke, dim=-1) @ kn.transpose(1, 2)).argmax(dim=-1)          # (Hkv, b)
         sum_k.scatter_add_(1, target[..., None].expand(-1, -1, d), ke)
-        sum_v.scatter_add_(1, target[..., None].expand(-1, -1, d), ve)
+        sum_v.scatter_add_(1, target[..., None].expand(-1, -1, ve.shape[-1]), ve)
         count.scatter_add_(1, target, torch.ones_like(target, dtype=count.dtype))
     hit = (count > 0)[..., None]
     c = count.clamp_min(1)[..., None]
