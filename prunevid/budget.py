@@ -19,7 +19,8 @@ none          unreachable below 1
 
 ``run_at_budget`` applies, runs one prefill and returns the record with the *achieved* ratio (visual tokens
 after the LLM's pruning / visual tokens in; for Look-M the visual KV entries / visual tokens in), never the
-target.
+target, and an analytic prefill FLOPs ratio (``analytic_flops_ratio``, the papers' 4nd^2 + 2n^2d + 2ndm
+convention; interim until the kit's measured FLOPs counter is wired in).
 """
 from __future__ import annotations
 
@@ -56,6 +57,26 @@ def achieved_ratio(method: str, stats: dict) -> Optional[float]:
     return stats.get("retained_ratio")
 
 
+def layer_flops(n: int, d: int, m: int) -> float:
+    """The papers' per-decoder-layer prefill convention f(n) = 4 n d^2 + 2 n^2 d + 2 n d m."""
+    return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+
+
+def analytic_flops_ratio(stats: dict, text_config, cut_layer: Optional[int] = None) -> Optional[float]:
+    """Prefill LLM FLOPs vs unpruned under the ``layer_flops`` convention (an interim number until the kit's
+    measured counter is used): layers ``0..cut_layer`` run on text + stage-1 tokens, later layers on text +
+    stage-2 tokens (``cut_layer`` None: all layers on the stage-2 count). KV-cache methods (Look-M) and
+    decode-time pruning (DyCoke's stage 2) do not change it."""
+    if stats.get("visual_tokens_in") is None or stats.get("text_tokens") is None:
+        return None
+    d, m, t = text_config.hidden_size, text_config.intermediate_size, text_config.num_hidden_layers
+    text = stats["text_tokens"]
+    full = t * layer_flops(text + stats["visual_tokens_in"], d, m)
+    n1, n2 = text + stats["visual_tokens_stage1"], text + stats["visual_tokens_stage2"]
+    k = 0 if cut_layer is None else cut_layer + 1
+    return (k * layer_flops(n1, d, m) + (t - k) * layer_flops(n2, d, m)) / full
+
+
 def run_at_budget(model, inputs: dict, method: str, retain: float, *, tolerance: float = 0.05,
                   **extra) -> dict:
     """Apply ``method`` at ``retain`` (plus ``extra`` parameters), run one prefill, report.
@@ -67,7 +88,7 @@ def run_at_budget(model, inputs: dict, method: str, retain: float, *, tolerance:
     import prunevid
     params, note = budget_params(method, retain)
     record = {"method": method, "target": retain, "params": params, "achieved": None, "reachable": False,
-              "note": note, "stats": None}
+              "note": note, "stats": None, "flops_ratio_analytic": None}
     if params is None:
         return record
     prunevid.apply(model, method=method, **params, **extra)
@@ -76,10 +97,12 @@ def run_at_budget(model, inputs: dict, method: str, retain: float, *, tolerance:
             model(**inputs)
         stats = prunevid.stats(model)
         info = prunevid.patch.info(model)
+        plan = model._prunevid.last_plan
     finally:
         prunevid.remove(model)
     achieved = achieved_ratio(method, stats)
-    record.update(stats=stats, achieved=achieved)
+    record.update(stats=stats, achieved=achieved, flops_ratio_analytic=analytic_flops_ratio(
+        stats, model.config.text_config, plan.layer if plan is not None and plan.keep is not None else None))
     budget = info.get("budget")
     reachable = achieved is not None and abs(achieved - retain) <= tolerance
     if budget is not None and not budget.get("reachable", True):

@@ -86,3 +86,24 @@ def test_divergence_check_catches_silently_inactive_method(tiny, tiny_inputs, mo
     with pytest.raises(checks.SilentlyInactiveError):
         checks.divergence_check(model, tiny_inputs, "inert", decode_steps=0)
     assert not prunevid.is_patched(model)
+
+
+def test_analytic_flops_ratio():
+    from types import SimpleNamespace
+    cfg = SimpleNamespace(hidden_size=4, intermediate_size=8, num_hidden_layers=4)
+    st = {"visual_tokens_in": 96, "visual_tokens_stage1": 96, "visual_tokens_stage2": 48, "text_tokens": 4,
+          "kv_visual_tokens": 48}
+    f = budget.layer_flops
+    assert budget.analytic_flops_ratio(st, cfg, cut_layer=1) == pytest.approx(
+        (2 * f(100, 4, 8) + 2 * f(52, 4, 8)) / (4 * f(100, 4, 8)))
+    st_lookm = dict(st, visual_tokens_stage2=96, kv_visual_tokens=20)
+    assert budget.analytic_flops_ratio(st_lookm, cfg) == 1.0
+
+
+def test_budget_record_has_flops(tiny, tiny_inputs):
+    model, _ = tiny
+    fv = budget.run_at_budget(model, tiny_inputs, "fastv", 0.25)
+    rz = budget.run_at_budget(model, tiny_inputs, "random", 0.25)
+    lm = budget.run_at_budget(model, tiny_inputs, "lookm", 0.25)
+    assert lm["flops_ratio_analytic"] == 1.0
+    assert rz["flops_ratio_analytic"] < fv["flops_ratio_analytic"] < 1.0      # FastV's layers 0..1 see everything
