@@ -196,3 +196,18 @@ def test_lookm_cache_sizes(tiny, tiny_inputs):
     cache = getattr(out, "cache", None) or out.past_key_values
     lengths = {layer.get_seq_length() for layer in cache.layers}
     assert lengths == {st["text_tokens"] + st["kv_visual_tokens"]}
+
+
+@pytest.mark.parametrize("method,key", [("random", "visual_tokens_stage2"), ("fastv", "visual_tokens_stage2"),
+                                        ("dycoke", "visual_tokens_stage2"), ("vidcom2", "visual_tokens_stage2"),
+                                        ("lookm", "kv_visual_tokens")])
+def test_kept_map_matches_counts(tiny, tiny_inputs, method, key):
+    model, _ = tiny
+    prunevid.apply(model, method=method, **CASES[method][0])
+    try:
+        with torch.no_grad():
+            model(**tiny_inputs)
+        km, st = prunevid.methods.kept_map(model), prunevid.stats(model)
+    finally:
+        prunevid.remove(model)
+    assert km.shape == (FRAMES, P) and int(km.sum()) == st[key]

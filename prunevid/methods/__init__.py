@@ -48,6 +48,50 @@ def build(method: str, config) -> Method:
     return method_class(method)(config)
 
 
+def kept_map(model):
+    """(F, P) bool for the last prefill of a patched model: which input visual tokens survive as themselves or
+    inside a kept merged token, after every stage (pre-LLM reduction, in-LLM pruning, a cache policy that cut
+    the cache). For drawing what each method keeps on the frames. ``None`` before any prefill."""
+    import torch
+
+    state = getattr(model, "_prunevid", None)
+    if state is None:
+        raise ValueError("model is not patched: call prunevid.apply(model, ...) first")
+    red = state.last_reduction
+    st = state.stats
+    if red is None or not st.get("visual_tokens_in"):
+        return None
+    merge = red.info.get("merge")
+    plan = state.last_plan
+    if merge is not None:
+        f, p = merge.assignment.shape
+    elif red.kept is not None:
+        f, p = red.kept.shape
+    else:
+        f = len(red.window_sizes) and sum(red.window_sizes)
+        p = st["visual_tokens_in"] // f
+    rows = None                                                   # surviving rows of red.tokens
+    if plan is not None and plan.keep is not None:
+        keep = plan.keep.cpu()
+        rows = keep[(keep >= plan.visual_start) & (keep < plan.visual_start + plan.visual_len)] - plan.visual_start
+    policy = state.pruner.policy if state.pruner is not None else None
+    if policy is not None and policy.kept_positions() is not None and rows is None:
+        pos = policy.kept_positions().cpu()
+        start = getattr(policy, "visual", slice(0, 0)).start
+        stop = getattr(policy, "visual", slice(0, 0)).stop
+        rows = pos[(pos >= start) & (pos < stop)] - start
+    if merge is not None:
+        assign = merge.assignment.cpu()
+        return torch.ones(f, p, dtype=torch.bool) if rows is None else torch.isin(assign, rows)
+    if red.kept is not None:
+        return red.kept.cpu().clone()
+    out = torch.ones(f * p, dtype=torch.bool)
+    if rows is not None:
+        out[:] = False
+        out[rows] = True
+    return out.view(f, p)
+
+
 def __getattr__(name):  # backwards compatible: prunevid.methods.NoneConfig
     if name == "NoneConfig":
         from .none import NoneConfig
@@ -55,5 +99,5 @@ def __getattr__(name):  # backwards compatible: prunevid.methods.NoneConfig
     raise AttributeError(name)
 
 
-__all__ = ["available", "config_class", "method_class", "build", "Method", "Reduction", "SequenceLayout",
+__all__ = ["available", "config_class", "method_class", "build", "kept_map", "Method", "Reduction", "SequenceLayout",
            "VideoContext", "ConfigMixin"]
