@@ -60,7 +60,8 @@ class Reduction:
 
     ``tokens`` (N, C) enter the LLM in this order. The group sizes (PruneVid's static / dynamic / window
     per segment) are optional; a grouped in-LLM selection needs them. ``kept`` (F, P) bool marks the input
-    tokens that survive as themselves or as a merge centre (for drawing what a method keeps); ``info``
+    tokens that survive as themselves (selection methods; VisionZip: its dominant tokens; PruMerge: the merge
+    centres), for drawing what a method keeps (``prunevid.methods.kept_map``); ``info``
     holds method-specific extras (PruneVid's ``MergeResult`` under ``"merge"``, budgets, counts).
     """
 

@@ -15,7 +15,7 @@ the kit's reading, marked *):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch

@@ -23,6 +23,7 @@ full-length 2-D attention mask is reduced to the kept columns. A method whose se
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -77,6 +78,7 @@ def _patched_class(parent: type) -> type:
         kwargs.update(zip(arg_names, args))
         return _forward(self, parent, kwargs)
 
+    @functools.wraps(parent.get_video_features)   # generate() reads this signature to pick its arguments
     def get_video_features(self, pixel_values_videos, *args, **kwargs):
         # transformers >= 5.24's generate() encodes the video *before* the prefill (``mm_encoder_outputs``) by
         # calling this method; a method that needs the vision attention gets it here, for this call only.
