@@ -57,14 +57,15 @@ def test_prunevid_default_unchanged_by_budget_machinery(tiny, tiny_inputs):
 @pytest.mark.parametrize("method", ["fastv", "lookm", "dycoke", "random"])
 def test_divergence_check_passes_for_pruning_methods(tiny, tiny_inputs, method):
     model, _ = tiny
-    rec = checks.divergence_check(model, tiny_inputs, method, **EXTRA.get(method, {}))
+    steps = 2 if method == "dycoke" else 0                  # DyCoke's stage 2 only shows in decode steps
+    rec = checks.divergence_check(model, tiny_inputs, method, decode_steps=steps, **EXTRA.get(method, {}))
     assert rec["reduced"] and rec["claims_to_prune"]
     assert not prunevid.is_patched(model)
 
 
 def test_divergence_check_accepts_noop_and_requires_identity(tiny, tiny_inputs):
     model, _ = tiny
-    rec = checks.divergence_check(model, tiny_inputs, "fastv", R=0.0)
+    rec = checks.divergence_check(model, tiny_inputs, "fastv", R=0.0, decode_steps=0)
     assert not rec["claims_to_prune"] and rec["logits_identical"]
 
 
