@@ -12,6 +12,7 @@ import sys
 COMMANDS = [
     "prunevid.demo",
     "prunevid.flops_cli",
+    "prunevid.bench",
 ]
 
 
