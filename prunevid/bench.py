@@ -411,7 +411,12 @@ def run(args) -> int:
             p.split("=", 1) for p in args.set if "=" in p) and args.layers:
         notes.append(f"PruneVid selected_layer scaled to {params['selected_layer']} for the {shape.layers}-layer LLM "
                      f"(keeps the share of layers run at the stage-1 length)")
+    load_before = os.getloadavg()[0]
     timing = time_variants(loaded, inputs, args, params)
+    load_after = os.getloadavg()[0]
+    if not str(args.device).startswith("cuda") and max(load_before, load_after) > torch.get_num_threads() + 0.5:
+        notes.append(f"the CPU was shared while timing (1-min load average {load_before:.1f} -> {load_after:.1f} on "
+                     f"{torch.get_num_threads()} threads): timings are noisy and many-small-op code (stage 1) suffers most")
     memory = {} if args.no_memory else measure_memory(loaded, inputs, args, params)
     base, pruned = timing["unpruned"], timing[args.method]
     stats = pruned["stats"]
@@ -425,6 +430,7 @@ def run(args) -> int:
         "preset": args.preset, "frames": args.frames, "dtype": args.dtype, "device": args.device, "attn": args.attn,
         "device_name": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else _cpu_name(),
         "threads": torch.get_num_threads(), "repeats": args.repeats, "video": path,
+        "load_average": [load_before, load_after],
         "llm_layers": shape.layers, "vision_layers": model.config.vision_config.num_hidden_layers,
         "method": args.method, "params": params, "notes": notes,
         "tokens": {k: stats.get(k) for k in ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2",
