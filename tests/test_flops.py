@@ -182,3 +182,17 @@ def test_flops_command_json(argv, paper, capsys):
     assert main(["flops", "--preset", "pllava-7b", *argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert abs(out["flops_ratio"] - paper) <= 0.02
+
+
+@pytest.mark.parametrize("backend", ["torch", "fvcore"])
+def test_flops_command_measures_on_a_video(backend, capsys):
+    from prunevid.cli import main
+    from prunevid.video import sample_clip
+    assert main(["flops", "--video", sample_clip("bikes"), "--model", "tiny", "--frames", "8",
+                 "--backend", backend, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    stats = out["stats"]
+    assert stats["visual_tokens_stage2"] < stats["visual_tokens_stage1"] < stats["visual_tokens_in"]
+    assert out["backend"] == backend and 0 < out["flops_ratio"] < 1
+    # the measured LLM ratio sits next to the exact formula with text (it also pays stage 2's scoring)
+    assert abs(out["flops_ratio"] - out["flops_ratio_exact_with_text"]) < 0.05
