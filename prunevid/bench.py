@@ -17,7 +17,7 @@ and the RSS sampled every 2 ms during the prefill, with the RSS after building t
 """
 from __future__ import annotations
 
-import contextlib
+import argparse
 import json
 import os
 import resource
@@ -59,12 +59,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-    return argparse.SUPPRESS
+    p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Smoke test of ``python -m prunevid bench`` on the tiny model (no timed assertions)."""
 import json
 
+import pytest
+
 from prunevid.cli import main
 
 
+@pytest.mark.slow
 def test_bench_tiny_smoke(capsys):
     assert main(["bench", "--preset", "tiny", "--frames", "8", "--repeats", "1", "--dtype", "float32", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
