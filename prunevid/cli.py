@@ -11,6 +11,8 @@ import sys
 # (module, command) in the order ``--help`` shows them; the first is the kit's main job.
 COMMANDS = [
     "prunevid.demo",
+    "prunevid.flops_cli",
+    "prunevid.bench",
     "prunevid.report",
 ]
 
