@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
 
 def add_arguments(p) -> None:
     p.add_argument("--preset", default="llava-ov-0.5b", choices=sorted(flops.PRESETS) + ["tiny"])
+    p.add_argument("--model", default=None, help="instead of a preset: a registry name (tiny, tiny-pllava, "
+                   "tiny-qwen2.5-vl, ...), a checkpoint directory or a hub id (real weights)")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--device", default="cpu")
@@ -107,6 +109,11 @@ def build(args):
     from .tiny import build_byte_tokenizer, build_tiny_llava_onevision
     dtype = _dtype(args.dtype)
     notes = []
+    if getattr(args, "model", None):
+        from . import models
+        loaded = models.load(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
+        loaded.model.requires_grad_(False)
+        return loaded, notes
     if args.preset == "tiny":
         kw = {}
         if args.layers:
@@ -147,8 +154,12 @@ def method_params(loaded, args) -> dict:
     params = parse_set(args.set)
     if args.method == "prunevid" and "selected_layer" not in params:
         n = len(loaded.spec.module.language_layers(loaded.model))
-        full = flops.preset(args.preset).llm.layers if args.preset != "tiny" else n
-        k = loaded.spec.defaults["selected_layer"] if args.preset != "tiny" else n // 2 - 1
+        default_k = loaded.spec.defaults["selected_layer"]
+        if getattr(args, "model", None):                 # a whole model: its default K, halved for tiny LLMs
+            full, k = n, default_k if n > 2 * default_k else max(0, n // 2 - 1)
+        else:
+            full = flops.preset(args.preset).llm.layers if args.preset != "tiny" else n
+            k = default_k if args.preset != "tiny" else n // 2 - 1
         params["selected_layer"] = max(0, min(n - 1, round((k + 1) * n / full) - 1))
     return params
 
@@ -172,9 +183,11 @@ class PartTimer:
         self.device = device
         self.t = {}
         inner = model.model
+        tower = getattr(inner, "vision_tower", None) or inner.visual          # Qwen2-VL: `visual` holds the merger
+        last = getattr(inner, "multi_modal_projector", None) or tower
         self._handles = [
-            inner.vision_tower.register_forward_pre_hook(self._mark("vision_start")),
-            inner.multi_modal_projector.register_forward_hook(self._mark("vision_end", post=True)),
+            tower.register_forward_pre_hook(self._mark("vision_start")),
+            last.register_forward_hook(self._mark("vision_end", post=True)),
             inner.language_model.register_forward_pre_hook(self._mark("llm_start")),
             inner.language_model.register_forward_hook(self._mark("llm_end", post=True)),
         ]
@@ -246,12 +259,19 @@ def prefill_and_step(model, inputs, device, cache_kw, decode_steps: int = 1):
     nbytes = kv_bytes(cache)
     nxt = out.logits[:, -1:].argmax(-1)
     mask = inputs["attention_mask"]
+    # Explicit positions, in full-sequence terms as `generate` counts them (the patch maps them onto the pruned
+    # cache); multimodal-RoPE models (Qwen2-VL) add the offset their prefill stored.
+    n_full = inputs["input_ids"].shape[1]
+    deltas = getattr(getattr(model, "model", None), "rope_deltas", None)
+    offset = int(deltas.flatten()[0]) if isinstance(deltas, torch.Tensor) else 0
     steps = []
-    for _ in range(decode_steps):
+    for t in range(decode_steps):
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        pos = torch.tensor([[n_full + t + offset]], device=nxt.device)
         _sync(device)
         t2 = time.perf_counter()
-        step = model(input_ids=nxt, attention_mask=mask, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+        step = model(input_ids=nxt, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                     **{cache_kw: cache})
         _sync(device)
         steps.append(time.perf_counter() - t2)
         nxt = step.logits[:, -1:].argmax(-1)
@@ -363,6 +383,7 @@ def measure_memory(loaded, inputs, args, params) -> dict:
         prunevid.remove(model)
         return out
     argv = [sys.executable, "-m", "prunevid", "bench", "--preset", args.preset, "--frames", str(args.frames),
+            *(["--model", args.model] if getattr(args, "model", None) else []),
             "--dtype", args.dtype, "--device", args.device, "--attn", args.attn, "--method", args.method,
             "--video", args.video, "--question", args.question, "--seed", str(args.seed)]
     for flag, value in (("--layers", args.layers), ("--vision-layers", args.vision_layers), ("--threads", args.threads)):
@@ -415,7 +436,7 @@ def run(args) -> int:
     params = method_params(loaded, args)
     model = loaded.model
     shape = flops.LLMShape.from_config(model.config)
-    if args.preset != "tiny" and args.method == "prunevid" and "selected_layer" not in dict(
+    if args.preset != "tiny" and not args.model and args.method == "prunevid" and "selected_layer" not in dict(
             p.split("=", 1) for p in args.set if "=" in p) and args.layers:
         notes.append(f"PruneVid selected_layer scaled to {params['selected_layer']} for the {shape.layers}-layer LLM "
                      f"(keeps the share of layers run at the stage-1 length)")
@@ -435,11 +456,12 @@ def run(args) -> int:
     ideal = ideal_speedup(shape, stats, args.method, params)
     speedup = base["llm_prefill_ms"] / pruned["llm_prefill_ms"]
     out = {
-        "preset": args.preset, "frames": args.frames, "dtype": args.dtype, "device": args.device, "attn": args.attn,
+        "preset": None if args.model else args.preset, "model": args.model, "frames": args.frames, "dtype": args.dtype, "device": args.device, "attn": args.attn,
         "device_name": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else _cpu_name(),
         "threads": torch.get_num_threads(), "repeats": args.repeats, "video": path,
         "load_average": [load_before, load_after],
-        "llm_layers": shape.layers, "vision_layers": model.config.vision_config.num_hidden_layers,
+        "llm_layers": shape.layers, "vision_layers": getattr(model.config.vision_config, "num_hidden_layers",
+                                                    getattr(model.config.vision_config, "depth", None)),
         "method": args.method, "params": params, "notes": notes,
         "tokens": {k: stats.get(k) for k in ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2",
                                               "kv_visual_tokens", "text_tokens", "retained_ratio_stage1",

@@ -21,3 +21,13 @@ def test_bench_tiny_smoke(capsys):
     # the KV cache after a PruneVid prefill holds text + kept visual entries only
     assert abs(out["kv_ratio"] - out["kv_ratio_expected"]) <= 0.01 * out["kv_ratio_expected"]
     assert out["timing_ms"]["unpruned"]["stage1_ms"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-pllava", "tiny-qwen2.5-vl"])
+def test_bench_accepts_any_registered_model(capsys, name):
+    assert main(["bench", "--model", name, "--frames", "8", "--repeats", "1", "--dtype", "float32", "--no-memory",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == name and out["tokens"]["visual_tokens_stage2"] < out["tokens"]["visual_tokens_in"]
+    assert abs(out["kv_ratio"] - out["kv_ratio_expected"]) <= 0.01 * out["kv_ratio_expected"]

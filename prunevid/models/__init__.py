@@ -40,6 +40,16 @@ _REGISTRY = {
 }
 
 
+# Random-weight tiny models of every registered architecture, by name (tests, demos, smoke runs).
+TINY_MODELS = {
+    "tiny": ("build_tiny_llava_onevision", {}),
+    "tiny-llava-next-video": ("build_tiny_llava_next_video", {}),
+    "tiny-pllava": ("build_tiny_pllava", {}),
+    "tiny-qwen2.5-vl": ("build_tiny_qwen2_vl", {"version": "2.5"}),
+    "tiny-qwen2-vl": ("build_tiny_qwen2_vl", {"version": "2"}),
+}
+
+
 def registry() -> dict:
     return {name: _spec(name, mod) for name, mod in _REGISTRY.items()}
 
@@ -111,18 +121,19 @@ def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementatio
     or hub id (downloaded by ``huggingface_hub`` where a network exists). PLLaVA directories (a ``config.json``
     with ``pooling_shape``) are built by the kit; ``lora_alpha`` sets their LoRA scale (default 14)."""
     torch_dtype = _dtype(dtype)
-    if name_or_path == "tiny":
-        from ..tiny import build_tiny_llava_onevision
-        model, tok = build_tiny_llava_onevision(attn_implementation=attn_implementation)
+    if name_or_path in TINY_MODELS:
+        from .. import tiny
+        model, tok = getattr(tiny, TINY_MODELS[name_or_path][0])(attn_implementation=attn_implementation,
+                                                                 **TINY_MODELS[name_or_path][1])
         model = model.to(device=device, dtype=torch_dtype)
-        return LoadedModel(model, tok, spec_for(model), VideoPreprocessing(size=model.config.vision_config.image_size),
-                           "tiny")
+        size = getattr(model.config.vision_config, "image_size", 112)
+        return LoadedModel(model, tok, spec_for(model), VideoPreprocessing(size=size), name_or_path)
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
     path = name_or_path
     if not os.path.isdir(path):
         if path.startswith((".", "/", "~")) or path.count("/") != 1:
             raise FileNotFoundError(f"model directory not found: {path} (a hub id looks like 'org/name'; "
-                                    f"registry names: {['tiny']})")
+                                    f"registry names: {sorted(TINY_MODELS)})")
         from huggingface_hub import snapshot_download
         path = snapshot_download(name_or_path)
     with open(os.path.join(path, "config.json")) as f:
