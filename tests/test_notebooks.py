@@ -9,6 +9,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
 TUTORIALS = [n for n in NOTEBOOKS if os.path.basename(n)[:2] in {"00", "01", "02", "03", "04", "05"}]
+# every notebook runs with its defaults, except the benchmark notebook (run with overridden parameters below)
+RUN_AS_SHIPPED = [n for n in NOTEBOOKS if not os.path.basename(n).startswith("10_")]
 
 
 def _kernel_name() -> str:
@@ -33,8 +35,8 @@ def test_committed_notebook_is_clean(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", TUTORIALS, ids=os.path.basename)
-def test_tutorial_runs_with_its_defaults(path, tmp_path):
+@pytest.mark.parametrize("path", RUN_AS_SHIPPED, ids=os.path.basename)
+def test_notebook_runs_with_its_defaults(path, tmp_path):
     import papermill as pm
     env_path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = ROOT + (os.pathsep + env_path if env_path else "")   # the kernel imports this checkout
