@@ -11,6 +11,7 @@ import sys
 # (module, command) in the order ``--help`` shows them; the first is the kit's main job.
 COMMANDS = [
     "prunevid.demo",
+    "prunevid.runner",
 ]
 
 

@@ -1,0 +1,346 @@
+"""``python -m prunevid eval``: one model x one method (config) x one benchmark per run, resumable.
+
+The run folder (``--output-dir``) holds
+  - ``run_config.json``: what defines the run (benchmark, model, method and hyperparameters, protocol, frames,
+    dtype, seed, generation settings); a rerun with a different definition into the same folder is refused;
+  - ``samples.jsonl``: one line per finished item, appended and flushed as it finishes (the resume log: a
+    rerun skips the ids already there, so a crash or Ctrl-C loses at most the item in flight);
+  - ``results.json``: written atomically when every item of the run is done (schema: ``interfaces.md``);
+  - ``submission.json`` for EgoSchema (``{q_uid: answer index}``, the official upload format).
+
+A missing or corrupt video becomes an error row (counted, scored wrong) and the run goes on. Before each
+item torch is seeded with ``--seed``, so a resumed run gives the same answers as an uninterrupted one.
+Generation is greedy with EOS stopping; prefill and per-token decode times are measured per item.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from . import benchmarks, methods, results
+from .benchmarks.base import check_protocol
+
+DEFAULT_MODEL = "demo"
+DEFAULT_BENCHMARK = "synthetic"
+RUN_CONFIG = "run_config.json"
+# Keys of run_config.json that must match for a rerun to resume (device, data_root and limit may change).
+IDENTITY_KEYS = ("benchmark", "model", "method", "protocol", "frames", "dtype", "seed", "gen_kwargs")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate one model x one method on one benchmark (resumable; writes results.json)",
+        description="Evaluate one model with one token-pruning method on one benchmark. Items are logged to "
+                    "OUTPUT_DIR/samples.jsonl as they finish; rerunning the same command resumes; "
+                    "OUTPUT_DIR/results.json is written at the end.")
+    p.add_argument("--benchmark", default=DEFAULT_BENCHMARK,
+                   help=f"one of {benchmarks.available()} (default: {DEFAULT_BENCHMARK})")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="registry name (tiny; demo once the shipped model exists), checkpoint directory or hub id "
+                        f"(default: {DEFAULT_MODEL})")
+    p.add_argument("--method", default="prunevid", help=f"one of {methods.available()} (default: prunevid)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the benchmarks in the official DATAS layout (default: $PRUNEVID_DATA or ./DATAS)")
+    p.add_argument("--output-dir", default=None,
+                   help="run folder (default: results/<benchmark>-<model>-<method>-<protocol>)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N items (quick runs; default: all)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per video (default: 16 for --protocol official, 32 for lmms-eval)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="torch seed set before every item (default: 0)")
+    p.add_argument("--protocol", default=None, choices=list(benchmarks.PROTOCOLS),
+                   help="official: PruneVid/PLLaVA prompts, 16 frames at segment midpoints, up to 100 new tokens; "
+                        "lmms-eval: lmms-eval prompts and parsing, 32 frames by linspace, 16 new tokens "
+                        "(default: the model's registry default)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="method hyperparameter, repeatable (--set alpha=0.3 --set tau=0.9)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .cli import parse_set
+    res = evaluate(benchmark=args.benchmark, model=args.model, method=args.method, data_root=args.data_root,
+                   output_dir=args.output_dir, limit=args.limit, frames=args.frames, dtype=args.dtype,
+                   device=args.device, seed=args.seed, protocol=args.protocol, params=parse_set(args.set),
+                   progress=not args.no_progress)
+    m = res["metrics"]
+    n = res["n_samples"]
+    summary = (f"accuracy {m['accuracy']:.2f}%" if m.get("accuracy") is not None else
+               f"scores {m.get('scores')}" if m.get("scores") else "no score (see results.json)")
+    print(f"[eval] {res['config']['benchmark']} / {res['config']['model']} / {res['method']['name']}: {summary}; "
+          f"{n['done']}/{n['total']} done, {n['errors']} errors, {n['unparsed']} unparsed -> "
+          f"{res['config']['output_dir']}/results.json")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+def default_data_root() -> str:
+    return os.environ.get("PRUNEVID_DATA") or "DATAS"
+
+
+def model_defaults(name: str) -> dict:
+    """The registry defaults of a model without loading it (protocol, frames, selected_layer)."""
+    from . import models
+    reg = models.registry()
+    if name in ("tiny", "demo"):
+        return dict(reg["llava_onevision"].defaults)
+    cfg_path = os.path.join(name, "config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            archs = set(json.load(f).get("architectures") or [])
+        for spec in reg.values():
+            if archs & set(spec.architectures):
+                return dict(spec.defaults)
+    return {}
+
+
+def method_config(method: str, params: dict):
+    """The method's config dataclass built from ``--set`` pairs; unknown names are a one-line error."""
+    cls = methods.config_class(method)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"method {method!r} has no hyperparameter(s) {unknown}; known: {sorted(known) or 'none'}")
+    return cls(**params)
+
+
+def check_run_folder(output_dir: str, identity: dict) -> Optional[dict]:
+    """The stored run config of ``output_dir`` (None for a fresh folder); a different run is refused."""
+    path = os.path.join(output_dir, RUN_CONFIG)
+    if not os.path.exists(path):
+        if os.path.exists(os.path.join(output_dir, "samples.jsonl")):
+            raise ValueError(f"{output_dir} holds samples.jsonl but no {RUN_CONFIG}: refusing to mix runs; "
+                             f"use another --output-dir")
+        return None
+    with open(path) as f:
+        stored = json.load(f)
+    diff = [k for k in IDENTITY_KEYS if _canon(stored.get(k)) != _canon(identity.get(k))]
+    if diff:
+        detail = "; ".join(f"{k}: {stored.get(k)!r} there, {identity.get(k)!r} now" for k in diff)
+        raise ValueError(f"{output_dir} holds a different run ({detail}); refusing to mix results: use another "
+                         f"--output-dir or delete that folder")
+    return stored
+
+
+def _canon(x):
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _sync(device) -> None:
+    if torch.cuda.is_available() and str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _eos_ids(loaded) -> set:
+    ids = set()
+    for src in (getattr(loaded.model, "generation_config", None), loaded.tokenizer):
+        eos = getattr(src, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    return ids
+
+
+@torch.no_grad()
+def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set):
+    """Greedy decoding with our own loop (prefill call, then one call per token on the returned cache), so
+    prefill and decode are timed apart and the patched prefill path is the one that runs.
+
+    Returns (new token ids, prefill stats of the patch, prefill ms, decode ms per token).
+    """
+    import prunevid
+    device = inputs["input_ids"].device
+    _sync(device)
+    t0 = time.perf_counter()
+    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    _sync(device)
+    prefill_ms = 1000 * (time.perf_counter() - t0)
+    stats = prunevid.stats(model) if prunevid.is_patched(model) else {}
+    cache = getattr(out, "cache", None)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    tokens, steps = [], 0
+    t1 = time.perf_counter()
+    while True:
+        tok = int(nxt[0, 0])
+        if tok in eos_ids:
+            break
+        tokens.append(tok)
+        if len(tokens) >= max_new_tokens:
+            break
+        out = model(input_ids=nxt, cache=cache, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        steps += 1
+    _sync(device)
+    decode_ms = 1000 * (time.perf_counter() - t1) / steps if steps else None
+    return tokens, stats, prefill_ms, decode_ms
+
+
+def _frames_error(e: BaseException) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"{type(e).__name__}: {msg}"
+
+
+def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids: set, seed: int) -> dict:
+    """One item -> one samples.jsonl row."""
+    from . import video
+    torch.manual_seed(seed)
+    row = {"id": item.id, "category": item.category, "prediction": None, "parsed": None,
+           "answer": item.answer_letter if bench.multiple_choice else item.answer, "correct": None, "error": None}
+    for key in bench.secondary_categories:
+        row[key] = item.extra.get(key)
+    if bench.multiple_choice and row["answer"] is not None:
+        row["correct"] = False
+    t0 = time.perf_counter()
+    try:
+        clip = bench.frames(item, frames, protocol)
+    except Exception as e:   # missing / corrupt / too short: recorded, the run goes on
+        row["error"] = _frames_error(e)
+        row["unparsed"] = False
+        row["time_s"] = time.perf_counter() - t0
+        return row
+    preds, prefill, decode, n_new, stats = [], [], [], 0, {}
+    for i, prompt in enumerate(bench.prompts(item, protocol)):
+        inputs = video.build_inputs(loaded, clip, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix)
+        toks, st, p_ms, d_ms = greedy_generate(loaded.model, inputs, gen["max_new_tokens"], eos_ids)
+        preds.append(loaded.tokenizer.decode(toks, skip_special_tokens=True))
+        prefill.append(p_ms)
+        if d_ms is not None:
+            decode.append(d_ms)
+        n_new += len(toks)
+        if i == 0:
+            stats = st
+    score = bench.score(item, preds, protocol)
+    row.update(prediction=preds[0], parsed=score.parsed, correct=score.correct, unparsed=score.unparsed)
+    if len(preds) > 1:
+        row["prediction2"] = preds[1]
+    row.update({k: stats.get(k) for k in _stats_keys()})
+    row.update(prefill_ms=sum(prefill) / len(prefill), decode_ms_per_token=sum(decode) / len(decode) if decode else None,
+               new_tokens=n_new, time_s=time.perf_counter() - t0)
+    return row
+
+
+def _stats_keys():
+    from .patch import STATS_KEYS
+    return STATS_KEYS
+
+
+TOKEN_KEYS = ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2", "kv_visual_tokens", "text_tokens",
+              "retained_ratio_stage1", "retained_ratio")
+
+
+# ---------------------------------------------------------------------------------------------------------
+def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, method: str = "prunevid",
+             data_root: Optional[str] = None, output_dir: Optional[str] = None, limit: Optional[int] = None,
+             frames: Optional[int] = None, dtype: str = "float32", device: str = "cpu", seed: int = 0,
+             protocol: Optional[str] = None, params: Optional[dict] = None, progress: bool = True,
+             loaded=None) -> dict:
+    """Run (or resume) one evaluation and return the results dict also written to ``results.json``.
+
+    ``loaded`` may be a ``prunevid.models.LoadedModel`` already in memory (tests, notebooks); ``model`` then
+    only names it in the results.
+    """
+    params = dict(params or {})
+    bench = benchmarks.get(benchmark)
+    cfg = method_config(method, params)                  # unknown method / hyperparameter: before any work
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    data_root = data_root or default_data_root()
+    items = bench.items(data_root, limit)                # missing data: one-line error naming the data script
+    defaults = model_defaults(model) if loaded is None else dict(loaded.spec.defaults)
+    protocol = check_protocol(protocol or defaults.get("protocol") or "official")
+    frames = frames or bench.default_frames(protocol)
+    if frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
+    gen = bench.gen_kwargs(protocol)
+    output_dir = output_dir or os.path.join("results", f"{bench.name}-{os.path.basename(str(model).rstrip('/'))}-"
+                                                       f"{method}-{protocol}")
+
+    if loaded is None:
+        from . import models
+        loaded = models.load(model, dtype=dtype, device=device)
+    if "selected_layer" in {f.name for f in dataclasses.fields(cfg)} and "selected_layer" not in params:
+        n_layers = len(loaded.spec.module.language_layers(loaded.model))
+        cfg = cfg.replace(selected_layer=min(loaded.spec.defaults.get("selected_layer", 10), n_layers // 2))
+    method_info = {"name": method, **cfg.to_dict()}
+
+    identity = {"benchmark": bench.name, "model": str(model), "method": method_info, "protocol": protocol,
+                "frames": frames, "dtype": str(dtype), "seed": seed, "gen_kwargs": gen}
+    stored = check_run_folder(output_dir, identity)
+    writer = results.RunWriter(output_dir)
+    run_id = stored["run_id"] if stored else results.new_run_id(bench.name)
+    if stored is None:
+        results.atomic_write_json(os.path.join(output_dir, RUN_CONFIG), {"run_id": run_id, **identity})
+
+    import prunevid
+    prunevid.apply(loaded.model, cfg, method=method)
+    eos = _eos_ids(loaded)
+    done = writer.done_ids()
+    todo = [it for it in items if it.id not in done]
+    t_start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{bench.name}/{method}", unit="item",
+                   file=sys.stderr, dynamic_ncols=True)
+    try:
+        for item in todo:
+            row = run_item(bench, item, loaded, protocol, frames, gen, eos, seed)
+            writer.append_sample(row)
+            if bar is not None:
+                bar.update(1)
+                if row.get("error"):
+                    bar.write(f"[eval] {item.id}: {row['error']}")
+    finally:
+        if bar is not None:
+            bar.close()
+        prunevid.remove(loaded.model)
+
+    wanted = {it.id for it in items}
+    rows = [r for r in writer.read_samples() if r["id"] in wanted]
+    res = summarize(bench, rows, len(items), run_id=run_id, identity=identity, data_root=data_root, device=device,
+                    limit=limit, output_dir=output_dir, session_s=time.perf_counter() - t_start)
+    writer.write_results(res)
+    if bench.name.startswith("egoschema"):
+        from .benchmarks.egoschema import submission
+        results.atomic_write_json(os.path.join(output_dir, "submission.json"), submission(rows))
+    return res
+
+
+def _mean(vals):
+    vals = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(bench, rows, total: int, *, run_id, identity, data_root, device, limit, output_dir,
+              session_s: float) -> dict:
+    """results.json from the rows of samples.jsonl (so a resumed run scores every item, old and new)."""
+    metrics = bench.aggregate(rows)
+    return results.base_results(
+        run_id=run_id,
+        config={"model": identity["model"], "benchmark": identity["benchmark"], "protocol": identity["protocol"],
+                "data_root": os.path.abspath(data_root), "frames": identity["frames"], "dtype": identity["dtype"],
+                "device": device, "seed": identity["seed"], "limit": limit, "gen_kwargs": identity["gen_kwargs"],
+                "output_dir": output_dir},
+        method=identity["method"],
+        n_samples={"total": total, "done": len(rows), "errors": sum(1 for r in rows if r.get("error")),
+                   "unparsed": sum(1 for r in rows if r.get("unparsed"))},
+        metrics=metrics,
+        tokens=results.mean_stats([r for r in rows if not r.get("error")], TOKEN_KEYS),
+        flops=None,
+        timing={"prefill_ms": _mean(r.get("prefill_ms") for r in rows),
+                "decode_ms_per_token": _mean(r.get("decode_ms_per_token") for r in rows),
+                "total_s": sum(r.get("time_s") or 0.0 for r in rows),
+                "this_session_s": session_s},
+        seeds={"torch": identity["seed"], "method": identity["method"].get("seed")},
+    )
