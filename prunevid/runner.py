@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root", default=None,
                    help="folder holding the benchmarks in the official DATAS layout (default: $PRUNEVID_DATA or ./DATAS)")
     p.add_argument("--output-dir", default=None,
-                   help="run folder (default: results/<benchmark>-<model>-<method>-<protocol>)")
+                   help="run folder (default: runs/<benchmark>-<model>-<method>-<protocol>)")
     p.add_argument("--limit", type=int, default=None, help="only the first N items (quick runs; default: all)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per video (default: 16 for --protocol official, 32 for lmms-eval)")
@@ -263,7 +263,7 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
     if frames < 1:
         raise ValueError(f"--frames must be >= 1, got {frames}")
     gen = bench.gen_kwargs(protocol)
-    output_dir = output_dir or os.path.join("results", f"{bench.name}-{os.path.basename(str(model).rstrip('/'))}-"
+    output_dir = output_dir or os.path.join("runs", f"{bench.name}-{os.path.basename(str(model).rstrip('/'))}-"
                                                        f"{method}-{protocol}")
 
     if loaded is None:
