@@ -1,0 +1,221 @@
+"""The eval runner end to end on generated fixtures with the tiny model: results written, per-category scores,
+resume after a killed run, corrupt videos counted not fatal, refusal to mix runs, one-line CLI errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fixtures
+from prunevid import cli, models, results, runner
+
+BENCHES = ("mvbench", "videomme", "egoschema", "vcgbench")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model is fastest on one thread, and far more so on a busy 2-core machine."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def datas(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("datas"))
+    info = {name: make(root) for name, make in fixtures.MAKERS.items()}
+    return root, info
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return models.load("tiny")
+
+
+def _eval(tiny, root, out, bench, **kw):
+    kw.setdefault("frames", 4)
+    kw.setdefault("protocol", "official")
+    return runner.evaluate(benchmark=bench, model="tiny", data_root=root, output_dir=str(out), loaded=tiny,
+                           progress=False, **kw)
+
+
+def _rows(out):
+    return results.RunWriter(str(out)).read_samples()
+
+
+@pytest.mark.parametrize("bench", BENCHES)
+def test_end_to_end(bench, datas, tiny, tmp_path):
+    root, info = datas
+    res = _eval(tiny, root, tmp_path / "run", bench)
+    on_disk = json.load(open(tmp_path / "run" / "results.json"))
+    assert on_disk["run_id"] == res["run_id"]
+    assert set(results.RESULT_FIELDS) <= set(on_disk)
+    n = on_disk["n_samples"]
+    assert n["total"] == n["done"] == info[bench]["n_items"]
+    assert n["errors"] == info[bench]["n_errors"] == 1          # the corrupt video: counted, not fatal
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == n["total"] and len({r["id"] for r in rows}) == len(rows)
+    assert all(set(results.SAMPLE_FIELDS) <= set(r) for r in rows)
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 1 and "Error" in bad[0]["error"]
+    cfg = on_disk["config"]
+    assert cfg["frames"] == 4 and cfg["protocol"] == "official" and cfg["gen_kwargs"]["max_new_tokens"] == 100
+    assert on_disk["method"]["name"] == "prunevid" and on_disk["method"]["selected_layer"] == 2
+    tok = on_disk["tokens"]
+    assert tok["visual_tokens_in"] == 4 * 49 and 0 < tok["retained_ratio"] < 1
+    assert on_disk["timing"]["prefill_ms"] > 0 and on_disk["timing"]["total_s"] > 0
+    m = on_disk["metrics"]
+    if bench == "vcgbench":
+        assert m["scores"] is None and set(m["by_category_counts"]) == {"generic", "temporal", "consistency"}
+        cons = [r for r in rows if r["category"] == "consistency"][0]
+        assert "prediction2" in cons
+    else:
+        assert 0 <= m["accuracy"] <= 100 and m["by_category"]
+        assert n["unparsed"] == sum(1 for r in rows if r.get("unparsed"))
+    if bench == "mvbench":
+        assert set(m["by_category"]) == info["mvbench"]["categories"]
+    if bench == "videomme":
+        assert {"short", "medium", "long", "domain/Knowledge", "task_type/Counting Problem"} <= set(m["by_category"])
+    if bench == "egoschema":
+        assert m["n_scored"] == info["egoschema"]["n_scored"]
+        sub = json.load(open(tmp_path / "run" / "submission.json"))
+        assert set(sub) <= set(fixtures.EGO_UIDS) and all(0 <= v <= 4 for v in sub.values())
+
+
+@pytest.mark.parametrize("bench", BENCHES)
+def test_resume_after_kill_same_scores(bench, datas, tiny, tmp_path, monkeypatch):
+    root, info = datas
+    full = _eval(tiny, root, tmp_path / "full", bench)
+
+    calls = []
+    real = runner.run_item
+
+    def dying(*a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt   # Ctrl-C / kill after two items
+        calls.append(a[1].id)
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "run_item", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _eval(tiny, root, tmp_path / "resumed", bench)
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    assert len(_rows(tmp_path / "resumed")) == 2
+
+    second = []
+
+    def counting(*a, **k):
+        second.append(a[1].id)
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "run_item", counting)
+    res = _eval(tiny, root, tmp_path / "resumed", bench)
+    assert not set(second) & set(calls) and len(second) == info[bench]["n_items"] - 2   # no item run twice
+    rows = _rows(tmp_path / "resumed")
+    assert len(rows) == len({r["id"] for r in rows}) == info[bench]["n_items"]
+    assert res["metrics"] == full["metrics"] and res["n_samples"] == full["n_samples"]
+    by_id = {r["id"]: r["prediction"] for r in _rows(tmp_path / "full")}
+    assert {r["id"]: r["prediction"] for r in rows} == by_id
+    # a third run has nothing left to do and gives the same results
+    res3 = _eval(tiny, root, tmp_path / "resumed", bench)
+    assert res3["metrics"] == full["metrics"] and res3["run_id"] == res["run_id"]
+
+
+def test_torn_last_line_is_rerun(datas, tiny, tmp_path):
+    root, _ = datas
+    out = tmp_path / "run"
+    _eval(tiny, root, out, "videomme", limit=2)
+    with open(out / "samples.jsonl", "a") as f:
+        f.write('{"id": "301-1", "categ')   # a crash mid-write
+    res = _eval(tiny, root, out, "videomme")
+    assert res["n_samples"]["done"] == 4 and len(_rows(out)) == 4
+
+
+def test_limit_then_extend(datas, tiny, tmp_path):
+    root, _ = datas
+    res = _eval(tiny, root, tmp_path / "run", "mvbench", limit=2)
+    assert res["n_samples"] == {"total": 2, "done": 2, "errors": 0, "unparsed": res["n_samples"]["unparsed"]}
+    assert res["config"]["limit"] == 2
+    res = _eval(tiny, root, tmp_path / "run", "mvbench")   # same run, more items: resumes
+    assert res["n_samples"]["done"] == 5
+
+
+def test_different_config_refused(datas, tiny, tmp_path):
+    root, _ = datas
+    _eval(tiny, root, tmp_path / "run", "mvbench", limit=1)
+    with pytest.raises(ValueError, match="different run.*alpha"):
+        _eval(tiny, root, tmp_path / "run", "mvbench", limit=1, params={"alpha": 0.3})
+    with pytest.raises(ValueError, match="different run.*protocol"):
+        _eval(tiny, root, tmp_path / "run", "mvbench", limit=1, protocol="lmms-eval")
+    with pytest.raises(ValueError, match="different run.*benchmark"):
+        _eval(tiny, root, tmp_path / "run", "videomme", limit=1)
+
+
+def test_method_none_and_lmms_protocol(datas, tiny, tmp_path):
+    root, _ = datas
+    res = _eval(tiny, root, tmp_path / "run", "mvbench", method="none", protocol="lmms-eval", frames=6)
+    assert res["tokens"]["retained_ratio"] == 1.0 and res["tokens"]["visual_tokens_in"] == 6 * 49
+    assert res["config"]["gen_kwargs"]["max_new_tokens"] == 16 and res["method"] == {"name": "none"}
+
+
+def test_correct_answers_are_scored(datas, tiny, tmp_path, monkeypatch):
+    """With generation replaced by the right letter, every readable item is correct (runner + parser + scorer)."""
+    root, _ = datas
+    real = runner.greedy_generate
+    answers = {}
+
+    def fake(model, inputs, max_new_tokens, eos_ids):
+        toks, stats, p, d = real(model, inputs, 1, eos_ids)
+        text = tiny.tokenizer.decode(inputs["input_ids"][0])
+        letter = answers[next(k for k in answers if k in text)]
+        return tiny.tokenizer.encode(f"{letter}) yes", add_special_tokens=False), stats, p, d
+
+    from prunevid import benchmarks
+    for it in benchmarks.get("mvbench").items(root):
+        answers[it.question + "\nOptions:\n" + "\n".join(f"({'ABCDE'[i]}) {c}" for i, c in enumerate(it.candidates))] = it.answer_letter
+    monkeypatch.setattr(runner, "greedy_generate", fake)
+    res = _eval(tiny, root, tmp_path / "run", "mvbench")
+    assert res["metrics"]["accuracy"] == pytest.approx(80.0)          # 4 of 5; the corrupt video is wrong
+    assert res["metrics"]["accuracy_valid"] == 100.0 and res["n_samples"]["unparsed"] == 0
+
+
+def _cli(argv, capsys):
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_cli_one_line_errors(capsys, tmp_path):
+    code, err = _cli(["eval", "--benchmark", "nope", "--model", "tiny"], capsys)
+    assert code == 2 and err.count("\n") == 0 and "unknown benchmark 'nope'" in err
+    code, err = _cli(["eval", "--benchmark", "mvbench", "--model", "tiny", "--method", "nope"], capsys)
+    assert code == 2 and err.count("\n") == 0 and "unknown method 'nope'" in err
+    code, err = _cli(["eval", "--benchmark", "mvbench", "--model", "tiny", "--set", "gamma=1"], capsys)
+    assert code == 2 and err.count("\n") == 0 and "gamma" in err
+    code, err = _cli(["eval", "--benchmark", "videomme", "--model", "tiny", "--data-root", str(tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 0 and "python -m prunevid data videomme" in err
+    code, err = _cli(["eval", "--benchmark", "mvbench", "--set", "alpha=7", "--data-root", str(tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 0 and "alpha" in err
+
+
+def test_cli_subprocess(datas, tmp_path):
+    root, _ = datas
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "prunevid", "eval", "--benchmark", "egoschema", "--model", "tiny", "--data-root", root,
+           "--output-dir", str(out), "--frames", "4", "--limit", "2", "--protocol", "lmms-eval", "--set", "alpha=0.3",
+           "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "[eval] egoschema" in p.stdout
+    res = json.load(open(out / "results.json"))
+    assert res["method"]["alpha"] == 0.3 and res["n_samples"]["total"] == 2
+    help_text = subprocess.run([sys.executable, "-m", "prunevid", "eval", "--help"], capture_output=True, text=True,
+                               env=env).stdout
+    for flag in ("--benchmark", "--model", "--method", "--data-root", "--output-dir", "--limit", "--frames", "--dtype",
+                 "--device", "--seed", "--protocol", "--set"):
+        assert flag in help_text
