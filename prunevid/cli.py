@@ -12,6 +12,7 @@ import sys
 COMMANDS = [
     "prunevid.demo",
     "prunevid.runner",
+    "prunevid.data",
 ]
 
 
