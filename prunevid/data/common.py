@@ -155,6 +155,7 @@ class Report:
     unreadable: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     check_counts: bool = True
+    _checked: set = field(default_factory=set, repr=False)
 
     @property
     def count_mismatches(self) -> dict:
@@ -166,6 +167,10 @@ class Report:
                     or (self.check_counts and self.count_mismatches))
 
     def check_video(self, path: str, open_check: bool = True) -> None:
+        """Record ``path`` as missing or unreadable; each path is checked once (videos shared by questions)."""
+        if path in self._checked:
+            return
+        self._checked.add(path)
         if not os.path.exists(path):
             self.missing_videos.append(path)
         elif open_check:
@@ -176,7 +181,7 @@ class Report:
     def to_dict(self) -> dict:
         return {"benchmark": self.benchmark, "root": self.root, "ok": self.ok, "counts": self.counts,
                 "count_mismatches": self.count_mismatches, "missing_files": self.missing_files,
-                "missing_videos": sorted(set(self.missing_videos)), "unreadable": self.unreadable, "notes": self.notes}
+                "missing_videos": sorted(self.missing_videos), "unreadable": self.unreadable, "notes": self.notes}
 
     def text(self, show: int = 10) -> str:
         lines = [f"[data] {self.benchmark} under {self.root}: {'OK' if self.ok else 'INCOMPLETE'}"]
@@ -184,7 +189,7 @@ class Report:
             flag = "" if expected is None or found == expected else "  <- differs from the known total"
             lines.append(f"  {part}: {found} items" + (f" (known total {expected})" if expected is not None else "") + flag)
         for title, vals in (("missing annotation files", self.missing_files),
-                            ("missing videos", sorted(set(self.missing_videos))), ("unreadable videos", self.unreadable)):
+                            ("missing videos", sorted(self.missing_videos)), ("unreadable videos", self.unreadable)):
             if vals:
                 lines.append(f"  {title}: {len(vals)}")
                 lines.extend(f"    {v}" for v in vals[:show])
