@@ -308,13 +308,31 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
 
     wanted = {it.id for it in items}
     rows = [r for r in writer.read_samples() if r["id"] in wanted]
+    judge_info = None
+    if not bench.multiple_choice:
+        rows, judge_info = _judge(rows, items, output_dir)
     res = summarize(bench, rows, len(items), run_id=run_id, identity=identity, data_root=data_root, device=device,
                     limit=limit, output_dir=output_dir, session_s=time.perf_counter() - t_start)
+    if judge_info is not None:
+        res["metrics"]["judge"] = judge_info
     writer.write_results(res)
     if bench.name.startswith("egoschema"):
         from .benchmarks.egoschema import submission
         results.atomic_write_json(os.path.join(output_dir, "submission.json"), submission(rows))
     return res
+
+
+def _judge(rows, items, output_dir):
+    """VCG: score the rows with the LLM judge when ``PRUNEVID_JUDGE_BASE_URL`` is set (replies cached in
+    ``OUTPUT_DIR/judge_cache.jsonl``); without it the predictions are kept and ``metrics.scores`` is None."""
+    from .benchmarks.vcg_judge import Judge, judge_rows
+    judge = Judge.from_env(cache_path=os.path.join(output_dir, "judge_cache.jsonl"))
+    if judge is None:
+        return rows, {"status": "not run: set PRUNEVID_JUDGE_BASE_URL (and PRUNEVID_JUDGE_MODEL, OPENAI_API_KEY) "
+                                "and rerun the same command to score"}
+    rows = judge_rows(judge, rows, {it.id: it for it in items})
+    return rows, {"status": "done", "model": judge.model, "endpoint": judge.url, "calls": judge.calls,
+                  "failures": judge.failures}
 
 
 def _mean(vals):

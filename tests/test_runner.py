@@ -219,3 +219,82 @@ def test_cli_subprocess(datas, tmp_path):
     for flag in ("--benchmark", "--model", "--method", "--data-root", "--output-dir", "--limit", "--frames", "--dtype",
                  "--device", "--seed", "--protocol", "--set"):
         assert flag in help_text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# VCG judge against a small OpenAI-compatible server on loopback
+class _JudgeServer:
+    def __init__(self, fail_first: int = 1):
+        import http.server
+        import threading
+        self.requests = []
+        self.fail_left = fail_first
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                if server.fail_left > 0:
+                    server.fail_left -= 1
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                user = body["messages"][1]["content"]
+                score = 4 if "Question 1:" in user else 3
+                reply = {"choices": [{"message": {"role": "assistant", "content": "{'score': %d}" % score}}]}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_vcg_judge_loopback_and_cache(datas, tiny, tmp_path, monkeypatch):
+    from prunevid.benchmarks import vcg_judge
+    root, _ = datas
+    server = _JudgeServer(fail_first=1)
+    try:
+        monkeypatch.setenv("PRUNEVID_JUDGE_BASE_URL", server.url)
+        monkeypatch.setenv("PRUNEVID_JUDGE_MODEL", "judge-x")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.setattr(vcg_judge.time, "sleep", lambda s: None)      # back-off without waiting
+        res = _eval(tiny, root, tmp_path / "run", "vcgbench")
+        s = res["metrics"]["scores"]
+        # generic: 1 readable item (3) + 1 errored item (0) -> 1.5; temporal 3; consistency 4
+        assert s["CI"] == s["DO"] == s["CU"] == 1.5 and s["TU"] == 3.0 and s["CO"] == 4.0
+        assert s["avg"] == pytest.approx((1.5 * 3 + 3 + 4) / 5)
+        n_calls = len(server.requests)
+        assert n_calls == 3 + 1 + 1 + 1          # CI, DO, CU, TU, CO + one retried 500
+        req = server.requests[-1]
+        assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
+        assert req["body"]["model"] == "judge-x" and req["body"]["temperature"] == 0.0
+        assert res["metrics"]["judge"]["failures"] == 0
+        # a rerun pays nothing: every reply comes from the cache
+        res2 = _eval(tiny, root, tmp_path / "run", "vcgbench")
+        assert len(server.requests) == n_calls and res2["metrics"]["scores"] == s
+    finally:
+        server.close()
+
+
+def test_vcg_judge_failure_scores_zero(tmp_path, monkeypatch):
+    from prunevid.benchmarks import vcg_judge
+    monkeypatch.setattr(vcg_judge.time, "sleep", lambda s: None)
+    j = vcg_judge.Judge("http://127.0.0.1:9", retries=2, timeout_s=2, cache_path=str(tmp_path / "c.jsonl"))
+    assert j.score("CI", question="q", answer="a", pred="p") == 0.0
+    assert j.failures == 1 and j.calls == 2
+    assert vcg_judge.parse_score("{'score': 5}") == 5.0 and vcg_judge.parse_score("Score: 2") == 2.0
+    assert vcg_judge.parse_score("no idea") is None
