@@ -298,3 +298,24 @@ def test_vcg_judge_failure_scores_zero(tmp_path, monkeypatch):
     assert j.failures == 1 and j.calls == 2
     assert vcg_judge.parse_score("{'score': 5}") == 5.0 and vcg_judge.parse_score("Score: 2") == 2.0
     assert vcg_judge.parse_score("no idea") is None
+
+
+def test_generate_prunes_like_the_runner_loop(tiny):
+    """model.generate() (which encodes the video before the prefill and passes mm_encoder_outputs) runs the
+    pruned prefill too, and gives the runner loop's greedy tokens and statistics."""
+    import torch
+    import prunevid
+    from prunevid import video
+    frames = torch.randint(0, 255, (4, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inputs = video.build_inputs(tiny, frames, "Question: what?", system="sys", answer_prefix="Best option:(")
+    prunevid.apply(tiny.model, selected_layer=2)
+    try:
+        toks, stats, _, _ = runner.greedy_generate(tiny.model, inputs, 8, set())
+        tiny.model._prunevid.stats = prunevid.patch.empty_stats()
+        with torch.no_grad():
+            gen = tiny.model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                      min_new_tokens=8)
+        assert gen[0, inputs["input_ids"].shape[1]:].tolist() == toks
+        assert prunevid.stats(tiny.model) == stats and stats["visual_tokens_stage2"] < stats["visual_tokens_in"]
+    finally:
+        prunevid.remove(tiny.model)

@@ -85,11 +85,13 @@ def _forward(self, parent, kwargs):
     input_ids = kwargs.get("input_ids")
     cache = get_cache(kwargs)
     past = cache.get_seq_length() if cache is not None else 0
+    encoded = _encoded_video(kwargs)   # generate() encodes the video first and passes mm_encoder_outputs
 
-    if videos is not None:
+    if videos is not None or encoded is not None:
         state.decode = None
         if not active:
-            state.stats = _unpruned_stats(self, input_ids, videos)
+            n_frames = videos.shape[1] if videos is not None else _encoded_frames(self, encoded)
+            state.stats = _unpruned_stats(self, input_ids, n_frames)
             return parent.forward(self, **kwargs)
         return _pruned_prefill(self, parent, state, kwargs)
 
@@ -101,10 +103,20 @@ def _forward(self, parent, kwargs):
     return parent.forward(self, **kwargs)
 
 
-def _unpruned_stats(self, input_ids, videos) -> dict:
+def _encoded_video(kwargs):
+    """The video features ``generate()`` computed before the prefill (``mm_encoder_outputs["video"]``)."""
+    mm = kwargs.get("mm_encoder_outputs")
+    return mm.get("video") if isinstance(mm, dict) else None
+
+
+def _encoded_frames(self, encoded) -> int:
+    return (encoded.pooler_output[0].shape[0] - 1) // tokens_per_frame(self.config)
+
+
+def _unpruned_stats(self, input_ids, n_frames: int) -> dict:
     stats = empty_stats()
     if input_ids is not None and input_ids.shape[0] == 1:
-        n_vis = videos.shape[1] * tokens_per_frame(self.config)
+        n_vis = n_frames * tokens_per_frame(self.config)
         stats.update(visual_tokens_in=n_vis, visual_tokens_stage1=n_vis, visual_tokens_stage2=n_vis,
                      text_tokens=input_ids.shape[1] - n_vis)
     return finish_stats(stats)
@@ -113,18 +125,18 @@ def _unpruned_stats(self, input_ids, videos) -> dict:
 def _pruned_prefill(self, parent, state, kwargs):
     cfg = state.config
     input_ids = kwargs.get("input_ids")
-    videos = kwargs["pixel_values_videos"]
+    videos = kwargs.get("pixel_values_videos")
+    encoded = _encoded_video(kwargs)
     if input_ids is None:
         raise ValueError("the PruneVid patch needs input_ids (with the <video> placeholders), not inputs_embeds")
-    if input_ids.shape[0] != 1 or videos.shape[0] != 1:
+    n_videos = videos.shape[0] if videos is not None else len(encoded.pooler_output)
+    if input_ids.shape[0] != 1 or n_videos != 1:
         raise ValueError(f"the PruneVid patch supports batch size 1 (one video per call), got input_ids of "
-                         f"shape {tuple(input_ids.shape)} and pixel_values_videos of shape {tuple(videos.shape)}")
-    if kwargs.get("pixel_values") is not None:
+                         f"shape {tuple(input_ids.shape)} and {n_videos} videos")
+    if kwargs.get("pixel_values") is not None or (kwargs.get("mm_encoder_outputs") or {}).get("image") is not None:
         raise ValueError("the PruneVid patch does not support images and a video in the same prompt")
-    if kwargs.get("mm_encoder_outputs") is not None:
-        raise ValueError("pass pixel_values_videos, not mm_encoder_outputs, to a PruneVid-patched model")
 
-    n_frames = videos.shape[1]
+    n_frames = videos.shape[1] if videos is not None else _encoded_frames(self, encoded)
     per_frame = tokens_per_frame(self.config)
     placeholders = (input_ids[0] == self.config.video_token_id).nonzero().squeeze(1)
     expected = n_frames * per_frame + 1
@@ -134,10 +146,11 @@ def _pruned_prefill(self, parent, state, kwargs):
     if int(placeholders[-1] - placeholders[0]) + 1 != expected:
         raise ValueError("the <video> placeholders of the prompt must be contiguous")
 
-    feats = self.get_video_features(
-        videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
-        vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True,
-    ).pooler_output[0]                                                        # (F*P + 1, C)
+    if encoded is None:
+        encoded = self.get_video_features(
+            videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
+            vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True)
+    feats = encoded.pooler_output[0]                                          # (F*P + 1, C)
     frames = feats[:-1].view(n_frames, per_frame, -1)                         # (F, P, C)
     newline = feats[-1:]
 
@@ -171,7 +184,7 @@ def _pruned_prefill(self, parent, state, kwargs):
     n1 = ids.shape[1]
 
     mask = kwargs.get("attention_mask")
-    new_kwargs = dict(kwargs, input_ids=None, inputs_embeds=embeds, pixel_values_videos=None)
+    new_kwargs = dict(kwargs, input_ids=None, inputs_embeds=embeds, pixel_values_videos=None, mm_encoder_outputs=None)
     if mask is not None:
         new_kwargs["attention_mask"] = mask[:, keep1]
     if n1 != n_full:  # positions re-numbered over the merged sequence (official behaviour)
