@@ -71,6 +71,8 @@ def run(args) -> int:
                    output_dir=args.output_dir, limit=args.limit, frames=args.frames, dtype=args.dtype,
                    device=args.device, seed=args.seed, protocol=args.protocol, params=parse_set(args.set),
                    progress=not args.no_progress)
+    if dist_info()[0] != 0:
+        return 0            # rank 0 reports
     m = res["metrics"]
     n = res["n_samples"]
     summary = (f"accuracy {m['accuracy']:.2f}%" if m.get("accuracy") is not None else
@@ -266,6 +268,12 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
     output_dir = output_dir or os.path.join("runs", f"{bench.name}-{os.path.basename(str(model).rstrip('/'))}-"
                                                        f"{method}-{protocol}")
 
+    rank, world = dist_info()
+    if world > 1:
+        _init_dist()
+        if str(device).startswith("cuda") and ":" not in str(device):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"   # one GPU per rank
+
     if loaded is None:
         from . import models
         loaded = models.load(model, dtype=dtype, device=device)
@@ -276,20 +284,28 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
 
     identity = {"benchmark": bench.name, "model": str(model), "method": method_info, "protocol": protocol,
                 "frames": frames, "dtype": str(dtype), "seed": seed, "gen_kwargs": gen}
-    stored = check_run_folder(output_dir, identity)
+    if rank == 0:
+        stored = check_run_folder(output_dir, identity)
+        run_id = stored["run_id"] if stored else results.new_run_id(bench.name)
+        if stored is None:
+            results.atomic_write_json(os.path.join(output_dir, RUN_CONFIG), {"run_id": run_id, **identity})
+    _barrier(world)
+    if rank != 0:
+        run_id = check_run_folder(output_dir, identity)["run_id"]
     writer = results.RunWriter(output_dir)
-    run_id = stored["run_id"] if stored else results.new_run_id(bench.name)
-    if stored is None:
-        results.atomic_write_json(os.path.join(output_dir, RUN_CONFIG), {"run_id": run_id, **identity})
+    done = all_done_ids(output_dir)
+    todo = [it for it in items if it.id not in done]
+    if world > 1:
+        # shard what is left (so a rerun resumes whatever the number of ranks); each rank its own log
+        todo = todo[rank::world]
+        writer.samples_path = os.path.join(output_dir, f"samples.rank{rank}.jsonl")
 
     import prunevid
     prunevid.apply(loaded.model, cfg, method=method)
     eos = _eos_ids(loaded)
-    done = writer.done_ids()
-    todo = [it for it in items if it.id not in done]
     t_start = time.perf_counter()
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm import tqdm
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{bench.name}/{method}", unit="item",
                    file=sys.stderr, dynamic_ncols=True)
@@ -306,6 +322,13 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
             bar.close()
         prunevid.remove(loaded.model)
 
+    _barrier(world)
+    if rank != 0:            # rank 0 merges and scores; the others wait for its results
+        _barrier(world)
+        with open(writer.results_path) as f:
+            return json.load(f)
+    writer.samples_path = os.path.join(output_dir, "samples.jsonl")
+    merge_shards(output_dir)
     wanted = {it.id for it in items}
     rows = [r for r in writer.read_samples() if r["id"] in wanted]
     judge_info = None
@@ -319,7 +342,62 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
     if bench.name.startswith("egoschema"):
         from .benchmarks.egoschema import submission
         results.atomic_write_json(os.path.join(output_dir, "submission.json"), submission(rows))
+    _barrier(world)
     return res
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several processes (torchrun / accelerate launch): ranks from the environment, gloo for the barriers.
+def dist_info():
+    """(rank, world size) from torchrun's / accelerate's environment; (0, 1) for a plain run."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _init_dist() -> None:
+    import datetime
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        # only barriers travel between ranks, so gloo works for CPU and GPU runs alike; items can take long
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def _shard_paths(output_dir: str) -> list:
+    import glob
+    return sorted(glob.glob(os.path.join(output_dir, "samples.rank*.jsonl")))
+
+
+def all_done_ids(output_dir: str) -> set:
+    """Ids logged in samples.jsonl or in any rank's shard (left by an interrupted multi-process run)."""
+    done = results.RunWriter(output_dir).done_ids()
+    for path in _shard_paths(output_dir):
+        w = results.RunWriter(output_dir)
+        w.samples_path = path
+        done |= w.done_ids()
+    return done
+
+
+def merge_shards(output_dir: str) -> int:
+    """Append the rows of every rank shard to samples.jsonl (skipping ids already there), then remove the
+    shards. Run by rank 0 after all ranks finished, and by any later run (a crashed multi-rank run's shards)."""
+    main = results.RunWriter(output_dir)
+    have = main.done_ids()
+    n = 0
+    for path in _shard_paths(output_dir):
+        shard = results.RunWriter(output_dir)
+        shard.samples_path = path
+        for row in shard.read_samples():
+            if row["id"] not in have:
+                main.append_sample(row)
+                have.add(row["id"])
+                n += 1
+        os.unlink(path)
+    return n
 
 
 def _judge(rows, items, output_dir):

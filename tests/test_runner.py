@@ -319,3 +319,44 @@ def test_generate_prunes_like_the_runner_loop(tiny):
         assert prunevid.stats(tiny.model) == stats and stats["visual_tokens_stage2"] < stats["visual_tokens_in"]
     finally:
         prunevid.remove(tiny.model)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several processes: torchrun on CPU with 2 ranks (gloo)
+def test_two_process_run_matches_single(datas, tiny, tmp_path):
+    root, info = datas
+    single = _eval(tiny, root, tmp_path / "single", "mvbench")
+    out = tmp_path / "dist"
+    _eval(tiny, root, out, "mvbench", limit=2)           # a partial single-process run first: resumed by 2 ranks
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "prunevid",
+           "eval", "--benchmark", "mvbench", "--model", "tiny", "--data-root", root, "--output-dir", str(out),
+           "--frames", "4", "--protocol", "official", "--no-progress"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("[eval] mvbench") == 1                       # rank 0 reports
+    res = json.load(open(out / "results.json"))
+    assert res["metrics"] == single["metrics"] and res["n_samples"] == single["n_samples"]
+    rows = _rows(out)
+    assert len(rows) == len({r["id"] for r in rows}) == info["mvbench"]["n_items"]
+    assert {r["id"]: r["prediction"] for r in rows} == {r["id"]: r["prediction"] for r in _rows(tmp_path / "single")}
+    assert not list(out.glob("samples.rank*.jsonl"))                 # shards merged into samples.jsonl
+
+
+def test_leftover_shards_are_merged_not_rerun(datas, tiny, tmp_path, monkeypatch):
+    """A multi-rank run that died leaves per-rank shards; any later run (any number of ranks) reuses them."""
+    root, _ = datas
+    full = _eval(tiny, root, tmp_path / "full", "videomme")
+    out = tmp_path / "crashed"
+    _eval(tiny, root, out, "videomme", limit=1)
+    rows = _rows(tmp_path / "full")
+    with open(out / "samples.rank1.jsonl", "w") as f:
+        for r in rows[1:3]:
+            f.write(json.dumps(r) + "\n")
+    seen = []
+    real = runner.run_item
+    monkeypatch.setattr(runner, "run_item", lambda *a, **k: seen.append(a[1].id) or real(*a, **k))
+    res = _eval(tiny, root, out, "videomme")
+    assert seen == [rows[3]["id"]]
+    assert res["metrics"] == full["metrics"] and len(_rows(out)) == 4
+    assert not (out / "samples.rank1.jsonl").exists()
