@@ -13,6 +13,7 @@ COMMANDS = [
     "prunevid.demo",
     "prunevid.runner",
     "prunevid.data",
+    "prunevid.benchmarks.egoschema",
 ]
 
 

@@ -360,3 +360,41 @@ def test_leftover_shards_are_merged_not_rerun(datas, tiny, tmp_path, monkeypatch
     assert seen == [rows[3]["id"]]
     assert res["metrics"] == full["metrics"] and len(_rows(out)) == 4
     assert not (out / "samples.rank1.jsonl").exists()
+
+
+def test_egoschema_submit_loopback(tmp_path, capsys, monkeypatch):
+    import http.server
+    import threading
+    from prunevid.benchmarks import egoschema
+    got = []
+    status = {"code": 500}
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            code = status["code"]
+            data = b"Total result: 1 correct, 0 wrong, 5030 missing, 0 invalid, accuracy: 0.02\n" \
+                   b"Subset: accuracy: 100.0" if code == 200 else b"oops"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/api/upload/"
+    sub = tmp_path / "submission.json"
+    sub.write_text(json.dumps({fixtures.EGO_UIDS[0]: 3}))
+    monkeypatch.setattr("time.sleep", lambda s: None)          # back-off without waiting
+    try:
+        code, err = _cli(["submit", str(sub), "--url", url, "--retries", "2"], capsys)
+        assert code == 2 and err.count("\n") == 0 and "failed after 2 tries (HTTP 500" in err and len(got) == 2
+        status["code"] = 200
+        out = egoschema.submit(str(sub), url)
+        assert got[-1] == {fixtures.EGO_UIDS[0]: 3} and out["accuracies"] == [0.02, 100.0]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

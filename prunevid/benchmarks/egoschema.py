@@ -7,7 +7,7 @@ its output folder. ``egoschema-subset`` runs only the 500 scored items.
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional
 
 from .base import LETTERS, LMMS_SYSTEM, Benchmark, Item, Prompt, load_json, official_mc_prompt
 from .mvbench import SYSTEM  # the official eval.sh uses conv_mode=eval_mvbench for EgoSchema
@@ -58,3 +58,61 @@ def submission(rows: List[dict]) -> dict:
         if letter and letter in LETTERS[:5]:
             out[r["id"]] = LETTERS.index(letter)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Submission of the full set to the EgoSchema validation server (never needed by the kit itself).
+SUBMIT_URL = "https://validation-server.onrender.com/api/upload/"
+
+
+def submit(path: str, url: Optional[str] = None, *, retries: int = 3, backoff_s: float = 5.0,
+           timeout_s: float = 60.0) -> dict:
+    """POST a ``{q_uid: index}`` file to the EgoSchema server; returns ``{"response", "accuracies"}``.
+
+    The server (a free-tier host) often answers 500 or times out: it is retried with back-off, and a final
+    failure raises ``RuntimeError`` with one line saying what happened; the file is left untouched.
+    """
+    import json
+    import re
+    import time
+    import urllib.error
+    import urllib.request
+    url = url or os.environ.get("PRUNEVID_EGOSCHEMA_URL") or SUBMIT_URL
+    with open(path) as f:
+        answers = json.load(f)
+    if not isinstance(answers, dict) or not all(isinstance(v, int) and 0 <= v <= 4 for v in answers.values()):
+        raise ValueError(f"{path} is not a submission file ({{q_uid: 0..4}})")
+    body = json.dumps(answers).encode()
+    last = None
+    for attempt in range(retries):
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                text = resp.read().decode(errors="replace")
+            accs = [float(x) for x in re.findall(r"accuracy[^0-9]*([0-9]+(?:\.[0-9]+)?)", text, flags=re.I)]
+            return {"response": text, "accuracies": accs}
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code} {e.reason}"
+        except (urllib.error.URLError, OSError) as e:
+            last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+        if attempt + 1 < retries:
+            time.sleep(backoff_s * (attempt + 1))
+    raise RuntimeError(f"EgoSchema submission to {url} failed after {retries} tries ({last}); {path} is kept, "
+                       f"retry later or upload it through Kaggle (competition egoschema-public)")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("submit", help="post an EgoSchema submission.json to the validation server")
+    p.add_argument("path", help="submission.json written by `eval --benchmark egoschema`")
+    p.add_argument("--url", default=None, help=f"server URL (default: $PRUNEVID_EGOSCHEMA_URL or {SUBMIT_URL})")
+    p.add_argument("--retries", type=int, default=3)
+
+    def run(args):
+        try:
+            out = submit(args.path, args.url, retries=args.retries)
+        except RuntimeError as e:
+            raise ValueError(str(e)) from None        # printed as one "error: ..." line by the CLI
+        print(out["response"].strip())
+        return 0
+
+    p.set_defaults(func=run)
