@@ -25,6 +25,7 @@ import torch
 
 from . import benchmarks, methods, results
 from .benchmarks.base import check_protocol
+from .cache import FEATURE_CACHE_METHODS
 
 DEFAULT_MODEL = "demo"
 DEFAULT_BENCHMARK = "synthetic"
@@ -193,9 +194,18 @@ def _frames_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"
 
 
-def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids: set, seed: int) -> dict:
-    """One item -> one samples.jsonl row."""
+def _encode(loaded, pixels: torch.Tensor) -> torch.Tensor:
+    """The model's own video features (what the patch receives as ``mm_encoder_outputs``), (1, F*P+1, C)."""
+    with torch.no_grad():
+        out = loaded.model.model.get_video_features(pixels, return_dict=True)
+    return out.pooler_output
+
+
+def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids: set, seed: int,
+             cache=None, method: str = "prunevid") -> dict:
+    """One item -> one samples.jsonl row. ``cache``: a ``prunevid.cache.MediaCache`` (or None)."""
     from . import video
+    from .benchmarks.base import PROTOCOL_SAMPLING
     torch.manual_seed(seed)
     row = {"id": item.id, "category": item.category, "prediction": None, "parsed": None,
            "answer": item.answer_letter if bench.multiple_choice else item.answer, "correct": None, "error": None}
@@ -204,8 +214,13 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     if bench.multiple_choice and row["answer"] is not None:
         row["correct"] = False
     t0 = time.perf_counter()
+    key = None
     try:
-        clip = bench.frames(item, frames, protocol)
+        if cache is not None:
+            key = cache.frames_key(item, frames, PROTOCOL_SAMPLING[protocol])
+            clip = cache.frames(key, lambda: bench.frames(item, frames, protocol))
+        else:
+            clip = bench.frames(item, frames, protocol)
     except Exception as e:   # missing / corrupt / too short: recorded, the run goes on
         row["error"] = _frames_error(e)
         row["unparsed"] = False
@@ -214,6 +229,14 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     preds, prefill, decode, n_new, stats = [], [], [], 0, {}
     for i, prompt in enumerate(bench.prompts(item, protocol)):
         inputs = video.build_inputs(loaded, clip, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix)
+        if cache is not None and method in FEATURE_CACHE_METHODS and hasattr(loaded.model.model, "get_video_features"):
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+            from .cache import model_key
+            pixels = inputs.pop("pixel_values_videos")
+            feats = cache.features(key, model_key(loaded.name, loaded.model.dtype, loaded.preprocessing),
+                                   lambda: _encode(loaded, pixels))
+            inputs["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(
+                pooler_output=feats.to(device=pixels.device, dtype=pixels.dtype))}
         toks, st, p_ms, d_ms = greedy_generate(loaded.model, inputs, gen["max_new_tokens"], eos_ids)
         preds.append(loaded.tokenizer.decode(toks, skip_special_tokens=True))
         prefill.append(p_ms)
@@ -303,6 +326,8 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
     import prunevid
     prunevid.apply(loaded.model, cfg, method=method)
     eos = _eos_ids(loaded)
+    from .cache import MediaCache
+    media_cache = MediaCache.from_env()
     t_start = time.perf_counter()
     bar = None
     if progress and rank == 0:
@@ -311,7 +336,7 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
                    file=sys.stderr, dynamic_ncols=True)
     try:
         for item in todo:
-            row = run_item(bench, item, loaded, protocol, frames, gen, eos, seed)
+            row = run_item(bench, item, loaded, protocol, frames, gen, eos, seed, cache=media_cache, method=method)
             writer.append_sample(row)
             if bar is not None:
                 bar.update(1)

@@ -398,3 +398,24 @@ def test_egoschema_submit_loopback(tmp_path, capsys, monkeypatch):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_media_cache_sweep_decodes_and_encodes_once(datas, tiny, tmp_path, monkeypatch):
+    """With $PRUNEVID_CACHE_DIR, a sweep of methods decodes and encodes each video once, with unchanged answers."""
+    from prunevid import video
+    root, info = datas
+    plain = {m: _eval(tiny, root, tmp_path / f"plain-{m}", "mvbench", method=m) for m in ("prunevid", "none")}
+    monkeypatch.setenv("PRUNEVID_CACHE_DIR", str(tmp_path / "cache"))
+    decoded, encoded = [], []
+    real_video, real_folder, real_encode = video.load_video, video.load_frame_folder, runner._encode
+    monkeypatch.setattr(video, "load_video", lambda *a, **k: decoded.append(a[0]) or real_video(*a, **k))
+    monkeypatch.setattr(video, "load_frame_folder", lambda *a, **k: decoded.append(a[0]) or real_folder(*a, **k))
+    monkeypatch.setattr(runner, "_encode", lambda *a: encoded.append(1) or real_encode(*a))
+    for m in ("prunevid", "none"):
+        res = _eval(tiny, root, tmp_path / f"cached-{m}", "mvbench", method=m)
+        assert res["metrics"] == plain[m]["metrics"] and res["tokens"] == plain[m]["tokens"]
+        assert {r["id"]: r["prediction"] for r in _rows(tmp_path / f"cached-{m}")} == \
+               {r["id"]: r["prediction"] for r in _rows(tmp_path / f"plain-{m}")}
+    readable = info["mvbench"]["n_items"] - info["mvbench"]["n_errors"]
+    # each readable video decoded once; the corrupt one is tried by both runs (errors are not cached)
+    assert len(decoded) == readable + 2 and len(encoded) == readable
