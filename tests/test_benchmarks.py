@@ -186,3 +186,14 @@ def test_videomme_egoschema_vcg_items(datas):
     vcg = benchmarks.get("vcgbench").items(datas)
     assert [it.id for it in vcg] == ["generic/0", "generic/1", "temporal/0", "consistency/0"]
     assert vcg[2].video.endswith("v_def456.mkv")   # mp4 tried first, then mkv
+
+
+def test_lmms_linspace_respects_bound(datas):
+    """Bounded MVBench items under lmms-eval: linspace inside the bound (lmms-eval reads pre-cut segments)."""
+    from prunevid import video
+    bench = benchmarks.get("mvbench")
+    item = {it.id: it for it in bench.items(datas)}["action_sequence/0"]      # 12 frames at 4 fps, bound 0.5-2.5 s
+    got = bench.frames(item, 3, "lmms-eval")
+    full = video.load_video(item.video, 12, sampling="linspace")             # every frame
+    # frames 2..10 -> linspace(2, 10, 3) = 2, 6, 10
+    assert torch.equal(got, full[[2, 6, 10]])

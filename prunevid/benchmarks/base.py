@@ -204,6 +204,10 @@ class Benchmark:
         if item.frame_folder:
             # Frame folders are always read the official way (fps 3, 1-based) with the item's bound.
             return video.load_frame_folder(item.video, num_frames, bound=item.bound)
+        if sampling == "linspace" and item.bound is not None:
+            # lmms-eval reads MVBench's pre-cut segments (video branch); on the main branch's full videos the
+            # same frames are linspace over the bound
+            return linspace_in_bound(item.video, num_frames, item.bound)
         return video.load_video(item.video, num_frames, bound=item.bound if sampling == "middle" else None,
                                 sampling=sampling)
 
@@ -231,6 +235,26 @@ class Benchmark:
         """``metrics``: accuracy in percent over the items with a public answer (errors and unparsed answers
         count as wrong) and per category; ``accuracy_valid`` leaves errored items out."""
         return mc_metrics(rows, self.secondary_categories)
+
+
+def linspace_in_bound(path: str, num_frames: int, bound: Tuple[float, float]) -> torch.Tensor:
+    """``np.linspace`` frame indices between the bound's first and last frame -> (T, H, W, 3) uint8."""
+    import numpy as np
+    from .. import video
+    total, fps = video.video_info(path)
+    start = max(0, round(bound[0] * fps))
+    end = min(round(bound[1] * fps), total - 1)
+    if end - start + 1 < num_frames:
+        raise video.VideoError(f"the bound {bound} of {path} spans fewer than {num_frames} frames")
+    idx = np.linspace(start, end, num_frames, dtype=int).tolist()
+    try:
+        import decord
+        frames = decord.VideoReader(path, num_threads=1).get_batch(idx).asnumpy()
+    except ImportError:
+        frames = video._read_with_pyav(path)[0][idx]
+    except Exception as e:
+        raise video.VideoError(f"cannot decode frames of {path}: {e}") from e
+    return torch.from_numpy(np.ascontiguousarray(frames))
 
 
 def _pct(num: int, den: int) -> Optional[float]:
