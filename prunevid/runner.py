@@ -307,14 +307,18 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
 
     identity = {"benchmark": bench.name, "model": str(model), "method": method_info, "protocol": protocol,
                 "frames": frames, "dtype": str(dtype), "seed": seed, "gen_kwargs": gen}
+    run_id = problem = None
     if rank == 0:
-        stored = check_run_folder(output_dir, identity)
-        run_id = stored["run_id"] if stored else results.new_run_id(bench.name)
-        if stored is None:
-            results.atomic_write_json(os.path.join(output_dir, RUN_CONFIG), {"run_id": run_id, **identity})
-    _barrier(world)
-    if rank != 0:
-        run_id = check_run_folder(output_dir, identity)["run_id"]
+        try:
+            stored = check_run_folder(output_dir, identity)
+            run_id = stored["run_id"] if stored else results.new_run_id(bench.name)
+            if stored is None:
+                results.atomic_write_json(os.path.join(output_dir, RUN_CONFIG), {"run_id": run_id, **identity})
+        except ValueError as e:
+            problem = str(e)
+    run_id, problem = _share((run_id, problem), world)   # every rank refuses a mixed folder, none hangs
+    if problem:
+        raise ValueError(problem)
     writer = results.RunWriter(output_dir)
     done = all_done_ids(output_dir)
     todo = [it for it in items if it.id not in done]
@@ -332,8 +336,12 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
-        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{bench.name}/{method}", unit="item",
-                   file=sys.stderr, dynamic_ncols=True)
+        if world > 1:   # rank 0's shard (the others advance at the same pace)
+            bar = tqdm(total=len(todo), desc=f"{bench.name}/{method} rank 0 of {world}", unit="item",
+                       file=sys.stderr, dynamic_ncols=True)
+        else:
+            bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{bench.name}/{method}",
+                       unit="item", file=sys.stderr, dynamic_ncols=True)
     try:
         for item in todo:
             row = run_item(bench, item, loaded, protocol, frames, gen, eos, seed, cache=media_cache, method=method)
@@ -384,6 +392,16 @@ def _init_dist() -> None:
     if not dist.is_initialized():
         # only barriers travel between ranks, so gloo works for CPU and GPU runs alike; items can take long
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+
+
+def _share(value, world: int):
+    """Rank 0's ``value`` on every rank."""
+    if world <= 1:
+        return value
+    import torch.distributed as dist
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _barrier(world: int) -> None:
