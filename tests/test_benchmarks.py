@@ -197,3 +197,16 @@ def test_lmms_linspace_respects_bound(datas):
     full = video.load_video(item.video, 12, sampling="linspace")             # every frame
     # frames 2..10 -> linspace(2, 10, 3) = 2, 6, 10
     assert torch.equal(got, full[[2, 6, 10]])
+
+
+def test_official_frames_use_bound(datas):
+    """Official sampling: segment midpoints inside the bound (0.5-2.5 s at 4 fps -> frames 2..10 -> 3, 5, 7, 9)."""
+    from prunevid import video
+    bench = benchmarks.get("mvbench")
+    item = {it.id: it for it in bench.items(datas)}["action_sequence/0"]
+    full = video.load_video(item.video, 12, sampling="linspace")
+    assert torch.equal(bench.frames(item, 4, "official"), full[[3, 5, 7, 9]])
+    unbounded = {it.id: it for it in bench.items(datas)}["action_antonym/0"]
+    # no bound: max_frame = 11, seg 2.75 -> int(1.375 + round_half_even(2.75 i)) = 1, 4, 7, 9
+    full = video.load_video(unbounded.video, 12, sampling="linspace")
+    assert torch.equal(bench.frames(unbounded, 4, "official"), full[[1, 4, 7, 9]])
