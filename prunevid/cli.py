@@ -14,6 +14,7 @@ COMMANDS = [
     "prunevid.runner",
     "prunevid.data",
     "prunevid.benchmarks.egoschema",
+    "prunevid.report",
 ]
 
 

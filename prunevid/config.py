@@ -57,6 +57,9 @@ class PruneVidConfig:
       - ``scoring``: ``"official"`` = pre-RoPE, unmasked softmax of layer K's own q/k;
         ``"rope_causal"`` = RoPE applied and causal normalisation (what an attention map of the layer shows).
       - ``score_reduce``: ``"max"`` (official: max over heads, then max over post-video tokens) or ``"mean"``.
+      - ``retain``: matched budget (``None``: off, alpha is used as given). A target retained ratio
+        (visual tokens after stage 2 / visual tokens in); alpha is then searched per video
+        (``prunevid.methods.prunevid_method.alpha_for_budget``) and the achieved ratio is reported.
       - ``seed``: the DPC-KNN density tie-break noise is drawn from a generator seeded with this value at
         every prefill, so runs are reproducible; ``None`` draws from torch's global RNG as the official code.
     """
@@ -73,6 +76,7 @@ class PruneVidConfig:
     scoring: str = "official"
     score_reduce: str = "max"
     seed: Optional[int] = 0
+    retain: Optional[float] = None
 
     def __post_init__(self) -> None:
         self.tau = _check_number("tau", self.tau, -1.0, 1.0)
@@ -91,6 +95,8 @@ class PruneVidConfig:
             raise ValueError(f"score_reduce must be one of {SCORE_REDUCTIONS}, got {self.score_reduce!r}")
         if self.seed is not None:
             self.seed = _check_int("seed", self.seed, 0)
+        if self.retain is not None:
+            self.retain = _check_number("retain", self.retain, 0.0, 1.0, lo_open=True)
 
     @property
     def enabled(self) -> bool:

@@ -109,7 +109,8 @@ def run(args) -> int:
     n_layers = len(loaded.spec.module.language_layers(model))
     params.setdefault("selected_layer", min(loaded.spec.defaults["selected_layer"], n_layers // 2))
     cfg = prunevid.PruneVidConfig(**params)
-    path = args.video if os.path.exists(args.video) else video.sample_clip(args.video)
+    looks_like_path = os.path.sep in args.video or os.path.splitext(args.video)[1] != ""
+    path = args.video if looks_like_path or os.path.exists(args.video) else video.sample_clip(args.video)
     print(f"[demo] model={loaded.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
           f"video={path}, frames={args.frames}")
     frames = video.load_video(path, args.frames)

@@ -27,41 +27,67 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, k: int = 7, generator: Optional[to
     """Density-peak clustering with k-nearest-neighbour density (the TCFormer/Chat-UniVi variant).
 
     Args:
-        x: (N, C) token features (any float dtype; distances are computed in float32).
+        x: (N, C) token features, or (B, N, C) for B independent groups clustered at once (any float dtype;
+            distances are computed in float32).
         n_clusters: number of clusters, 1 <= n_clusters <= N.
         k: neighbours for the local density (the token itself included); ``min(k, N)`` is used.
         generator: source of the 1e-6 density tie-break noise; ``None`` uses torch's global RNG.
-        return_centers: also return the (n_clusters,) centre indices in descending score order.
+        return_centers: also return the centre indices, (n_clusters,) or (B, n_clusters), best first.
 
     Returns:
-        labels: (N,) long in [0, n_clusters). Cluster ``c`` is the centre with the c-th highest score
-        (density x distance-to-denser), so merged outputs come in score order, as in the official code.
-        Every centre carries its own label, hence no cluster is empty.
+        labels: (N,) or (B, N) long in [0, n_clusters). Cluster ``c`` is the centre with the c-th highest
+        score (density x distance-to-denser), so merged outputs come in score order, as in the official
+        code. Every centre carries its own label, hence no cluster is empty.
     """
-    if x.dim() != 2:
-        raise ValueError(f"dpc_knn expects x of shape (N, C), got {tuple(x.shape)}")
-    n, c = x.shape
+    if x.dim() not in (2, 3):
+        raise ValueError(f"dpc_knn expects x of shape (N, C) or (B, N, C), got {tuple(x.shape)}")
+    single = x.dim() == 2
+    xb = x[None] if single else x
+    b, n, c = xb.shape
     if not 1 <= n_clusters <= n:
         raise ValueError(f"n_clusters must be in [1, {n}] for {n} tokens, got {n_clusters}")
-    xf = x.float()
-    dist = torch.cdist(xf, xf) / (c ** 0.5)                                  # (N, N)
-    knn = dist.topk(min(k, n), dim=-1, largest=False).values                # (N, k), self included
-    density = (-(knn ** 2).mean(dim=-1)).exp()
-    noise_device = generator.device if generator is not None else dist.device
-    noise = torch.rand(n, generator=generator, device=noise_device, dtype=density.dtype).to(dist.device)
-    density = density + noise * 1e-6
-    # Distance to the nearest denser token; the density peak gets the largest distance of the whole matrix.
-    denser = density[None, :] > density[:, None]                            # [i, j]: rho_j > rho_i
-    delta = torch.where(denser, dist, dist.max()).min(dim=-1).values
+    dist, density, delta = _decision_graph(xb, k, generator)
     score = delta * density
-    centers = score.topk(n_clusters).indices                                # descending score
-    labels = dist[centers].argmin(dim=0)                                     # nearest centre, ties -> lowest rank
-    labels[centers] = torch.arange(n_clusters, device=x.device)
+    centers = score.topk(n_clusters, dim=-1).indices                        # (B, n_clusters), descending
+    to_centers = torch.gather(dist, 1, centers[:, :, None].expand(b, n_clusters, n))   # (B, n_clusters, N)
+    labels = to_centers.argmin(dim=1)                                       # nearest centre, ties -> lowest rank
+    labels.scatter_(1, centers, torch.arange(n_clusters, device=x.device).expand(b, n_clusters))
+    if single:
+        labels, centers = labels[0], centers[0]
     return (labels, centers) if return_centers else labels
 
 
+def _decision_graph(xb: torch.Tensor, k: int, generator: Optional[torch.Generator]):
+    """(B, N, C) -> distances (B, N, N), density rho (B, N), distance-to-denser delta (B, N)."""
+    b, n, c = xb.shape
+    xf = xb.float()
+    dist = torch.cdist(xf, xf) / (c ** 0.5)                                  # (B, N, N)
+    knn = dist.topk(min(k, n), dim=-1, largest=False).values                # (B, N, k), self included
+    density = (-(knn ** 2).mean(dim=-1)).exp()                              # (B, N)
+    noise_device = generator.device if generator is not None else dist.device
+    noise = torch.rand(b, n, generator=generator, device=noise_device, dtype=density.dtype).to(dist.device)
+    density = density + noise * 1e-6
+    # Distance to the nearest denser token; the density peak gets the largest distance of its matrix.
+    denser = density[:, None, :] > density[:, :, None]                      # [b, i, j]: rho_j > rho_i
+    dist_max = dist.flatten(1).max(dim=-1).values[:, None, None]
+    delta = torch.where(denser, dist, dist_max).min(dim=-1).values
+    return dist, density, delta
+
+
+def decision_graph(x: torch.Tensor, k: int = 7, generator: Optional[torch.Generator] = None):
+    """DPC-KNN's decision graph of (N, C) tokens: (density rho (N,), distance-to-denser delta (N,)).
+    Centres are the tokens with the largest rho x delta (what ``dpc_knn`` picks); for plots and teaching."""
+    _, density, delta = _decision_graph(x[None], k, generator)
+    return density[0], delta[0]
+
+
 def cluster_means(x: torch.Tensor, labels: torch.Tensor, n_clusters: int) -> torch.Tensor:
-    """(N, C) features, (N,) labels -> (n_clusters, C) unweighted member means (float32 sums, cast back)."""
+    """(N, C) features, (N,) labels -> (n_clusters, C) unweighted member means (float32 sums, cast back).
+    Batched: (B, N, C), (B, N) -> (B, n_clusters, C)."""
+    if x.dim() == 3:
+        b = x.shape[0]
+        flat = labels + n_clusters * torch.arange(b, device=labels.device)[:, None]
+        return cluster_means(x.reshape(-1, x.shape[-1]), flat.reshape(-1), b * n_clusters).view(b, n_clusters, -1)
     sums = torch.zeros(n_clusters, x.shape[1], device=x.device, dtype=torch.float32)
     sums.index_add_(0, labels, x.float())
     counts = torch.bincount(labels, minlength=n_clusters).clamp_min(1).to(sums.dtype)
@@ -160,13 +186,15 @@ def temporal_segments(frame_features: torch.Tensor, temporal_segment_ratio: floa
 def static_similarity(segment: torch.Tensor) -> torch.Tensor:
     """(W, L, C) frames of one segment -> (L,) mean cosine similarity over ordered frame pairs w != t.
 
-    Computed as the official code does, in the input dtype: (sum of the W x W cosine matrix - W) / (W(W-1)),
-    i.e. assuming self-similarity 1. Undefined for W = 1 (see ``static_mask``).
+    The official formula is (sum of the W x W cosine matrix - W) / (W(W-1)), i.e. assuming self-similarity 1.
+    The sum of that matrix equals |sum_w x_w / |x_w||^2, which costs O(W L C) instead of O(W^2 L C); it is
+    computed in float32 (upstream: bf16 matmuls), so only values within rounding of ``tau`` can differ.
+    Undefined for W = 1 (see ``static_mask``).
     """
     w = segment.shape[0]
-    xn = F.normalize(segment, dim=-1).transpose(0, 1)                       # (L, W, C)
-    sim = xn @ xn.transpose(1, 2)                                           # (L, W, W)
-    return (sim.sum(dim=(1, 2)) - w) / (w * (w - 1))
+    x = segment if segment.dtype == torch.float64 else segment.float()
+    total = F.normalize(x, dim=-1).sum(dim=0)                                # (L, C)
+    return ((total * total).sum(dim=-1) - w) / (w * (w - 1))
 
 
 def static_mask(segment: torch.Tensor, tau: float) -> torch.Tensor:
@@ -183,13 +211,14 @@ def static_mask(segment: torch.Tensor, tau: float) -> torch.Tensor:
 def spatial_merge(tokens: torch.Tensor, cluster_ratio: float, k: int = 7,
                   generator: Optional[torch.Generator] = None, min_merge_size: int = 14):
     """(N, C) one group's tokens -> (merged (M, C), labels (N,) giving each input's output row).
+    Batched over equally sized groups: (B, N, C) -> ((B, M, C), (B, N)).
 
     Groups of at most ``min_merge_size`` tokens pass through in their order (M = N). Larger groups are
     merged by DPC-KNN into ``max(1, int(N * cluster_ratio))`` cluster means in centre-score order.
     """
-    n = tokens.shape[0]
+    n = tokens.shape[-2]
     if n <= min_merge_size:
-        return tokens, torch.arange(n, device=tokens.device)
+        return tokens, torch.arange(n, device=tokens.device).expand(tokens.shape[:-1])
     n_clusters = max(1, int(n * cluster_ratio))
     labels = dpc_knn(tokens, n_clusters, k, generator)
     return cluster_means(tokens, labels, n_clusters), labels
@@ -262,15 +291,15 @@ def merge_video_tokens(frames: torch.Tensor, *, tau: float, temporal_segment_rat
             n_static = merged.shape[0]
         offset += n_static
 
-        # Dynamic group: per-frame spatial merge, no temporal merging. D is the same for every frame.
+        # Dynamic group: per-frame spatial merge (all W frames at once), no temporal merging.
         n_dyn_per_frame = 0
         if dynamic_idx.numel() > 0:
-            for f in range(w):
-                merged, lab = spatial_merge(seg[f, dynamic_idx], cluster_ratio, k, generator, min_merge_size)
-                outputs.append(merged)
-                assignment[start + f, dynamic_idx] = offset + lab
-                n_dyn_per_frame = merged.shape[0]
-                offset += n_dyn_per_frame
+            merged, lab = spatial_merge(seg[:, dynamic_idx], cluster_ratio, k, generator, min_merge_size)
+            n_dyn_per_frame = merged.shape[1]                               # D, the same for every frame
+            outputs.append(merged.reshape(-1, merged.shape[-1]))            # frame-major: (W * D, C)
+            frame_offsets = offset + n_dyn_per_frame * torch.arange(w, device=frames.device)[:, None]
+            assignment[start:start + w, dynamic_idx] = frame_offsets + lab
+            offset += w * n_dyn_per_frame
         static_sizes.append(n_static)
         dynamic_sizes.append(w * n_dyn_per_frame)
         start += w

@@ -37,15 +37,18 @@ def finish_stats(stats: dict) -> dict:
 class PatchState:
     """Shared by every patched piece of one model: the method, its config, the hooks, per-call bookkeeping."""
 
-    def __init__(self, method: str, config: Any, spec, pruner: Optional[LayerPruner]):
+    def __init__(self, method: str, config: Any, spec, pruner: Optional[LayerPruner], impl=None):
         self.method = method
         self.config = config
+        self.impl = impl                       # the ``prunevid.methods.base.Method`` instance
         self.spec = spec
         self.pruner = pruner
         self.stats = empty_stats()
         self.decode: Optional[dict] = None     # set by a pruned prefill; used to remap decode-step inputs
         self.last_merge = None                 # stage-1 MergeResult of the last prefill (for visualisation)
         self.last_plan = None                  # stage-2 plan of the last prefill (scores, kept indices)
+        self.last_reduction = None             # pre-LLM ``Reduction`` of the last prefill (any method)
+        self.info: dict = {}                   # method-specific extras of the last prefill (budget, decode counts)
 
     def generator(self) -> Optional[torch.Generator]:
         seed = getattr(self.config, "seed", None)
@@ -80,10 +83,9 @@ def apply(model: torch.nn.Module, config=None, *, method: str = "prunevid", **pa
     spec = models.spec_for(model)
     remove(model)
     layers = spec.module.language_layers(model)
-    if isinstance(cfg, PruneVidConfig) and cfg.stage2 and cfg.selected_layer >= len(layers):
-        raise ValueError(f"selected_layer={cfg.selected_layer} is beyond the language model's depth: it has "
-                         f"{len(layers)} decoder layers (valid: 0..{len(layers) - 1})")
-    state = PatchState(method, cfg, spec, LayerPruner(layers))
+    impl = methods.build(method, cfg)
+    impl.validate(len(layers))
+    state = PatchState(method, cfg, spec, LayerPruner(layers), impl)
     model._prunevid = state
     spec.module.patch(model, state)
     return model
@@ -103,6 +105,15 @@ def remove(model: torch.nn.Module) -> torch.nn.Module:
 
 def is_patched(model: torch.nn.Module) -> bool:
     return getattr(model, "_prunevid", None) is not None
+
+
+def info(model: torch.nn.Module) -> dict:
+    """Method-specific extras of the last prefill/generation: ``method``, ``budget`` (target, achieved,
+    reachable, note) where a budget was asked for, decode-time counts (DyCoke, Look-M)."""
+    state = getattr(model, "_prunevid", None)
+    if state is None:
+        raise ValueError("model is not patched: call prunevid.apply(model, ...) first")
+    return {"method": state.method, **state.info}
 
 
 def stats(model: torch.nn.Module) -> dict:

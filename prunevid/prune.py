@@ -9,6 +9,7 @@ Only the query rows after the video are ever formed here: (heads, R, N) logits, 
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -106,3 +107,48 @@ def kept_count(static_sizes: Sequence[int], dynamic_sizes: Sequence[int], window
                alpha: float) -> int:
     """Number of tokens ``select_tokens`` keeps: sum_i floor(alpha S_i) + W_i floor(alpha D_i)."""
     return sum(int(s * alpha) + w * int((d // w) * alpha) for s, d, w in zip(static_sizes, dynamic_sizes, window_sizes))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared helpers for the other methods (FastV, Look-M, the SigLIP importance of VisionZip / PruMerge)
+# ----------------------------------------------------------------------------------------------------------
+def attention_column_sums(query: torch.Tensor, key: torch.Tensor, *, scaling: float,
+                          query_positions: Optional[torch.Tensor] = None, block: int = 256) -> torch.Tensor:
+    """Attention each key receives, summed over the query rows: (H, R, d) x (H, N, d) -> (H, N) float32.
+
+    Rows are processed ``block`` at a time, so memory stays O(H x block x N), never O(H x R x N).
+    ``query_positions`` (R,) makes row r causal (keys 0..query_positions[r] only); ``None`` = unmasked.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    h, r, _ = query.shape
+    n = key.shape[-2]
+    kf = key.float().transpose(-1, -2)
+    out = torch.zeros(h, n, dtype=torch.float32, device=query.device)
+    cols = torch.arange(n, device=query.device)
+    for start in range(0, r, block):
+        stop = min(start + block, r)
+        logits = torch.matmul(query[:, start:stop].float(), kf) * scaling                # (H, b, N)
+        if query_positions is not None:
+            pos = query_positions[start:stop].to(query.device)
+            logits = logits.masked_fill(cols[None, None, :] > pos[None, :, None], float("-inf"))
+        out += logits.softmax(dim=-1).sum(dim=1)
+    return out
+
+
+def top_k_sorted(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the ``n`` largest scores, in ascending index order (``n`` clamped to [0, len])."""
+    n = max(0, min(int(n), scores.numel()))
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    return scores.topk(n).indices.sort().values
+
+
+def bottom_k_sorted(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the ``n`` smallest scores, in ascending index order."""
+    return top_k_sorted(-scores, n)
+
+
+def count_for_ratio(ratio: float, n: int) -> int:
+    """``floor(ratio * n)`` robust to float error (0.25 * 196 = 49 exactly, 0.3 * 10 = 3 not 2)."""
+    return int(math.floor(ratio * n + 1e-9))

@@ -1,0 +1,114 @@
+"""Matched budgets: drive every method to one target retained ratio (``retain``), report what it achieved.
+
+``budget_params(method, retain)`` maps the target to the method's parameters, or says why it cannot:
+
+============  ==========================================================================================
+prunevid      ``retain``: alpha searched per video on the stage-1 groups (largest alpha on a 0.001 grid
+              keeping <= target); when stage 1 alone is below the target, ``cluster_ratio`` and then ``tau``
+              are raised first (``prunevid.methods.prunevid_method``; the settings used are reported)
+random        ``retain`` (its own knob)
+fastv         ``retain``: R = 1 - retain (tokens after layer K; layers 0..K-1 still see all tokens)
+visionzip     ``retain`` (per-frame share, its own knob)
+vidcom2       ``retain`` (R_RATIO, its own knob)
+dycoke        ``retain``: K = 1 - (4 retain - 1)/3; **unreachable below 0.25** (a window's first frame stays)
+prumerge+     ``retain`` as ``plus_ratio`` (the IQR outliers may already exceed it: then reported)
+prumerge      **unreachable**: the kept count is adaptive (IQR outliers)
+lookm         ``retain`` as its KV budget; the prefill keeps 100% of the tokens (FLOPs 1.00x)
+none          unreachable below 1
+============  ==========================================================================================
+
+``run_at_budget`` applies, runs one prefill and returns the record with the *achieved* ratio (visual tokens
+after the LLM's pruning / visual tokens in; for Look-M the visual KV entries / visual tokens in), never the
+target, and an analytic prefill FLOPs ratio (``analytic_flops_ratio``, the papers' 4nd^2 + 2n^2d + 2ndm
+convention; interim until the kit's measured FLOPs counter is wired in).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+UNREACHABLE = {
+    "prumerge": "PruMerge's kept count is adaptive (IQR outliers per frame); it cannot be driven to a budget",
+    "none": "no pruning",
+}
+
+
+def budget_params(method: str, retain: float) -> tuple:
+    """(params or None, note or None) for ``method`` at target ``retain``."""
+    if not 0.0 < retain <= 1.0:
+        raise ValueError(f"retain must be in (0, 1], got {retain}")
+    if method in UNREACHABLE and not (method == "none" and retain == 1.0):
+        return None, UNREACHABLE[method]
+    if method == "dycoke" and retain < 0.25 - 1e-9:
+        return None, "DyCoke cannot retain less than 25%: the first frame of every 4-frame window stays whole"
+    if method == "none":
+        return {}, None
+    note = "KV-cache budget: the prefill runs on all tokens (FLOPs 1.00x)" if method == "lookm" else None
+    return {"retain": retain}, note
+
+
+def achieved_ratio(method: str, stats: dict) -> Optional[float]:
+    n_in = stats.get("visual_tokens_in")
+    if not n_in:
+        return None
+    if method == "lookm":
+        return stats["kv_visual_tokens"] / n_in
+    return stats.get("retained_ratio")
+
+
+def layer_flops(n: int, d: int, m: int) -> float:
+    """The papers' per-decoder-layer prefill convention f(n) = 4 n d^2 + 2 n^2 d + 2 n d m."""
+    return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+
+
+def analytic_flops_ratio(stats: dict, text_config, cut_layer: Optional[int] = None) -> Optional[float]:
+    """Prefill LLM FLOPs vs unpruned under the ``layer_flops`` convention (an interim number until the kit's
+    measured counter is used): layers ``0..cut_layer`` run on text + stage-1 tokens, later layers on text +
+    stage-2 tokens (``cut_layer`` None: all layers on the stage-2 count). KV-cache methods (Look-M) and
+    decode-time pruning (DyCoke's stage 2) do not change it."""
+    if stats.get("visual_tokens_in") is None or stats.get("text_tokens") is None:
+        return None
+    d, m, t = text_config.hidden_size, text_config.intermediate_size, text_config.num_hidden_layers
+    text = stats["text_tokens"]
+    full = t * layer_flops(text + stats["visual_tokens_in"], d, m)
+    n1, n2 = text + stats["visual_tokens_stage1"], text + stats["visual_tokens_stage2"]
+    k = 0 if cut_layer is None else cut_layer + 1
+    return (k * layer_flops(n1, d, m) + (t - k) * layer_flops(n2, d, m)) / full
+
+
+def run_at_budget(model, inputs: dict, method: str, retain: float, *, tolerance: float = 0.05,
+                  **extra) -> dict:
+    """Apply ``method`` at ``retain`` (plus ``extra`` parameters), run one prefill, report.
+
+    Record: ``method``, ``target``, ``params``, ``achieved`` (None when not run), ``reachable`` (False when the
+    method cannot be driven to the budget or lands more than ``tolerance`` away from it), ``note``, ``stats``.
+    The model is left unpatched.
+    """
+    import prunevid
+    params, note = budget_params(method, retain)
+    record = {"method": method, "target": retain, "params": params, "achieved": None, "reachable": False,
+              "note": note, "stats": None, "flops_ratio_analytic": None}
+    if params is None:
+        return record
+    prunevid.apply(model, method=method, **params, **extra)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+        stats = prunevid.stats(model)
+        info = prunevid.patch.info(model)
+        plan = model._prunevid.last_plan
+    finally:
+        prunevid.remove(model)
+    achieved = achieved_ratio(method, stats)
+    record.update(stats=stats, achieved=achieved, flops_ratio_analytic=analytic_flops_ratio(
+        stats, model.config.text_config, plan.layer if plan is not None and plan.keep is not None else None))
+    budget = info.get("budget")
+    reachable = achieved is not None and abs(achieved - retain) <= tolerance
+    if budget is not None and not budget.get("reachable", True):
+        reachable = False
+        note = budget.get("note") or note
+    if not reachable and note is None:
+        note = f"achieved {achieved:.3f} is more than {tolerance} away from the target {retain}"
+    record.update(reachable=reachable, note=note)
+    return record

@@ -1,0 +1,103 @@
+"""Method registry: each name maps to a ``Method`` subclass (``prunevid.methods.base``) and its config dataclass.
+
+Every method is one small module here: pure tensor functions for its token rule, a config dataclass with the
+original defaults, and a ``Method`` subclass answering the model file's three questions (pre-LLM reduction,
+in-LLM plan, KV-cache policy). Shared mechanics live in ``prunevid.llm`` / ``prunevid.prune`` and are never
+copied here.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .base import ConfigMixin, Method, Reduction, SequenceLayout, VideoContext
+
+# name -> (module in this package, Method subclass)
+_METHODS = {
+    "prunevid": ("prunevid_method", "PruneVidMethod"),
+    "none": ("none", "NoneMethod"),
+    "random": ("random_keep", "RandomKeepMethod"),
+    "fastv": ("fastv", "FastVMethod"),
+    "visionzip": ("visionzip", "VisionZipMethod"),
+    "dycoke": ("dycoke", "DyCokeMethod"),
+    "vidcom2": ("vidcom2", "VidCom2Method"),
+    "prumerge": ("prumerge", "PruMergeMethod"),
+    "prumerge+": ("prumerge", "PruMergePlusMethod"),
+    "lookm": ("lookm", "LookMMethod"),
+}
+
+
+def available() -> list:
+    """Names accepted by ``prunevid.apply(model, method=...)``."""
+    return list(_METHODS)
+
+
+def method_class(method: str) -> type:
+    try:
+        module, cls = _METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; available: {available()}") from None
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def config_class(method: str) -> type:
+    return method_class(method).config_class
+
+
+def build(method: str, config) -> Method:
+    """The ``Method`` instance for ``method`` with ``config`` (an instance of ``config_class(method)``)."""
+    return method_class(method)(config)
+
+
+def kept_map(model):
+    """(F, P) bool for the last prefill of a patched model: which input visual tokens survive as themselves or
+    inside a kept merged token, after every stage (pre-LLM reduction, in-LLM pruning, a cache policy that cut
+    the cache). For drawing what each method keeps on the frames. ``None`` before any prefill."""
+    import torch
+
+    state = getattr(model, "_prunevid", None)
+    if state is None:
+        raise ValueError("model is not patched: call prunevid.apply(model, ...) first")
+    red = state.last_reduction
+    st = state.stats
+    if red is None or not st.get("visual_tokens_in"):
+        return None
+    merge = red.info.get("merge")
+    plan = state.last_plan
+    if merge is not None:
+        f, p = merge.assignment.shape
+    elif red.kept is not None:
+        f, p = red.kept.shape
+    else:
+        f = len(red.window_sizes) and sum(red.window_sizes)
+        p = st["visual_tokens_in"] // f
+    rows = None                                                   # surviving rows of red.tokens
+    if plan is not None and plan.keep is not None:
+        keep = plan.keep.cpu()
+        rows = keep[(keep >= plan.visual_start) & (keep < plan.visual_start + plan.visual_len)] - plan.visual_start
+    policy = state.pruner.policy if state.pruner is not None else None
+    if policy is not None and policy.kept_positions() is not None and rows is None:
+        pos = policy.kept_positions().cpu()
+        start = getattr(policy, "visual", slice(0, 0)).start
+        stop = getattr(policy, "visual", slice(0, 0)).stop
+        rows = pos[(pos >= start) & (pos < stop)] - start
+    if merge is not None:
+        assign = merge.assignment.cpu()
+        return torch.ones(f, p, dtype=torch.bool) if rows is None else torch.isin(assign, rows)
+    if red.kept is not None:
+        return red.kept.cpu().clone()
+    out = torch.ones(f * p, dtype=torch.bool)
+    if rows is not None:
+        out[:] = False
+        out[rows] = True
+    return out.view(f, p)
+
+
+def __getattr__(name):  # backwards compatible: prunevid.methods.NoneConfig
+    if name == "NoneConfig":
+        from .none import NoneConfig
+        return NoneConfig
+    raise AttributeError(name)
+
+
+__all__ = ["available", "config_class", "method_class", "build", "kept_map", "Method", "Reduction", "SequenceLayout",
+           "VideoContext", "ConfigMixin"]

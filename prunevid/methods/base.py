@@ -1,0 +1,134 @@
+"""The interface between a model file and a method.
+
+A model file (``prunevid/models/<arch>.py``) owns everything model-specific: where the frame features come
+from, how the prompt marks them, which modules are the decoder layers. A method owns the token rule, as pure
+tensor functions plus three optional answers the model file asks for at the prefill that carries a video:
+
+1. ``reduce(video) -> Reduction | None`` — pre-LLM: the visual tokens that enter the LLM (kept or merged),
+   from ``VideoContext`` (frame features (F, P, C), the per-frame grid, and — only when the method sets
+   ``needs_vision_attention`` — the vision tower's last-layer importance (F, P) and keys (F, P, Dk) pooled to
+   the same grid). ``None`` = the frames enter unchanged.
+2. ``plan(layout) -> Stage2Plan | None`` — in-LLM pruning, carried out by the shared ``LayerPruner``.
+3. ``cache_policy(layout) -> CachePolicy | None`` — post-prefill / decode-time KV-cache behaviour, run by the
+   same hooks.
+
+``enabled`` False means the method is a no-op at its settings: the model file then runs the unpatched
+forward (bit-identical outputs). ``prunes`` says whether the method claims to remove tokens anywhere (the
+divergence check holds it to that claim).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Tuple
+
+import torch
+
+
+class ConfigMixin:
+    """``replace`` / ``to_dict`` for the methods' config dataclasses."""
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class VideoContext:
+    """What a pre-LLM reduction sees for one video (batch size 1)."""
+
+    frames: torch.Tensor                               # (F, P, C) visual tokens in LLM embedding space
+    grid: Tuple[int, int]                              # (h, w) with h * w = P, raster order inside a frame
+    generator: Optional[torch.Generator] = None        # seeded per prefill where the config has a seed
+    importance: Optional[torch.Tensor] = None          # (F, P) attention each patch receives (vision tower)
+    keys: Optional[torch.Tensor] = None                # (F, P, Dk) vision keys, mean over heads, pooled
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return int(self.frames.shape[1])
+
+
+@dataclass
+class Reduction:
+    """Output of a pre-LLM reduction.
+
+    ``tokens`` (N, C) enter the LLM in this order. The group sizes (PruneVid's static / dynamic / window
+    per segment) are optional; a grouped in-LLM selection needs them. ``kept`` (F, P) bool marks the input
+    tokens that survive as themselves (selection methods; VisionZip: its dominant tokens; PruMerge: the merge
+    centres), for drawing what a method keeps (``prunevid.methods.kept_map``); ``info``
+    holds method-specific extras (PruneVid's ``MergeResult`` under ``"merge"``, budgets, counts).
+    """
+
+    tokens: torch.Tensor
+    static_sizes: Optional[List[int]] = None
+    dynamic_sizes: Optional[List[int]] = None
+    window_sizes: Optional[List[int]] = None
+    kept: Optional[torch.Tensor] = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass
+class SequenceLayout:
+    """The LLM input of the prefill, after any pre-LLM reduction (batch size 1)."""
+
+    seq_len: int
+    visual_start: int
+    visual_len: int
+    query_start: int                                   # first position after the visual tokens + newline
+    num_layers: int
+    num_frames: int
+    visual_tokens_in: int
+    reduction: Optional[Reduction] = None
+
+    @property
+    def visual(self) -> slice:
+        return slice(self.visual_start, self.visual_start + self.visual_len)
+
+
+class Method:
+    """Base class: a no-op. Subclasses set ``name``, ``config_class`` and override what they use."""
+
+    name: str = "none"
+    config_class: type = None
+    needs_vision_attention: bool = False
+
+    def __init__(self, config):
+        self.config = config
+        self.info: dict = {}
+
+    # -- properties the patch and the checks read ----------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return False
+
+    @property
+    def prunes(self) -> bool:
+        return self.enabled
+
+    def validate(self, num_layers: int) -> None:
+        """Raise ``ValueError`` when the settings do not fit a language model of ``num_layers`` layers."""
+
+    # -- the three questions the model file asks -----------------------------------------------------------
+    def reduce(self, video: VideoContext) -> Optional[Reduction]:
+        return None
+
+    def plan(self, layout: SequenceLayout):
+        return None
+
+    def cache_policy(self, layout: SequenceLayout):
+        return None
+
+
+def frames_reduction(frames: torch.Tensor, kept: torch.Tensor, info: Optional[dict] = None) -> Reduction:
+    """A selection-only reduction: (F, P, C) frames and (F, P) bool kept -> tokens in frame-major, raster order."""
+    return Reduction(tokens=frames[kept], kept=kept, info=dict(info or {}))

@@ -1,0 +1,110 @@
+"""Matched budgets and the divergence check."""
+import pytest
+import torch
+
+import prunevid
+from prunevid import budget, checks
+from prunevid.methods.base import Method
+from prunevid.methods.none import NoneConfig
+
+EXTRA = {"prunevid": {"selected_layer": 1}, "dycoke": {"L": 1}}
+
+
+@pytest.mark.parametrize("method", ["prunevid", "random", "fastv", "visionzip", "vidcom2", "prumerge+", "lookm",
+                                    "dycoke"])
+def test_matched_budget_reached_and_reported(tiny, tiny_inputs, method):
+    model, _ = tiny
+    rec = budget.run_at_budget(model, tiny_inputs, method, 0.25, **EXTRA.get(method, {}))
+    assert rec["reachable"], rec
+    assert rec["achieved"] == pytest.approx(0.25, abs=0.05)
+    assert rec["achieved"] == budget.achieved_ratio(method, rec["stats"])
+    assert not prunevid.is_patched(model)
+
+
+def test_unreachable_budgets_say_so(tiny, tiny_inputs):
+    model, _ = tiny
+    rec = budget.run_at_budget(model, tiny_inputs, "prumerge", 0.25)
+    assert not rec["reachable"] and rec["achieved"] is None and "adaptive" in rec["note"]
+    rec = budget.run_at_budget(model, tiny_inputs, "dycoke", 0.15, L=1)
+    assert not rec["reachable"] and "25%" in rec["note"]
+
+
+def test_prunevid_budget_search_reports_alpha(tiny, tiny_inputs):
+    model, _ = tiny
+    prunevid.apply(model, selected_layer=1, retain=0.1)
+    try:
+        with torch.no_grad():
+            model(**tiny_inputs)
+        st, info = prunevid.stats(model), prunevid.patch.info(model)
+    finally:
+        prunevid.remove(model)
+    b = info["budget"]
+    assert b["reachable"] and b["expected_tokens"] == st["visual_tokens_stage2"] <= b["target_tokens"]
+    assert 0 < b["alpha"] <= 1
+
+
+def test_prunevid_default_unchanged_by_budget_machinery(tiny, tiny_inputs):
+    model, _ = tiny
+    prunevid.apply(model, selected_layer=1)
+    try:
+        with torch.no_grad():
+            model(**tiny_inputs)
+        assert model._prunevid.last_plan.alpha == 0.4 and "budget" not in prunevid.patch.info(model)
+    finally:
+        prunevid.remove(model)
+
+
+@pytest.mark.parametrize("method", ["fastv", "lookm", "dycoke", "random"])
+def test_divergence_check_passes_for_pruning_methods(tiny, tiny_inputs, method):
+    model, _ = tiny
+    steps = 2 if method == "dycoke" else 0                  # DyCoke's stage 2 only shows in decode steps
+    rec = checks.divergence_check(model, tiny_inputs, method, decode_steps=steps, **EXTRA.get(method, {}))
+    assert rec["reduced"] and rec["claims_to_prune"]
+    assert not prunevid.is_patched(model)
+
+
+def test_divergence_check_accepts_noop_and_requires_identity(tiny, tiny_inputs):
+    model, _ = tiny
+    rec = checks.divergence_check(model, tiny_inputs, "fastv", R=0.0, decode_steps=0)
+    assert not rec["claims_to_prune"] and rec["logits_identical"]
+
+
+class _Inert(Method):
+    """Claims to prune, does nothing: the bug the divergence check exists to catch."""
+    name = "inert"
+    config_class = NoneConfig
+
+    @property
+    def enabled(self):
+        return True
+
+
+def test_divergence_check_catches_silently_inactive_method(tiny, tiny_inputs, monkeypatch):
+    model, _ = tiny
+    monkeypatch.setitem(prunevid.methods._METHODS, "inert", ("none", "NoneMethod"))
+    monkeypatch.setattr(prunevid.methods, "method_class",
+                        lambda name: _Inert if name == "inert" else prunevid.methods.method_class(name))
+    with pytest.raises(checks.SilentlyInactiveError):
+        checks.divergence_check(model, tiny_inputs, "inert", decode_steps=0)
+    assert not prunevid.is_patched(model)
+
+
+def test_analytic_flops_ratio():
+    from types import SimpleNamespace
+    cfg = SimpleNamespace(hidden_size=4, intermediate_size=8, num_hidden_layers=4)
+    st = {"visual_tokens_in": 96, "visual_tokens_stage1": 96, "visual_tokens_stage2": 48, "text_tokens": 4,
+          "kv_visual_tokens": 48}
+    f = budget.layer_flops
+    assert budget.analytic_flops_ratio(st, cfg, cut_layer=1) == pytest.approx(
+        (2 * f(100, 4, 8) + 2 * f(52, 4, 8)) / (4 * f(100, 4, 8)))
+    st_lookm = dict(st, visual_tokens_stage2=96, kv_visual_tokens=20)
+    assert budget.analytic_flops_ratio(st_lookm, cfg) == 1.0
+
+
+def test_budget_record_has_flops(tiny, tiny_inputs):
+    model, _ = tiny
+    fv = budget.run_at_budget(model, tiny_inputs, "fastv", 0.25)
+    rz = budget.run_at_budget(model, tiny_inputs, "random", 0.25)
+    lm = budget.run_at_budget(model, tiny_inputs, "lookm", 0.25)
+    assert lm["flops_ratio_analytic"] == 1.0
+    assert rz["flops_ratio_analytic"] < fv["flops_ratio_analytic"] < 1.0      # FastV's layers 0..1 see everything

@@ -1,0 +1,213 @@
+"""Every method on the tiny LLaVA-OneVision: no-op = bit-identical, defaults prune the documented amount,
+generate works and agrees with the forward, remove restores, stats keys are filled."""
+import pytest
+import torch
+
+import prunevid
+from prunevid.methods.base import Method
+from prunevid.methods.none import NoneConfig
+from prunevid.prune import count_for_ratio
+
+from conftest import FRAMES
+
+P = 49                      # tokens per frame of the tiny model
+N_IN = FRAMES * P
+
+# method -> (default-ish params for the 4-layer tiny model, no-op params)
+CASES = {
+    "prunevid": ({"selected_layer": 1}, {"stage1": False, "stage2": False}),
+    "random": ({}, {"retain": 1.0}),
+    "fastv": ({}, {"R": 0.0}),
+    "visionzip": ({}, {"retain": 1.0}),
+    "dycoke": ({"L": 1}, {"K": 0.0, "P": 0.0}),
+    "vidcom2": ({}, {"retain": 1.0}),
+    "prumerge": ({}, None),                       # adaptive: no no-op setting
+    "prumerge+": ({}, {"plus_ratio": 1.0, "k_neighbors": 0, "summary_token": False}),
+    "lookm": ({}, {"hh_ratio": 0.5, "recent_ratio": 0.5}),
+    "none": ({}, {}),
+}
+FILLED = ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2", "kv_visual_tokens", "text_tokens",
+          "retained_ratio_stage1", "retained_ratio")
+
+
+def _run(model, inputs, method, params):
+    prunevid.apply(model, method=method, **params)
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        return logits, prunevid.stats(model), prunevid.patch.info(model)
+    finally:
+        prunevid.remove(model)
+
+
+def test_registry_lists_every_method():
+    assert set(prunevid.methods.available()) == set(CASES)
+    for name in CASES:
+        assert prunevid.methods.config_class(name)() is not None or name == "prunevid"
+
+
+@pytest.mark.parametrize("method", [m for m, (_, noop) in CASES.items() if noop is not None])
+def test_noop_settings_bit_identical(tiny, tiny_inputs, tiny_ref, method):
+    model, _ = tiny
+    logits, stats, _ = _run(model, tiny_inputs, method, CASES[method][1])
+    assert torch.equal(logits, tiny_ref)
+    assert stats["visual_tokens_stage2"] == stats["visual_tokens_in"] == N_IN
+
+
+class _AlwaysOn(Method):
+    """Enabled, but keeps every token: exercises the whole patched prefill path."""
+    name = "always-on"
+    config_class = NoneConfig
+
+    @property
+    def enabled(self):
+        return True
+
+
+def test_patched_path_keeping_everything_is_bit_identical(tiny, tiny_inputs, tiny_ref):
+    model, _ = tiny
+    prunevid.apply(model, method="none")
+    model._prunevid.impl = _AlwaysOn(NoneConfig())
+    try:
+        with torch.no_grad():
+            logits = model(**tiny_inputs).logits
+    finally:
+        prunevid.remove(model)
+    assert torch.equal(logits, tiny_ref)
+
+
+@pytest.mark.parametrize("method", [m for m in CASES if m != "none"])
+def test_defaults_prune_documented_amount(tiny, tiny_inputs, tiny_ref, method):
+    model, _ = tiny
+    logits, st, info = _run(model, tiny_inputs, method, CASES[method][0])
+    for key in FILLED:
+        assert st[key] is not None, key
+    assert st["visual_tokens_in"] == N_IN
+    assert st["retained_ratio"] == st["visual_tokens_stage2"] / N_IN
+    s1, s2, kv = st["visual_tokens_stage1"], st["visual_tokens_stage2"], st["kv_visual_tokens"]
+    if method == "random":
+        assert s1 == s2 == kv == count_for_ratio(0.25, N_IN)
+    elif method == "fastv":                     # K=2, R=0.5: half the visual tokens after layer 1
+        assert s1 == N_IN and s2 == kv == N_IN // 2
+    elif method == "visionzip":                 # floor(0.25 * 49) = 12 per frame: 10 dominant + 2 contextual
+        assert s1 == s2 == FRAMES * 12
+        assert (info["dominant_per_frame"], info["contextual_per_frame"]) == (10, 2)
+    elif method == "dycoke":                    # per 4-frame window: 49 + 3 * floor(0.3 * 49)
+        assert s1 == s2 == (FRAMES // 4) * (P + 3 * 14)
+    elif method == "vidcom2":
+        assert s1 == sum(info["tokens_per_frame"])
+        assert abs(s1 - 0.25 * N_IN) <= FRAMES
+    elif method == "prumerge":                  # IQR outliers + one summary token per frame
+        assert s1 == sum(info["kept_per_frame"]) + FRAMES
+    elif method == "prumerge+":                 # >= floor(0.25 * 49) per frame + one summary token
+        assert all(k >= 12 for k in info["kept_per_frame"])
+        assert s1 == sum(info["kept_per_frame"]) + FRAMES
+    elif method == "lookm":                     # prefill untouched; KV keeps 10% heavy + 10% recent visual
+        assert s1 == s2 == N_IN and kv == 2 * count_for_ratio(0.1, N_IN)
+        assert torch.equal(logits, tiny_ref)
+    elif method == "prunevid":
+        assert s2 < s1 < N_IN and st["segments"]
+    if method != "lookm":
+        assert kv == s2
+        assert not torch.equal(logits, tiny_ref) if logits.shape == tiny_ref.shape else True
+    assert st["text_tokens"] == tiny_inputs["input_ids"].shape[1] - N_IN
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_generate_agrees_with_forward(tiny, tiny_inputs, method):
+    model, _ = tiny
+    params = CASES[method][0]
+    prunevid.apply(model, method=method, **params)
+    try:
+        with torch.no_grad():
+            logits = model(**tiny_inputs).logits[:, -1]
+            st = prunevid.stats(model)
+            out = model.generate(**tiny_inputs, max_new_tokens=3, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True)
+            st_gen = prunevid.stats(model)
+            info = prunevid.patch.info(model)
+    finally:
+        prunevid.remove(model)
+    assert out.sequences.shape[1] == tiny_inputs["input_ids"].shape[1] + 3
+    assert st_gen == st                                   # generate's prefill pruned exactly like the forward
+    torch.testing.assert_close(out.scores[0], logits, rtol=1e-4, atol=1e-4)
+    if method == "dycoke":
+        assert info["decode_steps"] == 2
+        assert info["decode_visual_kv_attended"] == count_for_ratio(0.3, st["visual_tokens_stage1"])
+
+
+@pytest.mark.parametrize("method", [m for m in CASES if m != "none"])
+def test_remove_restores(tiny, tiny_inputs, tiny_ref, method):
+    model, _ = tiny
+    cls = type(model.model)
+    prunevid.apply(model, method=method, **CASES[method][0])
+    prunevid.remove(model)
+    assert type(model.model) is cls and not prunevid.is_patched(model)
+    for layer in model.model.language_model.layers:
+        assert not layer._forward_pre_hooks and not layer._forward_hooks
+    for layer in model.model.vision_tower.encoder.layers:
+        assert not layer.self_attn._forward_pre_hooks
+    with torch.no_grad():
+        assert torch.equal(model(**tiny_inputs).logits, tiny_ref)
+
+
+def test_validation_messages(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="leaves no later layer"):
+        prunevid.apply(model, method="dycoke")              # L=3 on a 4-layer LLM
+    with pytest.raises(ValueError, match="no layer to prune"):
+        prunevid.apply(model, method="fastv", K=4)
+    with pytest.raises(ValueError, match="cannot be driven to a budget"):
+        prunevid.apply(model, method="prumerge", retain=0.25)
+    with pytest.raises(ValueError, match="at least 1/4"):
+        prunevid.apply(model, method="dycoke", L=1, retain=0.2)
+    with pytest.raises(ValueError, match="has no parameter"):
+        prunevid.apply(model, method="fastv", alpha=0.3)
+    assert not prunevid.is_patched(model)
+
+
+def test_decode_time_methods_change_decoding(tiny, tiny_inputs):
+    """Look-M and DyCoke's stage 2 act on the cache: decode logits differ from the same prefill without them."""
+    model, _ = tiny
+
+    def second_step_scores(method, **params):
+        prunevid.apply(model, method=method, **params)
+        try:
+            with torch.no_grad():
+                out = model.generate(**tiny_inputs, max_new_tokens=2, do_sample=False, output_scores=True,
+                                     return_dict_in_generate=True)
+            return out.scores[1]
+        finally:
+            prunevid.remove(model)
+
+    assert not torch.equal(second_step_scores("lookm"), second_step_scores("none"))
+    assert not torch.equal(second_step_scores("dycoke", L=1), second_step_scores("dycoke", L=1, P=0.0))
+
+
+def test_lookm_cache_sizes(tiny, tiny_inputs):
+    model, _ = tiny
+    prunevid.apply(model, method="lookm")
+    try:
+        with torch.no_grad():
+            out = model(**tiny_inputs, use_cache=True)
+        st = prunevid.stats(model)
+    finally:
+        prunevid.remove(model)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    lengths = {layer.get_seq_length() for layer in cache.layers}
+    assert lengths == {st["text_tokens"] + st["kv_visual_tokens"]}
+
+
+@pytest.mark.parametrize("method,key", [("random", "visual_tokens_stage2"), ("fastv", "visual_tokens_stage2"),
+                                        ("dycoke", "visual_tokens_stage2"), ("vidcom2", "visual_tokens_stage2"),
+                                        ("lookm", "kv_visual_tokens")])
+def test_kept_map_matches_counts(tiny, tiny_inputs, method, key):
+    model, _ = tiny
+    prunevid.apply(model, method=method, **CASES[method][0])
+    try:
+        with torch.no_grad():
+            model(**tiny_inputs)
+        km, st = prunevid.methods.kept_map(model), prunevid.stats(model)
+    finally:
+        prunevid.remove(model)
+    assert km.shape == (FRAMES, P) and int(km.sum()) == st[key]

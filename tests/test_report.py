@@ -1,0 +1,135 @@
+"""Sweep execution with papermill, HTML export, index page — and the index opened in a real headless browser."""
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import threading
+
+import nbformat
+import pytest
+
+from prunevid import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A stand-in for the benchmark notebook: writes a results.json in the kit's schema from its parameters.
+FAKE_PARAMS = 'method = "none"\nalpha = 0.4\nfail = False\nbenchmark = "fake"\nmodel = "tiny"\noutput_dir = "."\n'
+FAKE_BODY = '''
+from prunevid import results
+if fail:
+    raise RuntimeError("this cell was told to fail")
+retained = 1.0 if method == "none" else alpha * 0.5
+res = results.base_results(config={"model": model, "benchmark": benchmark}, method={"name": method, "alpha": alpha},
+                           n_samples={"total": 4, "done": 4, "errors": 0, "unparsed": 0},
+                           metrics={"accuracy": 50 + 40 * retained, "by_category": {}},
+                           tokens={"retained_ratio": retained}, flops={"backend": "analytic", "ratio_vs_unpruned": retained},
+                           timing={"prefill_ms": 1.0})
+results.RunWriter(output_dir).write_results(res)
+print("accuracy", res["metrics"]["accuracy"])
+'''
+
+
+def _fake_notebook(path):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(FAKE_PARAMS)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# fake benchmark"), p, nbformat.v4.new_code_cell(FAKE_BODY)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    _fake_notebook(tmp / "fake.ipynb")
+    (tmp / "s.yaml").write_text(
+        f"name: unit\nnotebook: {tmp / 'fake.ipynb'}\nbase: {{benchmark: fake}}\n"
+        "grid: {method: [none, prunevid], alpha: [0.2, 0.4]}\ncells: [{method: broken, fail: true}]\n")
+    old = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + old if old else "")
+    try:
+        sweep = report.load_sweep(str(tmp / "s.yaml"))
+        status = report.run_sweep(sweep, str(tmp / "reports"), log=lambda *a: None)
+        again = report.run_sweep(sweep, str(tmp / "reports"), log=lambda *a: None)
+    finally:
+        os.environ["PYTHONPATH"] = old
+    return tmp / "reports" / "unit", status, again
+
+
+def test_cells_expand_and_ids_are_stable():
+    sweep = {"base": {"benchmark": "b"}, "grid": {"method": ["a", "c"], "alpha": [1, 2]}, "cells": [{"method": "a", "alpha": 1}]}
+    cells = report.expand_cells(sweep)
+    assert len(cells) == 4                                           # the explicit duplicate is dropped
+    assert report.cell_id(cells[0]) == report.cell_id(dict(reversed(list(cells[0].items()))))
+    with pytest.raises(ValueError, match="non-empty list"):
+        report.expand_cells({"grid": {"method": "a"}})
+
+
+def test_sweep_runs_skips_and_records_failures(sweep_dir):
+    out, status, again = sweep_dir
+    assert sorted(status.values()) == ["done"] * 4 + ["failed"]
+    assert sorted(again.values()) == ["failed"] + ["skipped"] * 4      # a rerun resumes; the failure is retried
+    failed = [k for k, v in status.items() if v == "failed"][0]
+    info = json.loads((out / "runs" / failed / "failed.json").read_text())
+    assert "told to fail" in info["error"]
+    page = (out / "runs" / f"{failed}.html").read_text()
+    assert "told to fail" in page
+    ok = [k for k, v in status.items() if v == "done"][0]
+    run_page = (out / "runs" / f"{ok}.html").read_text()
+    assert "accuracy" in run_page and "results.RunWriter" not in run_page     # outputs kept, code cells hidden
+    index = (out / "index.html").read_text()
+    assert index.count("<tr") == 6 and "failed: " in index
+    assert (out / "accuracy_vs_retention.png").stat().st_size > 1000
+
+
+def _browser():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+CHECK_PAGE = """<!doctype html><html><body><pre id="result">pending</pre>
+<iframe id="f" src="index.html" style="width:1200px;height:900px"></iframe>
+<script>
+document.getElementById('f').onload = async () => {
+  const doc = document.getElementById('f').contentDocument;
+  const imgs = [...doc.images];
+  await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = r; i.onerror = r; })));
+  const links = [...doc.querySelectorAll('a[href]')].map(a => a.href);
+  const codes = await Promise.all(links.map(h => fetch(h).then(r => r.status).catch(() => 0)));
+  document.getElementById('result').textContent = JSON.stringify({
+    title: doc.title, rows: doc.querySelectorAll('tr').length,
+    images: imgs.map(i => i.naturalWidth), links: codes});
+};
+</script></body></html>"""
+
+
+def test_index_renders_in_a_headless_browser(sweep_dir):
+    browser = _browser()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("no chromium in CI: .ci/run must install Debian's chromium")
+        pytest.skip("chromium is not installed")
+    out, _, _ = sweep_dir
+    (out / "check.html").write_text(CHECK_PAGE)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/check.html"
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                              "--disable-sync", f"--user-data-dir={out / '.chrome'}", "--virtual-time-budget=10000",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    finally:
+        server.shutdown()
+    start = dom.index('<pre id="result">') + len('<pre id="result">')
+    result = json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"'))
+    assert result["title"].startswith("unit") and result["rows"] == 6
+    assert result["images"] and all(w > 0 for w in result["images"])     # every image loaded
+    assert result["links"] and all(code == 200 for code in result["links"])

@@ -1,0 +1,57 @@
+import json
+import os
+
+import pytest
+
+from prunevid import cli, results
+
+
+def test_run_writer_resumes_and_repairs_a_torn_line(tmp_path):
+    w = results.RunWriter(str(tmp_path))
+    row = {k: None for k in results.SAMPLE_FIELDS}
+    w.append_sample(dict(row, id="a"))
+    w.append_sample(dict(row, id="b"))
+    with open(w.samples_path, "a") as f:
+        f.write('{"id": "c", "categ')                     # interrupted mid-line
+    assert w.done_ids() == {"a", "b"}
+    w.append_sample(dict(row, id="c"))
+    assert [r["id"] for r in w.read_samples()] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="lacks"):
+        w.append_sample({"id": "d"})
+
+
+def test_results_json_is_complete_and_atomic(tmp_path):
+    w = results.RunWriter(str(tmp_path))
+    res = results.base_results(config={}, method={"name": "none"}, n_samples={}, metrics={}, tokens={}, flops=None,
+                               timing={})
+    w.write_results(res)
+    data = json.loads(open(w.results_path).read())
+    assert set(results.RESULT_FIELDS) <= set(data) and data["versions"]["prunevid"]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+    with pytest.raises(ValueError, match="lack"):
+        w.write_results({"run_id": "x"})
+
+
+def test_parse_set_values():
+    assert cli.parse_set(["alpha=0.3", "selected_layer=2", "stage1=false", "seed=none", "scoring=official"]) == {
+        "alpha": 0.3, "selected_layer": 2, "stage1": False, "seed": None, "scoring": "official"}
+
+
+def test_demo_main_job_writes_report_and_results(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = cli.main(["demo", "--frames", "8", "--repeats", "1", "--max-new-tokens", "2", "--output-dir", str(out),
+                   "--set", "selected_layer=1"])
+    assert rc == 0
+    html = (out / "index.html").read_text()
+    assert "PruneVid demo" in html and "data:image/png;base64" in html
+    res = json.loads((out / "run" / "results.json").read_text())
+    assert res["checks"]["stages_off_bit_identical"] is True
+    assert res["tokens"]["visual_tokens_in"] == 8 * 49
+    assert 0 < res["tokens"]["retained_ratio"] < res["tokens"]["retained_ratio_stage1"] < 1
+    assert "retained" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(capsys):
+    assert cli.main(["demo", "--video", "/no/such/clip.mp4", "--frames", "4"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert cli.main(["demo", "--set", "alpha=7"]) == 2
