@@ -1,0 +1,344 @@
+"""The shared part of every model patch: one prefill path and one decode remap for all video LLMs.
+
+A model file describes its model with a ``VideoModelAdapter`` subclass (where the video features come from,
+which token id marks them, whether an image-newline follows the frames, where the decoder layers are) and
+calls ``patch_inner`` / ``unpatch_inner``. Everything else is here, written once:
+
+The patched inner multimodal module is called exactly like the original: ``input_ids`` hold one placeholder per
+video feature. At the prefill that carries a video (``pixel_values_videos``, or the pre-encoded
+``mm_encoder_outputs["video"]`` that ``generate`` passes in transformers >= 5.24), for the active method it
+  1. computes the frame features (F, P, C) (and the newline, where the model has one; and, when the method
+     sets ``needs_vision_attention``, the vision tower's attention pooled to the same grid);
+  2. asks ``method.reduce`` for the tokens entering the LLM and shortens the sequence: the first N1
+     placeholders receive them, the newline placeholder (never merged or pruned; counted as text) follows, the
+     surplus placeholders are dropped; positions are re-numbered 0..N1-1 over the shortened sequence, as the
+     official PruneVid code does;
+  3. asks ``method.plan`` for an in-LLM plan and ``method.cache_policy`` for a KV-cache policy, hands both to
+     the ``LayerPruner`` and runs the language model.
+Decode steps get their inputs remapped: positions shift by the number of tokens the pre-LLM reduction removed
+(the first new token sits at the shortened prefill length, as in the official code), and a full-length 2-D
+attention mask is reduced to the kept columns. A method whose settings are a no-op runs the unpatched forward.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from ..llm import get_cache
+from ..methods.base import Reduction, SequenceLayout, VideoContext
+from ..patch import empty_stats, finish_stats
+
+
+class VideoModelAdapter:
+    """What the shared machinery needs to know about one architecture (override in the model file)."""
+
+    #: config attribute holding the placeholder token id of video features
+    placeholder_attr = "video_token_id"
+    #: one learned image-newline vector follows the frames (LLaVA-OneVision)
+    has_newline = False
+
+    def tokens_per_frame(self, config) -> int:
+        raise NotImplementedError
+
+    def num_video_tokens(self, config, num_frames: int) -> int:
+        return num_frames * self.tokens_per_frame(config) + int(self.has_newline)
+
+    def placeholder_id(self, config) -> int:
+        return getattr(config, self.placeholder_attr)
+
+    def encode(self, inner, videos: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """(1, F, 3, H, W) -> (1, F * P (+1 newline), C): the features the unpatched model would scatter."""
+        raise NotImplementedError
+
+    def vision_attention(self, inner, state, kwargs, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(importance (F, P), keys (F, P, Dk)) pooled to the feature grid, for methods that need them."""
+        raise NotImplementedError(f"{type(self).__name__} does not provide the vision tower's attention")
+
+
+# ------------------------------------------------------------------------------------------------ patching
+_CLASS_CACHE: dict = {}
+
+
+def patch_inner(inner, state, adapter: VideoModelAdapter, extra: Optional[dict] = None) -> None:
+    """Swap ``inner``'s class for a generated subclass whose ``forward`` runs the shared prefill/decode path."""
+    parent = type(inner)
+    key = (parent, type(adapter))
+    if key not in _CLASS_CACHE:
+        arg_names = [p for p in inspect.signature(parent.forward).parameters if p != "self"]
+
+        def forward(self, *args, **kwargs):
+            kwargs.update(zip(arg_names, args))
+            return _forward(self, parent, kwargs)
+
+        attrs = {"forward": forward, "_prunevid_parent": parent}
+        attrs.update(extra or {})
+        _CLASS_CACHE[key] = type(f"PruneVid{parent.__name__}", (parent,), attrs)
+    inner.__class__ = _CLASS_CACHE[key]
+    inner._prunevid = state
+    inner._prunevid_adapter = adapter
+
+
+def unpatch_inner(inner) -> None:
+    if hasattr(inner, "_prunevid_parent"):
+        inner.__class__ = inner._prunevid_parent
+    inner.__dict__.pop("_prunevid", None)
+    inner.__dict__.pop("_prunevid_adapter", None)
+
+
+# ------------------------------------------------------------------------------------------------ forward
+def _encoded_video(kwargs):
+    """The pre-encoded video (``mm_encoder_outputs["video"]``), as generate() passes it in transformers >= 5.24."""
+    mm = kwargs.get("mm_encoder_outputs")
+    if not mm:
+        return None
+    return mm.get("video") if isinstance(mm, dict) else None
+
+
+def _features_of(encoded) -> torch.Tensor:
+    feats = encoded.pooler_output if hasattr(encoded, "pooler_output") else encoded
+    return feats if isinstance(feats, torch.Tensor) else torch.stack(list(feats))
+
+
+def _forward(self, parent, kwargs):
+    state = self._prunevid
+    adapter = self._prunevid_adapter
+    method = state.impl
+    videos = kwargs.get("pixel_values_videos")
+    encoded = _encoded_video(kwargs)
+    input_ids = kwargs.get("input_ids")
+    cache = get_cache(kwargs)
+    past = cache.get_seq_length() if cache is not None else 0
+
+    if videos is not None or encoded is not None:
+        state.decode = None
+        state.pruner.set_policy(None)
+        state.info = {}
+        if not method.enabled:
+            state.stats = _unpruned_stats(self, adapter, input_ids)
+            return parent.forward(self, **kwargs)
+        return _pruned_prefill(self, parent, adapter, state, kwargs)
+
+    dec = state.decode
+    if dec is not None and past > 0 and past == dec["cache_len"]:
+        kwargs = _remap_decode(kwargs, dec)
+    elif past == 0:
+        state.decode = None
+        state.pruner.set_policy(None)
+    return parent.forward(self, **kwargs)
+
+
+def _unpruned_stats(self, adapter, input_ids) -> dict:
+    stats = empty_stats()
+    if input_ids is not None and input_ids.shape[0] == 1:
+        n_vis = int((input_ids[0] == adapter.placeholder_id(self.config)).sum()) - int(adapter.has_newline)
+        stats.update(visual_tokens_in=n_vis, visual_tokens_stage1=n_vis, visual_tokens_stage2=n_vis,
+                     kv_visual_tokens=n_vis, text_tokens=input_ids.shape[1] - n_vis)
+    return finish_stats(stats)
+
+
+def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
+    method = state.impl
+    input_ids = kwargs.get("input_ids")
+    videos = kwargs.get("pixel_values_videos")
+    encoded = _encoded_video(kwargs)
+    if input_ids is None:
+        raise ValueError("the PruneVid patch needs input_ids (with the video placeholders), not inputs_embeds")
+    if encoded is None:
+        state.vision = None
+        feats = adapter.encode(self, videos, kwargs)          # may record the vision attention (state.vision)
+    else:
+        feats = _features_of(encoded)
+    if input_ids.shape[0] != 1 or feats.shape[0] != 1:
+        raise ValueError(f"the PruneVid patch supports batch size 1 (one video per call), got input_ids of "
+                         f"shape {tuple(input_ids.shape)} and a video batch of {feats.shape[0]}")
+    mm = kwargs.get("mm_encoder_outputs") or {}
+    if kwargs.get("pixel_values") is not None or (isinstance(mm, dict) and mm.get("image") is not None):
+        raise ValueError("the PruneVid patch does not support images and a video in the same prompt")
+
+    feats = feats[0]
+    n_newline = int(adapter.has_newline)
+    n_feat = feats.shape[0] - n_newline
+    per_frame = adapter.tokens_per_frame(self.config)
+    if n_feat % per_frame:
+        raise ValueError(f"the video features hold {feats.shape[0]} tokens, not frames x {per_frame}"
+                         + (" + 1 newline" if n_newline else ""))
+    n_frames = n_feat // per_frame
+    placeholders = (input_ids[0] == adapter.placeholder_id(self.config)).nonzero().squeeze(1)
+    if placeholders.numel() != feats.shape[0]:
+        raise ValueError(f"the prompt holds {placeholders.numel()} video placeholders, but the video gives "
+                         f"{feats.shape[0]} features ({n_frames} frames x {per_frame} tokens"
+                         + (" + 1 image-newline)" if n_newline else ")"))
+    if int(placeholders[-1] - placeholders[0]) + 1 != feats.shape[0]:
+        raise ValueError("the video placeholders of the prompt must be contiguous")
+
+    frames = feats[:n_feat].reshape(n_frames, per_frame, -1)                  # (F, P, C)
+    newline = feats[n_feat:]                                                   # (1, C) or (0, C)
+    importance = keys = None
+    if method.needs_vision_attention:
+        importance, keys = adapter.vision_attention(self, state, kwargs, frames)
+    side = int(round(math.sqrt(per_frame)))
+    video = VideoContext(frames=frames, grid=(side, per_frame // side), generator=state.generator(),
+                         importance=importance, keys=keys)
+
+    stats = empty_stats()
+    stats.update(visual_tokens_in=n_frames * per_frame)
+    red = method.reduce(video)
+    if red is None:  # frames enter unchanged: every frame is one dynamic group of one segment
+        red = Reduction(tokens=frames.reshape(-1, frames.shape[-1]), static_sizes=[0],
+                        dynamic_sizes=[n_frames * per_frame], window_sizes=[n_frames])
+    visual = red.tokens
+    state.last_reduction = red
+    state.last_merge = red.info.get("merge")
+    n_vis = visual.shape[0]
+    stats["visual_tokens_stage1"] = n_vis
+    if "merge" in red.info:  # PruneVid's stage-1 structure
+        stats.update(segments=list(red.window_sizes), static_tokens=list(red.static_sizes),
+                     dynamic_tokens=list(red.dynamic_sizes))
+
+    # Shorter sequence: text, the first n_vis placeholders, the newline placeholder (if any), text.
+    n_full = input_ids.shape[1]
+    first = int(placeholders[0])
+    after = int(placeholders[-1]) + 1
+    device = input_ids.device
+    keep1 = torch.cat([torch.arange(first + n_vis, device=device),
+                       torch.arange(after - n_newline, n_full, device=device)])
+    ids = input_ids[:, keep1]
+    embeds = self.get_input_embeddings()(ids)
+    embeds[0, first:first + n_vis] = visual.to(embeds.dtype)
+    if n_newline:
+        embeds[0, first + n_vis] = newline[0].to(embeds.dtype)
+    n1 = ids.shape[1]
+
+    mask = kwargs.get("attention_mask")
+    new_kwargs = dict(kwargs, input_ids=None, inputs_embeds=embeds, pixel_values_videos=None)
+    new_kwargs.pop("mm_encoder_outputs", None)
+    if mask is not None:
+        new_kwargs["attention_mask"] = mask[:, keep1]
+    if n1 != n_full:  # positions re-numbered over the shortened sequence (official PruneVid / LLaVA behaviour)
+        base = new_kwargs.get("attention_mask")
+        base = torch.ones_like(ids) if base is None else base.long()
+        new_kwargs["position_ids"] = (base.cumsum(-1) - 1).clamp_min(0)
+
+    layout = SequenceLayout(seq_len=n1, visual_start=first, visual_len=n_vis, query_start=first + n_vis + n_newline,
+                            num_layers=len(state.pruner.layers), num_frames=n_frames,
+                            visual_tokens_in=n_frames * per_frame, reduction=red)
+    plan = method.plan(layout)
+    policy = method.cache_policy(layout)
+    if plan is not None:
+        state.pruner.arm(plan)
+    if policy is not None:
+        policy.phase = "prefill"
+    state.pruner.set_policy(policy)
+    try:
+        out = parent.forward(self, **new_kwargs)
+    finally:
+        if plan is not None:
+            state.pruner.disarm()
+        if policy is not None:
+            policy.phase = "decode"
+    state.last_plan = plan
+
+    kept_seq = keep1 if plan is None or plan.keep is None else keep1[plan.keep.to(keep1.device)]
+    if policy is not None and policy.kept_positions() is not None:
+        kept_seq = keep1[policy.kept_positions().to(keep1.device)]
+    stats["visual_tokens_stage2"] = plan.kept_visual if plan is not None and plan.keep is not None else n_vis
+    stats["text_tokens"] = n1 - n_vis
+    out_cache = getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+    if out_cache is not None and getattr(out_cache, "layers", None):
+        cache_len = out_cache.get_seq_length()
+        stats["kv_visual_tokens"] = out_cache.layers[-1].get_seq_length() - stats["text_tokens"]
+        state.decode = {"n_full": n_full, "offset": n_full - n1, "kept": kept_seq, "seen": 0,
+                        "cache_len": cache_len, "next_pos": n1}
+    else:
+        state.pruner.set_policy(None)
+    state.stats = finish_stats(stats)
+    state.info = dict(red.info)
+    state.info.pop("merge", None)
+    if policy is not None and policy.info is not None:
+        state.info.update(policy.info)                     # the policy keeps updating it during decoding
+        policy.info = state.info
+    return out
+
+
+def _remap_decode(kwargs, dec):
+    """Inputs of a step after a pruned prefill, given in full-sequence terms -> terms of the pruned cache."""
+    ref = kwargs.get("input_ids")
+    if ref is None:
+        ref = kwargs.get("inputs_embeds")
+    q = ref.shape[1]
+    kwargs = dict(kwargs)
+    pos = kwargs.get("position_ids")
+    if pos is not None:
+        kwargs["position_ids"] = pos - dec["offset"]
+    else:
+        kwargs["position_ids"] = (torch.arange(q, device=ref.device) + dec["next_pos"])[None]
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        full_len = dec["n_full"] + dec["seen"] + q
+        if mask.shape[1] == full_len:
+            kept = dec["kept"].to(mask.device)
+            kwargs["attention_mask"] = torch.cat([mask[:, kept], mask[:, dec["n_full"]:]], dim=1)
+        elif mask.shape[1] != dec["cache_len"] + q:
+            raise ValueError(f"attention_mask has length {mask.shape[1]}; expected {full_len} (full sequence) "
+                             f"or {dec['cache_len'] + q} (pruned cache) for this decode step")
+    dec["seen"] += q
+    dec["cache_len"] += q
+    dec["next_pos"] += q
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------------ vision probe
+class VisionAttentionProbe:
+    """Forward pre-hook on one vision attention module, for this instance and one call only. From that layer's
+    own q/k (SDPA keeps running; nothing is eager) it computes, per frame, the attention each patch receives
+    averaged over heads and queries (block-wise column sums) and the keys averaged over heads. The kit's
+    adaptation for CLS-less SigLIP (the rule of HoliTom's VisionZip port): PruMerge/VisionZip use CLS attention
+    on CLIP."""
+
+    def __init__(self, attn, block: int = 256):
+        self.attn, self.block = attn, block
+        self.importance = self.keys = None
+        self.handle = attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        from ..prune import attention_column_sums
+        h = args[0] if args else kwargs["hidden_states"]               # (frames, Np, D), layer-normed
+        n_frames, n_patches, _ = h.shape
+        heads = getattr(module, "num_heads", None) or module.config.num_attention_heads
+        scale = getattr(module, "scale", None) or getattr(module, "scaling")
+        with torch.no_grad():
+            imp, keys = [], []
+            for f in range(n_frames):
+                q = module.q_proj(h[f]).view(n_patches, heads, -1).transpose(0, 1)     # (H, Np, d)
+                k = module.k_proj(h[f]).view(n_patches, heads, -1).transpose(0, 1)
+                sums = attention_column_sums(q, k, scaling=scale, block=self.block)   # (H, Np)
+                imp.append(sums.sum(0) / (heads * n_patches))
+                keys.append(k.mean(0))
+            self.importance = torch.stack(imp)                           # (F, Np) float32
+            self.keys = torch.stack(keys)                                # (F, Np, d)
+        return None
+
+    def remove(self):
+        self.handle.remove()
+
+
+def vision_layer(tower, feature_layer):
+    """The vision encoder layer whose output ``hidden_states[feature_layer]`` is."""
+    tower = getattr(tower, "vision_model", tower)                  # the HF vision model wraps or is the transformer
+    layers = tower.encoder.layers
+    if not isinstance(feature_layer, int):
+        raise NotImplementedError("vision attention for several vision_feature_layers is not supported")
+    return layers[feature_layer] if feature_layer < 0 else layers[feature_layer - 1]
+
+
+def probe_call(fn, attn_module, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` with a ``VisionAttentionProbe`` on ``attn_module``; (result, probe)."""
+    probe = VisionAttentionProbe(attn_module)
+    try:
+        return fn(*args, **kwargs), probe
+    finally:
+        probe.remove()
