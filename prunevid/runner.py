@@ -307,6 +307,18 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
 
     identity = {"benchmark": bench.name, "model": str(model), "method": method_info, "protocol": protocol,
                 "frames": frames, "dtype": str(dtype), "seed": seed, "gen_kwargs": gen}
+    import prunevid
+    prunevid.apply(loaded.model, cfg, method=method)     # a config the model rejects fails before any file
+    try:
+        return _run(bench, items, loaded, identity, output_dir=output_dir, data_root=data_root, device=device,
+                    limit=limit, progress=progress, rank=rank, world=world)
+    finally:
+        prunevid.remove(loaded.model)
+
+
+def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit, progress, rank, world) -> dict:
+    method, protocol, frames = identity["method"]["name"], identity["protocol"], identity["frames"]
+    gen, seed = identity["gen_kwargs"], identity["seed"]
     run_id = problem = None
     if rank == 0:
         try:
@@ -327,8 +339,6 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
         todo = todo[rank::world]
         writer.samples_path = os.path.join(output_dir, f"samples.rank{rank}.jsonl")
 
-    import prunevid
-    prunevid.apply(loaded.model, cfg, method=method)
     eos = _eos_ids(loaded)
     from .cache import MediaCache
     media_cache = MediaCache.from_env()
@@ -353,7 +363,6 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
     finally:
         if bar is not None:
             bar.close()
-        prunevid.remove(loaded.model)
 
     _barrier(world)
     if rank != 0:            # rank 0 merges and scores; the others wait for its results

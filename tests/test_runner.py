@@ -419,3 +419,25 @@ def test_media_cache_sweep_decodes_and_encodes_once(datas, tiny, tmp_path, monke
     readable = info["mvbench"]["n_items"] - info["mvbench"]["n_errors"]
     # each readable video decoded once; the corrupt one is tried by both runs (errors are not cached)
     assert len(decoded) == readable + 2 and len(encoded) == readable
+
+
+def test_config_rejected_by_model_writes_nothing(datas, tiny, tmp_path):
+    """A hyperparameter the model rejects (layer beyond its depth) fails before the run folder is claimed, so
+    the corrected command can use the same folder."""
+    root, _ = datas
+    with pytest.raises(ValueError, match="selected_layer"):
+        _eval(tiny, root, tmp_path / "run", "mvbench", limit=1, params={"selected_layer": 99})
+    assert not (tmp_path / "run" / runner.RUN_CONFIG).exists()
+    res = _eval(tiny, root, tmp_path / "run", "mvbench", limit=1, params={"selected_layer": 1})
+    assert res["method"]["selected_layer"] == 1
+    from prunevid import is_patched
+    assert not is_patched(tiny.model)
+
+
+def test_every_method_runs(datas, tiny, tmp_path):
+    from prunevid import methods
+    root, _ = datas
+    for m in methods.available():
+        params = {"L": 1} if m == "dycoke" else {}
+        res = _eval(tiny, root, tmp_path / m, "videomme", method=m, params=params, limit=2)
+        assert res["n_samples"]["done"] == 2 and res["method"]["name"] == m
