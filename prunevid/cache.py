@@ -3,8 +3,8 @@
 Enabled by ``$PRUNEVID_CACHE_DIR`` (off by default: decoded frames take several MB per video). Frames are
 keyed by the video (path, size, modification time), frame count, sampling and bound; features additionally
 by the model (name, dtype). A sweep of methods over one benchmark then decodes and encodes each video once.
-Methods that act inside the vision tower must not reuse encoder features: only ``FEATURE_CACHE_METHODS``
-(which act after the encoder) use them.
+Methods that need the vision tower itself (``needs_vision_attention``: VisionZip, PruMerge) must not reuse
+encoder features: ``uses_feature_cache(method)`` says which methods do.
 """
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-FEATURE_CACHE_METHODS = {"prunevid", "none"}
+
+
+def uses_feature_cache(method: str) -> bool:
+    """True for methods that act after the vision encoder (their input is the encoder's output alone)."""
+    from . import methods
+    try:
+        cls = methods.method_class(method)
+    except (ValueError, AttributeError):
+        return False
+    return not getattr(cls, "needs_vision_attention", True)
 
 
 def _stamp(path: str) -> list:

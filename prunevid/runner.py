@@ -25,7 +25,7 @@ import torch
 
 from . import benchmarks, methods, results
 from .benchmarks.base import check_protocol
-from .cache import FEATURE_CACHE_METHODS
+from .cache import uses_feature_cache
 
 DEFAULT_MODEL = "demo"
 DEFAULT_BENCHMARK = "synthetic"
@@ -229,7 +229,7 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     preds, prefill, decode, n_new, stats = [], [], [], 0, {}
     for i, prompt in enumerate(bench.prompts(item, protocol)):
         inputs = video.build_inputs(loaded, clip, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix)
-        if cache is not None and method in FEATURE_CACHE_METHODS and hasattr(loaded.model.model, "get_video_features"):
+        if cache is not None and uses_feature_cache(method) and hasattr(loaded.model.model, "get_video_features"):
             from transformers.modeling_outputs import BaseModelOutputWithPooling
             from .cache import model_key
             pixels = inputs.pop("pixel_values_videos")

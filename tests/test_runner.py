@@ -441,3 +441,21 @@ def test_every_method_runs(datas, tiny, tmp_path):
         params = {"L": 1} if m == "dycoke" else {}
         res = _eval(tiny, root, tmp_path / m, "videomme", method=m, params=params, limit=2)
         assert res["n_samples"]["done"] == 2 and res["method"]["name"] == m
+
+
+def test_media_cache_gives_same_answers_for_every_method(datas, tiny, tmp_path, monkeypatch):
+    from prunevid import methods
+    from prunevid.cache import uses_feature_cache
+    root, _ = datas
+    assert not uses_feature_cache("visionzip") and uses_feature_cache("fastv")
+    plain = {}
+    for m in methods.available():
+        params = {"L": 1} if m == "dycoke" else {}
+        _eval(tiny, root, tmp_path / f"plain-{m}", "videomme", method=m, params=params, limit=2)
+        plain[m] = {r["id"]: (r["prediction"], r.get("visual_tokens_stage2")) for r in _rows(tmp_path / f"plain-{m}")}
+    monkeypatch.setenv("PRUNEVID_CACHE_DIR", str(tmp_path / "cache"))
+    for m in methods.available():
+        params = {"L": 1} if m == "dycoke" else {}
+        _eval(tiny, root, tmp_path / f"cached-{m}", "videomme", method=m, params=params, limit=2)
+        got = {r["id"]: (r["prediction"], r.get("visual_tokens_stage2")) for r in _rows(tmp_path / f"cached-{m}")}
+        assert got == plain[m], m
