@@ -169,6 +169,8 @@ def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set):
     _sync(device)
     prefill_ms = 1000 * (time.perf_counter() - t0)
     stats = prunevid.stats(model) if prunevid.is_patched(model) else {}
+    if stats:
+        stats = dict(stats, **prefill_flops(model, stats))
     cache = getattr(out, "cache", None)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     tokens, steps = [], 0
@@ -187,6 +189,25 @@ def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set):
     _sync(device)
     decode_ms = 1000 * (time.perf_counter() - t1) / steps if steps else None
     return tokens, stats, prefill_ms, decode_ms
+
+
+def prefill_flops(model, stats: dict) -> dict:
+    """Analytic LLM prefill FLOPs of the last prefill and their ratio to the unpruned prefill
+    (``prunevid.budget``'s per-layer convention 4nd^2 + 2n^2d + 2ndm; layers up to the in-LLM cut run on the
+    stage-1 count, later ones on the stage-2 count). Interim numbers until a measured counter is wired in."""
+    try:
+        from .budget import analytic_flops_ratio, layer_flops
+    except ImportError:
+        return {}
+    tc = getattr(model.config, "text_config", None)
+    if tc is None or stats.get("visual_tokens_in") is None or stats.get("text_tokens") is None:
+        return {}
+    plan = getattr(getattr(model, "_prunevid", None), "last_plan", None)
+    cut = plan.layer if plan is not None and getattr(plan, "keep", None) is not None else None
+    ratio = analytic_flops_ratio(stats, tc, cut)
+    full = tc.num_hidden_layers * layer_flops(stats["text_tokens"] + stats["visual_tokens_in"], tc.hidden_size,
+                                              tc.intermediate_size)
+    return {"flops_prefill": ratio * full if ratio is not None else None, "flops_ratio": ratio}
 
 
 def _frames_error(e: BaseException) -> str:
@@ -249,15 +270,15 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     row.update(prediction=preds[0], parsed=score.parsed, correct=score.correct, unparsed=score.unparsed)
     if len(preds) > 1:
         row["prediction2"] = preds[1]
-    row.update({k: stats.get(k) for k in _stats_keys()})
+    row.update({k: stats.get(k) for k in _stats_keys() + ("flops_prefill", "flops_ratio")})
     row.update(prefill_ms=sum(prefill) / len(prefill), decode_ms_per_token=sum(decode) / len(decode) if decode else None,
                new_tokens=n_new, time_s=time.perf_counter() - t0)
     return row
 
 
-def _stats_keys():
+def _stats_keys() -> tuple:
     from .patch import STATS_KEYS
-    return STATS_KEYS
+    return tuple(STATS_KEYS)
 
 
 TOKEN_KEYS = ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2", "kv_visual_tokens", "text_tokens",
@@ -319,20 +340,23 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
 def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit, progress, rank, world) -> dict:
     method, protocol, frames = identity["method"]["name"], identity["protocol"], identity["frames"]
     gen, seed = identity["gen_kwargs"], identity["seed"]
-    run_id = problem = None
+    run_id = problem = done = None
     if rank == 0:
         try:
             stored = check_run_folder(output_dir, identity)
             run_id = stored["run_id"] if stored else results.new_run_id(bench.name)
             if stored is None:
                 results.atomic_write_json(os.path.join(output_dir, RUN_CONFIG), {"run_id": run_id, **identity})
+            done = sorted(all_done_ids(output_dir))
         except ValueError as e:
             problem = str(e)
-    run_id, problem = _share((run_id, problem), world)   # every rank refuses a mixed folder, none hangs
+    # Rank 0's view on every rank: a mixed folder is refused by all (none hangs), and every rank shards the
+    # same list of items left (read once, before any rank logs a new item).
+    run_id, problem, done = _share((run_id, problem, done), world)
     if problem:
         raise ValueError(problem)
     writer = results.RunWriter(output_dir)
-    done = all_done_ids(output_dir)
+    done = set(done)
     todo = [it for it in items if it.id not in done]
     if world > 1:
         # shard what is left (so a rerun resumes whatever the number of ranks); each rank its own log
@@ -465,6 +489,14 @@ def _judge(rows, items, output_dir):
                   "failures": judge.failures}
 
 
+def _flops_summary(rows):
+    ok = [r for r in rows if not r.get("error")]
+    ratio = _mean(r.get("flops_ratio") for r in ok)
+    if ratio is None:
+        return None
+    return {"backend": "analytic", "prefill": _mean(r.get("flops_prefill") for r in ok), "ratio_vs_unpruned": ratio}
+
+
 def _mean(vals):
     vals = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return sum(vals) / len(vals) if vals else None
@@ -485,7 +517,7 @@ def summarize(bench, rows, total: int, *, run_id, identity, data_root, device, l
                    "unparsed": sum(1 for r in rows if r.get("unparsed"))},
         metrics=metrics,
         tokens=results.mean_stats([r for r in rows if not r.get("error")], TOKEN_KEYS),
-        flops=None,
+        flops=_flops_summary(rows),
         timing={"prefill_ms": _mean(r.get("prefill_ms") for r in rows),
                 "decode_ms_per_token": _mean(r.get("decode_ms_per_token") for r in rows),
                 "total_s": sum(r.get("time_s") or 0.0 for r in rows),
