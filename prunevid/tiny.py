@@ -81,3 +81,65 @@ def build_tiny_llava_onevision(*, seed: int = 0, attn_implementation: str = "sdp
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok
+
+
+def build_tiny_llava_next_video(*, seed: int = 0, attn_implementation: str = "sdpa", image_size: int = 112,
+                                patch_size: int = 8, hidden: int = 64, layers: int = 4):
+    """(model, tokenizer): a random tiny ``LlavaNextVideoForConditionalGeneration`` (CLIP tower, 2x2 pooling:
+    14x14 patches -> 49 tokens per frame, no newline)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    tok = build_byte_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=patch_size)
+    text = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=8192,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlavaNextVideoConfig(vision_config=vision, text_config=text,
+                               image_token_index=tok.convert_tokens_to_ids("<image>"),
+                               video_token_index=tok.convert_tokens_to_ids("<video>"),
+                               vision_feature_layer=-2, vision_feature_select_strategy="default",
+                               spatial_pool_stride=2, spatial_pool_mode="average",
+                               image_grid_pinpoints=[[image_size, image_size]], tie_word_embeddings=False)
+    cfg._attn_implementation = attn_implementation
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlavaNextVideoForConditionalGeneration(cfg).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
+def build_tiny_pllava(*, seed: int = 0, attn_implementation: str = "sdpa", image_size: int = 112, patch_size: int = 8,
+                      frames: int = 8, lora_alpha: float = 14.0, hidden: int = 64, layers: int = 4):
+    """(model, tokenizer): a random tiny PLLaVA (CLIP tower 14x14 patches, pooled to (frames, 7, 7) = 49 tokens
+    per frame, Llama LLM with LoRA r=8 on q/v whose adapters are non-zero so lora_alpha matters)."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    from .models.pllava import PLLAVA_CHAT_TEMPLATE
+    from .models.pllava_modeling import LoraLinear, PllavaConfig, PllavaForConditionalGeneration
+
+    tok = build_byte_tokenizer()
+    tok.chat_template = PLLAVA_CHAT_TEMPLATE
+    side = image_size // patch_size
+    cfg = PllavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=image_size, patch_size=patch_size).to_dict(),
+        text_config=LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                                num_attention_heads=4, num_key_value_heads=4, vocab_size=len(tok),
+                                max_position_embeddings=8192, pad_token_id=tok.pad_token_id,
+                                eos_token_id=tok.eos_token_id).to_dict(),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id,
+        pooling_shape=[frames, side // 2, side // 2], num_frames=frames, frame_shape=[side, side],
+        lora_r=8, lora_alpha=lora_alpha)
+    cfg._attn_implementation = attn_implementation
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = PllavaForConditionalGeneration(cfg).eval()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, LoraLinear):
+                    m.lora_B.weight.normal_(0, 0.2)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok

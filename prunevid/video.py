@@ -140,12 +140,21 @@ def load_frame_folder(folder: str, num_frames: int, *, bound: Optional[Tuple[flo
 
 
 def preprocess_frames(frames: torch.Tensor, size: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
-                      std: Sequence[float] = (0.5, 0.5, 0.5), resample: str = "bicubic") -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, size, size) float32: square resize (as LLaVA-OneVision's video processor,
-    no crop), rescale to [0, 1], normalise with the checkpoint's mean/std."""
+                      std: Sequence[float] = (0.5, 0.5, 0.5), resample: str = "bicubic",
+                      crop: bool = False) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) float32: square resize (LLaVA-OneVision's video processor) or,
+    with ``crop``, short side to ``size`` then a centre crop (CLIP's processor, PLLaVA); rescale to [0, 1];
+    normalise with the checkpoint's mean/std."""
     if frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must have shape (T, H, W, 3), got {tuple(frames.shape)}")
     x = frames.permute(0, 3, 1, 2).float()
+    if crop and x.shape[-2] != x.shape[-1]:
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        x = F.interpolate(x, size=(nh, nw), mode=resample, align_corners=False, antialias=True).round().clamp(0, 255)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[..., top:top + size, left:left + size]
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode=resample, align_corners=False, antialias=True)
         x = x.round().clamp(0, 255)        # the reference processors resize uint8 images
@@ -167,20 +176,22 @@ def build_prompt(tokenizer, text: str, *, system: Optional[str] = None, answer_p
 
 
 def build_inputs(loaded, frames: torch.Tensor, text: str, *, system: Optional[str] = None,
-                 answer_prefix: str = "", video_token: str = "<video>") -> dict:
+                 answer_prefix: str = "", video_token: Optional[str] = None) -> dict:
     """Model inputs for one video + question: ``input_ids`` with the full number of video placeholders,
     ``attention_mask``, ``pixel_values_videos`` (1, T, 3, S, S) in the model's dtype and device.
 
     ``loaded`` is a ``prunevid.models.LoadedModel``; ``frames`` (T, H, W, 3) uint8.
     """
     model, tok, pre = loaded.model, loaded.tokenizer, loaded.preprocessing
+    module = loaded.spec.module
+    video_token = video_token or getattr(module, "VIDEO_TOKEN", "<video>")
     prompt = build_prompt(tok, text, system=system, answer_prefix=answer_prefix)
     if prompt.count(video_token) != 1:
         raise ValueError(f"the rendered prompt must hold exactly one {video_token!r}, found {prompt.count(video_token)}")
-    n = loaded.spec.module.num_video_tokens(model.config, frames.shape[0])
+    n = module.num_video_tokens(model.config, frames.shape[0])
     prompt = prompt.replace(video_token, video_token * n)
-    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
-    pixels = preprocess_frames(frames, pre.size, pre.mean, pre.std, pre.resample)[None]
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=getattr(module, "ADD_BOS", False))
+    pixels = preprocess_frames(frames, pre.size, pre.mean, pre.std, pre.resample, getattr(pre, "crop", False))[None]
     device, dtype = model.device, model.dtype
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
             "pixel_values_videos": pixels.to(device=device, dtype=dtype)}

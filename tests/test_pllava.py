@@ -131,3 +131,26 @@ def test_generate_and_placeholder_errors():
     bad = dict(inputs, input_ids=inputs["input_ids"][:, 5:], attention_mask=inputs["attention_mask"][:, 5:])
     with pytest.raises(ValueError, match="placeholders"):
         model(**bad)
+
+
+def test_registry_loads_a_pllava_directory_and_prunes(tmp_path):
+    import prunevid
+    from prunevid import models, video
+    from prunevid.tiny import build_tiny_pllava
+    model, tok = build_tiny_pllava(lora_alpha=4)
+    state = {released_key(k): v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    model.config.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = models.load(str(tmp_path))
+    assert loaded.spec.name == "pllava" and loaded.model.config.lora_alpha == 14     # the MC default
+    assert loaded.preprocessing.crop and loaded.preprocessing.mean == models.CLIP_MEAN
+    frames = torch.randint(0, 255, (8, 60, 90, 3), dtype=torch.uint8)
+    inputs = video.build_inputs(loaded, frames, "Question: q?", system="Watch the video.\n", answer_prefix="Best option:(")
+    text = loaded.tokenizer.decode(inputs["input_ids"][0])
+    assert text.startswith("Watch the video.\n USER: <image><image>") and text.endswith(" ASSISTANT:Best option:(")
+    assert "<image>\n USER: Question: q? ASSISTANT:" in text
+    prunevid.apply(loaded.model, selected_layer=1)
+    with torch.no_grad():
+        loaded.model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert prunevid.stats(loaded.model)["visual_tokens_in"] == 8 * 49

@@ -34,6 +34,8 @@ def _spec(name: str, module_name: str) -> ModelSpec:
 
 _REGISTRY = {
     "llava_onevision": "llava_onevision",
+    "llava_next_video": "llava_next_video",
+    "pllava": "pllava",
 }
 
 
@@ -51,14 +53,20 @@ def spec_for(model) -> ModelSpec:
     raise ValueError(f"no PruneVid patch for {type(model).__name__}; supported architectures: {supported}")
 
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 @dataclass
 class VideoPreprocessing:
-    """How a checkpoint wants its frames: square resize, rescale to [0, 1], normalise."""
+    """How a checkpoint wants its frames: resize (square, or short side + centre crop with ``crop``), rescale
+    to [0, 1], normalise."""
 
     size: int
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
     resample: str = "bicubic"
+    crop: bool = False
 
 
 @dataclass
@@ -96,9 +104,11 @@ def preprocessing_from_dir(path: str, config) -> VideoPreprocessing:
     return VideoPreprocessing(size=size)
 
 
-def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementation: str = "sdpa") -> LoadedModel:
+def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementation: str = "sdpa",
+         lora_alpha: Optional[float] = None) -> LoadedModel:
     """Load a model by registry name (``tiny``: random tiny LLaVA-OneVision), local checkpoint directory,
-    or hub id (downloaded by ``huggingface_hub`` where a network exists)."""
+    or hub id (downloaded by ``huggingface_hub`` where a network exists). PLLaVA directories (a ``config.json``
+    with ``pooling_shape``) are built by the kit; ``lora_alpha`` sets their LoRA scale (default 14)."""
     torch_dtype = _dtype(dtype)
     if name_or_path == "tiny":
         from ..tiny import build_tiny_llava_onevision
@@ -114,6 +124,10 @@ def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementatio
                                     f"registry names: {['tiny']})")
         from huggingface_hub import snapshot_download
         path = snapshot_download(name_or_path)
+    with open(os.path.join(path, "config.json")) as f:
+        raw_config = json.load(f)
+    if "pooling_shape" in raw_config:          # PLLaVA: model_type "llava", built by the kit (not in transformers)
+        return _load_pllava(path, name_or_path, torch_dtype, device, attn_implementation, lora_alpha)
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
     model = model.to(device).eval()
@@ -123,3 +137,22 @@ def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementatio
         with open(template) as f:
             tokenizer.chat_template = json.load(f)["chat_template"]
     return LoadedModel(model, tokenizer, spec_for(model), preprocessing_from_dir(path, config), name_or_path)
+
+
+def _load_pllava(path, name, dtype, device, attn_implementation, lora_alpha) -> LoadedModel:
+    from transformers import AutoTokenizer
+    from .pllava import DEFAULTS, PLLAVA_CHAT_TEMPLATE
+    from .pllava_modeling import from_pretrained
+    model = from_pretrained(path, lora_alpha=lora_alpha if lora_alpha is not None else DEFAULTS["lora_alpha"],
+                            dtype=dtype, attn_implementation=attn_implementation).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if getattr(tokenizer, "chat_template", None) is None:
+        tokenizer.chat_template = PLLAVA_CHAT_TEMPLATE
+    pre = VideoPreprocessing(size=model.config.vision_config.image_size, mean=CLIP_MEAN, std=CLIP_STD, crop=True)
+    p = os.path.join(path, "preprocessor_config.json")
+    if os.path.isfile(p):
+        with open(p) as f:
+            cfg = json.load(f)
+        pre.mean = tuple(cfg.get("image_mean", pre.mean))
+        pre.std = tuple(cfg.get("image_std", pre.std))
+    return LoadedModel(model, tokenizer, spec_for(model), pre, name)

@@ -9,12 +9,11 @@ attention get it from the SigLIP layer whose output the projector reads, pooled 
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
-from .video_patch import VideoModelAdapter, patch_inner, probe_call, unpatch_inner, vision_layer
+from .video_patch import VideoModelAdapter, patch_inner, probing_get_video_features, unpatch_inner
 
 ARCHITECTURES = ("LlavaOnevisionForConditionalGeneration",)
 DEFAULTS = {"frames": 32, "selected_layer": 10, "tokens_per_frame": 196, "protocol": "lmms-eval"}
@@ -66,27 +65,9 @@ def num_video_tokens(config, num_frames: int) -> int:
     return ADAPTER.num_video_tokens(config, num_frames)
 
 
-def _get_video_features_with_probe(parent):
-    @functools.wraps(parent.get_video_features)   # generate() reads this signature to pick its arguments
-    def get_video_features(self, pixel_values_videos, *args, **kwargs):
-        # transformers >= 5.24's generate() encodes the video *before* the prefill (``mm_encoder_outputs``) by
-        # calling this method; a method that needs the vision attention gets it here, for this call only.
-        state = self.__dict__.get("_prunevid")
-        if state is None or not state.impl.enabled or not state.impl.needs_vision_attention:
-            return parent.get_video_features(self, pixel_values_videos, *args, **kwargs)
-        layer = kwargs.get("vision_feature_layer", args[0] if args else None)
-        if layer is None:
-            layer = self.config.vision_feature_layer
-        out, probe = probe_call(parent.get_video_features, vision_layer(self.vision_tower, layer).self_attn,
-                                self, pixel_values_videos, *args, **kwargs)
-        state.vision = {"features": out.pooler_output, "importance": probe.importance, "keys": probe.keys}
-        return out
-    return get_video_features
-
-
 def patch(model, state) -> None:
     inner = model.model
-    patch_inner(inner, state, ADAPTER, {"get_video_features": _get_video_features_with_probe(type(inner))})
+    patch_inner(inner, state, ADAPTER, {"get_video_features": probing_get_video_features(type(inner))})
 
 
 def unpatch(model) -> None:

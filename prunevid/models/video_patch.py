@@ -342,3 +342,22 @@ def probe_call(fn, attn_module, *args, **kwargs):
         return fn(*args, **kwargs), probe
     finally:
         probe.remove()
+
+
+def probing_get_video_features(parent):
+    """A ``get_video_features`` for the patched class that, when the active method needs the vision tower's
+    attention, records it (``state.vision``) during this call. transformers >= 5.24's generate() encodes the
+    video *before* the prefill (``mm_encoder_outputs``) through this method."""
+    @functools.wraps(parent.get_video_features)   # generate() reads this signature to pick its arguments
+    def get_video_features(self, pixel_values_videos, *args, **kwargs):
+        state = self.__dict__.get("_prunevid")
+        if state is None or not state.impl.enabled or not state.impl.needs_vision_attention:
+            return parent.get_video_features(self, pixel_values_videos, *args, **kwargs)
+        layer = kwargs.get("vision_feature_layer", args[0] if args else None)
+        if layer is None:
+            layer = self.config.vision_feature_layer
+        out, probe = probe_call(parent.get_video_features, vision_layer(self.vision_tower, layer).self_attn,
+                                self, pixel_values_videos, *args, **kwargs)
+        state.vision = {"features": out.pooler_output, "importance": probe.importance, "keys": probe.keys}
+        return out
+    return get_video_features

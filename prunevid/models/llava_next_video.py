@@ -1,0 +1,72 @@
+"""``LlavaNextVideoForConditionalGeneration`` (LLaVA-NeXT-Video).
+
+Model-specific facts only; the machinery is ``prunevid.models.video_patch``. Features: CLIP layer -2 without
+CLS, ``vision_resampler`` (2x2 pooling: 144 tokens per 336 px frame), projector; no newline; one ``<video>``
+placeholder per feature. The vision attention for VisionZip/PruMerge is pooled with the same stride (average).
+"""
+from __future__ import annotations
+
+
+import torch
+
+from .video_patch import VideoModelAdapter, patch_inner, probing_get_video_features, unpatch_inner
+
+ARCHITECTURES = ("LlavaNextVideoForConditionalGeneration",)
+DEFAULTS = {"frames": 32, "selected_layer": 10, "tokens_per_frame": 144, "protocol": "lmms-eval"}
+VIDEO_TOKEN = "<video>"
+
+
+class Adapter(VideoModelAdapter):
+    placeholder_attr = "video_token_id"
+    has_newline = False
+
+    def tokens_per_frame(self, config) -> int:
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        return (side // config.spatial_pool_stride) ** 2
+
+    def encode(self, inner, videos, kwargs):
+        return inner.get_video_features(
+            videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
+            vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True,
+        ).pooler_output
+
+    def vision_attention(self, inner, state, kwargs, frames):
+        vision = getattr(state, "vision", None)
+        if vision is None:
+            raise ValueError(f"method {state.method!r} needs the vision tower's attention: pass pixel_values_videos")
+        imp, k = vision["importance"], vision["keys"]
+        strategy = kwargs.get("vision_feature_select_strategy") or inner.config.vision_feature_select_strategy
+        if strategy == "default":
+            imp, k = imp[:, 1:], k[:, 1:]
+        stride = inner.config.spatial_pool_stride
+        side = int(round(imp.shape[1] ** 0.5))
+
+        def pool(x):                                                          # (F, P, d) -> (F, P', d)
+            grid = x.reshape(x.shape[0], side, side, -1).permute(0, 3, 1, 2).float()
+            return torch.nn.functional.avg_pool2d(grid, stride, stride).flatten(2).transpose(1, 2)
+
+        return pool(imp[..., None]).squeeze(-1).to(frames.dtype), pool(k).to(frames.dtype)
+
+
+ADAPTER = Adapter()
+
+
+def language_layers(model):
+    return model.model.language_model.layers
+
+
+def tokens_per_frame(config) -> int:
+    return ADAPTER.tokens_per_frame(config)
+
+
+def num_video_tokens(config, num_frames: int) -> int:
+    return ADAPTER.num_video_tokens(config, num_frames)
+
+
+def patch(model, state) -> None:
+    inner = model.model
+    patch_inner(inner, state, ADAPTER, {"get_video_features": probing_get_video_features(type(inner))})
+
+
+def unpatch(model) -> None:
+    unpatch_inner(model.model)
