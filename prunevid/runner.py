@@ -89,22 +89,6 @@ def default_data_root() -> str:
     return os.environ.get("PRUNEVID_DATA") or "DATAS"
 
 
-def model_defaults(name: str) -> dict:
-    """The registry defaults of a model without loading it (protocol, frames, selected_layer)."""
-    from . import models
-    reg = models.registry()
-    if name in ("tiny", "demo"):
-        return dict(reg["llava_onevision"].defaults)
-    cfg_path = os.path.join(name, "config.json")
-    if os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            archs = set(json.load(f).get("architectures") or [])
-        for spec in reg.values():
-            if archs & set(spec.architectures):
-                return dict(spec.defaults)
-    return {}
-
-
 def method_config(method: str, params: dict):
     """The method's config dataclass built from ``--set`` pairs; unknown names are a one-line error."""
     cls = methods.config_class(method)
@@ -215,6 +199,18 @@ def _frames_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"
 
 
+def _takes_encoded_video(model) -> bool:
+    """Whether the model can be fed pre-encoded video features: transformers' ``mm_encoder_outputs`` in its
+    forward and a ``get_video_features(..., return_dict=True)`` on its inner model (PLLaVA has neither)."""
+    import inspect
+    inner = getattr(model, "model", None)
+    fn = getattr(inner, "get_video_features", None)
+    if fn is None or "mm_encoder_outputs" not in inspect.signature(type(model).forward).parameters:
+        return False
+    params = inspect.signature(fn).parameters
+    return "return_dict" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _encode(loaded, pixels: torch.Tensor) -> torch.Tensor:
     """The model's own video features (what the patch receives as ``mm_encoder_outputs``), (1, F*P+1, C)."""
     with torch.no_grad():
@@ -250,7 +246,7 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     preds, prefill, decode, n_new, stats = [], [], [], 0, {}
     for i, prompt in enumerate(bench.prompts(item, protocol)):
         inputs = video.build_inputs(loaded, clip, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix)
-        if cache is not None and uses_feature_cache(method) and hasattr(loaded.model.model, "get_video_features"):
+        if cache is not None and uses_feature_cache(method) and _takes_encoded_video(loaded.model):
             from transformers.modeling_outputs import BaseModelOutputWithPooling
             from .cache import model_key
             pixels = inputs.pop("pixel_values_videos")
@@ -303,14 +299,10 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
         raise ValueError(f"--limit must be >= 1, got {limit}")
     data_root = data_root or default_data_root()
     items = bench.items(data_root, limit)                # missing data: one-line error naming the data script
-    defaults = model_defaults(model) if loaded is None else dict(loaded.spec.defaults)
-    protocol = check_protocol(protocol or defaults.get("protocol") or "official")
-    frames = frames or bench.default_frames(protocol)
-    if frames < 1:
+    if protocol is not None:
+        check_protocol(protocol)
+    if frames is not None and frames < 1:
         raise ValueError(f"--frames must be >= 1, got {frames}")
-    gen = bench.gen_kwargs(protocol)
-    output_dir = output_dir or os.path.join("runs", f"{bench.name}-{os.path.basename(str(model).rstrip('/'))}-"
-                                                       f"{method}-{protocol}")
 
     rank, world = dist_info()
     if world > 1:
@@ -321,6 +313,12 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
     if loaded is None:
         from . import models
         loaded = models.load(model, dtype=dtype, device=device)
+    # the model's registry defaults decide what was not given (LLaVA-OneVision: lmms-eval; PLLaVA: official)
+    protocol = check_protocol(protocol or loaded.spec.defaults.get("protocol") or "official")
+    frames = frames or bench.default_frames(protocol)
+    gen = bench.gen_kwargs(protocol)
+    output_dir = output_dir or os.path.join("runs", f"{bench.name}-{os.path.basename(str(model).rstrip('/'))}-"
+                                                       f"{method}-{protocol}")
     if "selected_layer" in {f.name for f in dataclasses.fields(cfg)} and "selected_layer" not in params:
         n_layers = len(loaded.spec.module.language_layers(loaded.model))
         cfg = cfg.replace(selected_layer=min(loaded.spec.defaults.get("selected_layer", 10), n_layers // 2))

@@ -463,3 +463,23 @@ def test_media_cache_gives_same_answers_for_every_method(datas, tiny, tmp_path, 
         _eval(tiny, root, tmp_path / f"cached-{m}", "videomme", method=m, params=params, limit=2)
         got = {r["id"]: (r["prediction"], r.get("visual_tokens_stage2")) for r in _rows(tmp_path / f"cached-{m}")}
         assert got == plain[m], m
+
+
+@pytest.mark.parametrize("arch", ["llava_next_video", "pllava"])
+def test_other_architectures(arch, datas, tmp_path, monkeypatch):
+    """The runner on every registered architecture: the protocol defaults to the model's (PLLaVA: official),
+    and the feature cache gives the same answers."""
+    from prunevid import tiny as tiny_mod
+    model, tok = getattr(tiny_mod, f"build_tiny_{arch}")()
+    spec = models.spec_for(model)
+    lm = models.LoadedModel(model, tok, spec, models.VideoPreprocessing(size=model.config.vision_config.image_size),
+                            arch)
+    root, info = datas
+    res = runner.evaluate(benchmark="videomme", model=arch, data_root=root, output_dir=str(tmp_path / "a"),
+                          loaded=lm, progress=False, frames=4, limit=3)
+    assert res["config"]["protocol"] == spec.defaults["protocol"] and res["n_samples"]["done"] == 3
+    assert res["tokens"]["visual_tokens_stage2"] < res["tokens"]["visual_tokens_in"]
+    monkeypatch.setenv("PRUNEVID_CACHE_DIR", str(tmp_path / "cache"))
+    runner.evaluate(benchmark="videomme", model=arch, data_root=root, output_dir=str(tmp_path / "b"),
+                    loaded=lm, progress=False, frames=4, limit=3)
+    assert [r["prediction"] for r in _rows(tmp_path / "a")] == [r["prediction"] for r in _rows(tmp_path / "b")]
