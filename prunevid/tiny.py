@@ -23,6 +23,18 @@ LLAVA_ONEVISION_CHAT_TEMPLATE = (
 )
 
 
+# Qwen2-VL's template, reduced to what the kit renders: a video item becomes
+# "<|vision_start|><|video_pad|><|vision_end|>" before the text.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'video' %}"
+    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
 def build_byte_tokenizer():
     """A byte-level tokenizer (256 byte symbols, no merges) plus the Qwen/LLaVA special tokens.
 
@@ -140,6 +152,41 @@ def build_tiny_pllava(*, seed: int = 0, attn_implementation: str = "sdpa", image
             for m in model.modules():
                 if isinstance(m, LoraLinear):
                     m.lora_B.weight.normal_(0, 0.2)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
+def build_tiny_qwen2_vl(*, version: str = "2.5", seed: int = 0, attn_implementation: str = "sdpa", layers: int = 4):
+    """(model, tokenizer): a random tiny Qwen2.5-VL (``version="2.5"``) or Qwen2-VL (``"2"``): patch 14, merge 2,
+    temporal patch 2, so 112 px frames give 4 x 4 = 16 tokens per temporal patch of 2 frames."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
+
+    tok = build_byte_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<image>", "<video>", "<|video_pad|>",
+                                                          "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]})
+    tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=8192,
+                rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
+                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    ids = dict(image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+               video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+               vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+               vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
+    if version == "2.5":
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=64, num_heads=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+        cfg, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), Qwen2_5_VLForConditionalGeneration
+    else:
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2)
+        cfg, cls = Qwen2VLConfig(text_config=text, vision_config=vision, **ids), Qwen2VLForConditionalGeneration
+    cfg._attn_implementation = attn_implementation
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = cls(cfg).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok

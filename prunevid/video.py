@@ -178,7 +178,8 @@ def build_prompt(tokenizer, text: str, *, system: Optional[str] = None, answer_p
 def build_inputs(loaded, frames: torch.Tensor, text: str, *, system: Optional[str] = None,
                  answer_prefix: str = "", video_token: Optional[str] = None) -> dict:
     """Model inputs for one video + question: ``input_ids`` with the full number of video placeholders,
-    ``attention_mask``, ``pixel_values_videos`` (1, T, 3, S, S) in the model's dtype and device.
+    ``attention_mask``, ``pixel_values_videos`` (1, T, 3, S, S) in the model's dtype and device (and, for
+    Qwen2-VL, the patchified pixels, ``video_grid_thw`` and ``mm_token_type_ids``).
 
     ``loaded`` is a ``prunevid.models.LoadedModel``; ``frames`` (T, H, W, 3) uint8.
     """
@@ -188,13 +189,21 @@ def build_inputs(loaded, frames: torch.Tensor, text: str, *, system: Optional[st
     prompt = build_prompt(tok, text, system=system, answer_prefix=answer_prefix)
     if prompt.count(video_token) != 1:
         raise ValueError(f"the rendered prompt must hold exactly one {video_token!r}, found {prompt.count(video_token)}")
-    n = module.num_video_tokens(model.config, frames.shape[0])
+    device, dtype = model.device, model.dtype
+    if hasattr(module, "video_inputs"):                   # models with their own pixel layout (Qwen2-VL)
+        pixel_inputs, n = module.video_inputs(loaded, frames)
+    else:
+        n = module.num_video_tokens(model.config, frames.shape[0])
+        pixels = preprocess_frames(frames, pre.size, pre.mean, pre.std, pre.resample, getattr(pre, "crop", False))
+        pixel_inputs = {"pixel_values_videos": pixels[None]}
     prompt = prompt.replace(video_token, video_token * n)
     enc = tok(prompt, return_tensors="pt", add_special_tokens=getattr(module, "ADD_BOS", False))
-    pixels = preprocess_frames(frames, pre.size, pre.mean, pre.std, pre.resample, getattr(pre, "crop", False))[None]
-    device, dtype = model.device, model.dtype
-    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
-            "pixel_values_videos": pixels.to(device=device, dtype=dtype)}
+    out = {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+    for key, value in pixel_inputs.items():
+        out[key] = value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+    if hasattr(module, "mm_token_type_ids"):
+        out["mm_token_type_ids"] = module.mm_token_type_ids(model.config, out["input_ids"])
+    return out
 
 
 def sample_clip(name: str = "bikes") -> str:

@@ -5,10 +5,12 @@ import torch
 import prunevid
 from prunevid import models, video
 from prunevid.prune import kept_count
-from prunevid.tiny import build_tiny_llava_next_video, build_tiny_llava_onevision, build_tiny_pllava
+from prunevid.tiny import (build_tiny_llava_next_video, build_tiny_llava_onevision, build_tiny_pllava,
+                           build_tiny_qwen2_vl)
 
 BUILDERS = {"llava_onevision": build_tiny_llava_onevision, "llava_next_video": build_tiny_llava_next_video,
-            "pllava": build_tiny_pllava}
+            "pllava": build_tiny_pllava, "qwen2_5_vl": build_tiny_qwen2_vl,
+            "qwen2_vl": lambda: build_tiny_qwen2_vl(version="2")}
 FRAMES = 8
 
 
@@ -21,8 +23,8 @@ def _cache(out):
 def loaded(request):
     model, tok = BUILDERS[request.param]()
     spec = models.spec_for(model)
-    assert spec.name == request.param
-    pre = models.VideoPreprocessing(size=model.config.vision_config.image_size)
+    assert spec.name == request.param.replace("qwen2_5_vl", "qwen2_vl")
+    pre = models.VideoPreprocessing(size=getattr(model.config.vision_config, "image_size", 112))
     lm = models.LoadedModel(model, tok, spec, pre, request.param)
     g = torch.Generator().manual_seed(0)
     frames = (torch.rand(1, 1, 64, 96, 3, generator=g) * 255).repeat(FRAMES, 1, 1, 1, 1)[:, 0]
@@ -55,8 +57,8 @@ def test_prunevid_prunes_and_the_cache_holds_text_plus_kept(loaded):
     with torch.no_grad():
         out = model(**inputs, use_cache=True)
     s = prunevid.stats(model)
-    per_frame = lm.spec.module.tokens_per_frame(model.config)
-    assert s["visual_tokens_in"] == FRAMES * per_frame
+    n_placeholders = int((inputs["input_ids"] == lm.spec.module.ADAPTER.placeholder_id(model.config)).sum())
+    assert s["visual_tokens_in"] == n_placeholders - int(lm.spec.module.ADAPTER.has_newline)
     assert s["visual_tokens_stage2"] == kept_count(s["static_tokens"], s["dynamic_tokens"], s["segments"], 0.4)
     assert s["visual_tokens_stage2"] < s["visual_tokens_stage1"] < s["visual_tokens_in"]
     lengths = {layer.keys.shape[-2] for layer in _cache(out).layers}
@@ -69,6 +71,7 @@ def test_decode_loop_matches_generate(loaded):
     model = lm.model
     prunevid.apply(model, selected_layer=1)
     n_full = inputs["input_ids"].shape[1]
+    qwen = lm.spec.name == "qwen2_vl"
     with torch.no_grad():
         gen = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         out = model(**inputs, use_cache=True)
@@ -77,7 +80,9 @@ def test_decode_loop_matches_generate(loaded):
         tokens = [token]
         for t in range(3):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = model(input_ids=token, attention_mask=mask, position_ids=torch.tensor([[n_full + t]]), cache=cache)
+            # LLaVA-style models: full-sequence positions as the user counts them; Qwen: let the patch place them
+            pos = None if qwen else torch.tensor([[n_full + t]])
+            out = model(input_ids=token, attention_mask=mask, position_ids=pos, cache=cache)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(token)
     assert torch.equal(torch.cat(tokens, 1), gen[:, n_full:])
@@ -89,8 +94,59 @@ def test_baselines_run_on_every_model(loaded, method, params):
     lm, inputs = loaded
     model = lm.model
     prunevid.apply(model, method=method, **params)
+    if lm.spec.name == "qwen2_vl" and method == "visionzip":
+        with pytest.raises(NotImplementedError, match="vision tower's attention"), torch.no_grad():
+            model(**inputs)
+        return
     with torch.no_grad():
         model.generate(**inputs, max_new_tokens=3, do_sample=False)
     s = prunevid.stats(model)
     assert s["visual_tokens_stage2"] < s["visual_tokens_in"]
     prunevid.remove(model)
+
+
+def test_qwen_reduced_tokens_keep_their_original_positions():
+    from prunevid.models import qwen2_vl
+    from prunevid.models.video_patch import representative_sources
+    model, tok = build_tiny_qwen2_vl()
+    lm = models.LoadedModel(model, tok, models.spec_for(model), models.VideoPreprocessing(size=112), "qwen")
+    frames = (torch.rand(FRAMES, 64, 64, 3, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+    inputs = video.build_inputs(lm, frames, "what moves?")
+    assert int((inputs["mm_token_type_ids"] == 2).sum()) == FRAMES // 2 * 16
+    full, _ = model.model.get_rope_index(inputs["input_ids"], video_grid_thw=inputs["video_grid_thw"],
+                                         attention_mask=inputs["attention_mask"],
+                                         mm_token_type_ids=inputs["mm_token_type_ids"])
+    seen = []
+    handle = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+    try:
+        prunevid.apply(model, selected_layer=1, tau=0.0)          # many static tokens: merged across frames
+        with torch.no_grad():
+            out = model(**inputs, use_cache=True)
+            red = model._prunevid.last_reduction
+            feats = torch.cat(list(model.model.get_video_features(inputs["pixel_values_videos"],
+                                                                   inputs["video_grid_thw"]).pooler_output))
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            model(input_ids=token, cache=_cache(out))
+    finally:
+        handle.remove()
+        prunevid.remove(model)
+    ids = inputs["input_ids"][0]
+    first = int((ids == model.config.video_token_id).nonzero()[0])
+    rep = representative_sources(red, feats)
+    n_vis = red.num_tokens
+    pre = seen[0]
+    assert torch.equal(pre[..., :first], full[..., :first])                            # text before the video
+    assert torch.equal(pre[..., first:first + n_vis], full[..., first + rep])          # tokens at their members
+    assert torch.equal(pre[..., first + n_vis:], full[..., first + FRAMES // 2 * 16:])  # text after
+    assert seen[1].flatten().unique().tolist() == [int(full.max()) + 1]               # decoding continues unreduced
+
+
+def test_qwen_patchify_matches_the_reference_processor_layout():
+    import numpy as np
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from prunevid.models.qwen2_vl import patchify
+    img = np.random.default_rng(0).random((3, 56, 84)).astype(np.float32)
+    ref, gh, gw = Qwen2VLImageProcessorPil().patchify(img, 14, 2, 2)     # an image = 2 identical frames
+    mine, thw = patchify(torch.from_numpy(img)[None].repeat(2, 1, 1, 1))
+    assert thw.tolist() == [[1, gh, gw]] and np.allclose(ref, mine.numpy())

@@ -36,6 +36,7 @@ _REGISTRY = {
     "llava_onevision": "llava_onevision",
     "llava_next_video": "llava_next_video",
     "pllava": "pllava",
+    "qwen2_vl": "qwen2_vl",
 }
 
 

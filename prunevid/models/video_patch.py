@@ -50,6 +50,20 @@ class VideoModelAdapter:
     def placeholder_id(self, config) -> int:
         return getattr(config, self.placeholder_attr)
 
+    def grid(self, inner, kwargs, per_frame: int) -> Tuple[int, int]:
+        """(h, w) of one frame's token grid (raster order); square unless the model says otherwise."""
+        side = int(round(math.sqrt(per_frame)))
+        return side, per_frame // side
+
+    def frame_tokens(self, inner, kwargs) -> Optional[int]:
+        """Tokens per frame when it depends on the input (Qwen2-VL's grid), else None (use the config's)."""
+        return None
+
+    def full_positions(self, inner, kwargs) -> Optional[torch.Tensor]:
+        """Position ids of the *unreduced* prompt, (R, 1, N) or (1, N), when reduced tokens must keep their
+        original positions (multimodal RoPE); ``None`` = the official PruneVid rule: re-number 0..N1-1."""
+        return None
+
     def encode(self, inner, videos: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """(1, F, 3, H, W) -> (1, F * P (+1 newline), C): the features the unpatched model would scatter."""
         raise NotImplementedError
@@ -162,7 +176,7 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
     feats = feats[0]
     n_newline = int(adapter.has_newline)
     n_feat = feats.shape[0] - n_newline
-    per_frame = adapter.tokens_per_frame(self.config)
+    per_frame = adapter.frame_tokens(self, kwargs) or adapter.tokens_per_frame(self.config)
     if n_feat % per_frame:
         raise ValueError(f"the video features hold {feats.shape[0]} tokens, not frames x {per_frame}"
                          + (" + 1 newline" if n_newline else ""))
@@ -180,8 +194,7 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
     importance = keys = None
     if method.needs_vision_attention:
         importance, keys = adapter.vision_attention(self, state, kwargs, frames)
-    side = int(round(math.sqrt(per_frame)))
-    video = VideoContext(frames=frames, grid=(side, per_frame // side), generator=state.generator(),
+    video = VideoContext(frames=frames, grid=adapter.grid(self, kwargs, per_frame), generator=state.generator(),
                          importance=importance, keys=keys)
 
     stats = empty_stats()
@@ -218,7 +231,16 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
     new_kwargs.pop("mm_encoder_outputs", None)
     if mask is not None:
         new_kwargs["attention_mask"] = mask[:, keep1]
-    if n1 != n_full:  # positions re-numbered over the shortened sequence (official PruneVid / LLaVA behaviour)
+    full_pos = adapter.full_positions(self, kwargs)
+    offset, next_pos = n_full - n1, n1
+    if full_pos is not None:
+        # Reduced tokens keep their place: each takes the position of a representative input token.
+        rep = representative_sources(red, frames.reshape(-1, frames.shape[-1])).to(device)
+        src = torch.cat([torch.arange(first, device=device), first + rep,
+                         torch.arange(after - n_newline, n_full, device=device)])
+        new_kwargs["position_ids"] = full_pos.index_select(-1, src.to(full_pos.device))
+        offset, next_pos = 0, int(full_pos.max()) + 1
+    elif n1 != n_full:  # positions re-numbered over the shortened sequence (official PruneVid / LLaVA behaviour)
         base = new_kwargs.get("attention_mask")
         base = torch.ones_like(ids) if base is None else base.long()
         new_kwargs["position_ids"] = (base.cumsum(-1) - 1).clamp_min(0)
@@ -251,8 +273,9 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
     if out_cache is not None and getattr(out_cache, "layers", None):
         cache_len = out_cache.get_seq_length()
         stats["kv_visual_tokens"] = out_cache.layers[-1].get_seq_length() - stats["text_tokens"]
-        state.decode = {"n_full": n_full, "offset": n_full - n1, "kept": kept_seq, "seen": 0,
-                        "cache_len": cache_len, "next_pos": n1}
+        state.decode = {"n_full": n_full, "offset": offset, "kept": kept_seq, "seen": 0,
+                        "cache_len": cache_len, "next_pos": next_pos, "pos_rows": None if full_pos is None
+                        else (full_pos.shape[0] if full_pos.dim() == 3 else None)}
     else:
         state.pruner.set_policy(None)
     state.stats = finish_stats(stats)
@@ -275,7 +298,8 @@ def _remap_decode(kwargs, dec):
     if pos is not None:
         kwargs["position_ids"] = pos - dec["offset"]
     else:
-        kwargs["position_ids"] = (torch.arange(q, device=ref.device) + dec["next_pos"])[None]
+        pos = (torch.arange(q, device=ref.device) + dec["next_pos"])[None]
+        kwargs["position_ids"] = pos if dec.get("pos_rows") is None else pos[None].expand(dec["pos_rows"], 1, q)
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         full_len = dec["n_full"] + dec["seen"] + q
@@ -289,6 +313,33 @@ def _remap_decode(kwargs, dec):
     dec["cache_len"] += q
     dec["next_pos"] += q
     return kwargs
+
+
+def representative_sources(red: Reduction, inputs: torch.Tensor) -> torch.Tensor:
+    """For each token a reduction outputs, the flat input index (frame * P + location) whose position it takes.
+
+    ``inputs`` (F * P, C) are the tokens the reduction saw. PruneVid's merged tokens (provenance in
+    ``info["merge"].assignment``) take their earliest member in (frame, raster) order; a selection that outputs
+    its kept inputs unchanged and in order takes their indices (checked). Other reductions cannot be placed and
+    raise.
+    """
+    merge = red.info.get("merge")
+    n_out, n_in = red.num_tokens, inputs.shape[0]
+    if merge is not None:
+        flat = merge.assignment.reshape(-1)
+        idx = torch.arange(flat.numel(), device=flat.device)
+        rep = torch.full((n_out,), flat.numel(), dtype=torch.long, device=flat.device)
+        return rep.scatter_reduce(0, flat, idx, reduce="amin")
+    candidates = []
+    if red.kept is not None and int(red.kept.sum()) == n_out:
+        candidates.append(red.kept.reshape(-1).nonzero().squeeze(1).to(inputs.device))
+    if n_out == n_in:
+        candidates.append(torch.arange(n_in, device=inputs.device))
+    for rep in candidates:
+        if torch.equal(inputs[rep].to(red.tokens.dtype), red.tokens):
+            return rep
+    raise NotImplementedError("this reduction records no token provenance, so its tokens cannot keep their "
+                              "original positions (needed by multimodal-RoPE models)")
 
 
 # ------------------------------------------------------------------------------------------------ vision probe
