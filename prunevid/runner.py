@@ -199,10 +199,13 @@ def _frames_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"
 
 
-def _takes_encoded_video(model) -> bool:
+def _takes_encoded_video(model, inputs: dict) -> bool:
     """Whether the model can be fed pre-encoded video features: transformers' ``mm_encoder_outputs`` in its
-    forward and a ``get_video_features(..., return_dict=True)`` on its inner model (PLLaVA has neither)."""
+    forward, a ``get_video_features(..., return_dict=True)`` on its inner model (PLLaVA has neither) and pixels
+    as the only visual input (Qwen2-VL's also need ``video_grid_thw``: encoded by the model itself)."""
     import inspect
+    if set(inputs) - {"input_ids", "attention_mask", "pixel_values_videos"}:
+        return False
     inner = getattr(model, "model", None)
     fn = getattr(inner, "get_video_features", None)
     if fn is None or "mm_encoder_outputs" not in inspect.signature(type(model).forward).parameters:
@@ -246,7 +249,7 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     preds, prefill, decode, n_new, stats = [], [], [], 0, {}
     for i, prompt in enumerate(bench.prompts(item, protocol)):
         inputs = video.build_inputs(loaded, clip, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix)
-        if cache is not None and uses_feature_cache(method) and _takes_encoded_video(loaded.model):
+        if cache is not None and uses_feature_cache(method) and _takes_encoded_video(loaded.model, inputs):
             from transformers.modeling_outputs import BaseModelOutputWithPooling
             from .cache import model_key
             pixels = inputs.pop("pixel_values_videos")

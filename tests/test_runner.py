@@ -465,16 +465,32 @@ def test_media_cache_gives_same_answers_for_every_method(datas, tiny, tmp_path, 
         assert got == plain[m], m
 
 
-@pytest.mark.parametrize("arch", ["llava_next_video", "pllava"])
+ARCHS = {"llava_next_video": {}, "pllava": {}, "qwen2_vl": {"version": "2"}, "qwen2_5_vl": {}}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
 def test_other_architectures(arch, datas, tmp_path, monkeypatch):
-    """The runner on every registered architecture: the protocol defaults to the model's (PLLaVA: official),
-    and the feature cache gives the same answers."""
-    from prunevid import tiny as tiny_mod
-    model, tok = getattr(tiny_mod, f"build_tiny_{arch}")()
+    """The runner on every registered architecture: its greedy loop equals generate(), the protocol defaults to
+    the model's (PLLaVA: official), and the feature cache gives the same answers."""
+    import torch
+    import prunevid
+    from prunevid import tiny as tiny_mod, video
+    builder = "qwen2_vl" if arch.startswith("qwen") else arch
+    model, tok = getattr(tiny_mod, f"build_tiny_{builder}")(**ARCHS[arch])
     spec = models.spec_for(model)
-    lm = models.LoadedModel(model, tok, spec, models.VideoPreprocessing(size=model.config.vision_config.image_size),
-                            arch)
+    lm = models.LoadedModel(model, tok, spec, models.VideoPreprocessing(
+        size=getattr(model.config.vision_config, "image_size", 112)), arch)
     root, info = datas
+    frames = torch.randint(0, 255, (4, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inputs = video.build_inputs(lm, frames, "Question: what?", system="sys", answer_prefix="Best option:(")
+    prunevid.apply(model, selected_layer=1)
+    try:
+        toks, _, _, _ = runner.greedy_generate(model, inputs, 6, set())
+        with torch.no_grad():
+            gen = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False, eos_token_id=None)
+        assert gen[0, inputs["input_ids"].shape[1]:].tolist() == toks
+    finally:
+        prunevid.remove(model)
     res = runner.evaluate(benchmark="videomme", model=arch, data_root=root, output_dir=str(tmp_path / "a"),
                           loaded=lm, progress=False, frames=4, limit=3)
     assert res["config"]["protocol"] == spec.defaults["protocol"] and res["n_samples"]["done"] == 3
