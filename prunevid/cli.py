@@ -12,6 +12,8 @@ import sys
 COMMANDS = [
     "prunevid.demo",
     "prunevid.runner",
+    "prunevid.flops_cli",
+    "prunevid.bench",
     "prunevid.data",
     "prunevid.benchmarks.egoschema",
     "prunevid.report",

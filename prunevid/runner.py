@@ -176,22 +176,24 @@ def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set):
 
 
 def prefill_flops(model, stats: dict) -> dict:
-    """Analytic LLM prefill FLOPs of the last prefill and their ratio to the unpruned prefill
-    (``prunevid.budget``'s per-layer convention 4nd^2 + 2n^2d + 2ndm; layers up to the in-LLM cut run on the
-    stage-1 count, later ones on the stage-2 count). Interim numbers until a measured counter is wired in."""
-    try:
-        from .budget import analytic_flops_ratio, layer_flops
-    except ImportError:
+    """Analytic LLM prefill FLOPs of the last prefill (``prunevid.flops.analytic_from_run``, the kit's "exact"
+    per-layer count, reported as FLOPs = 2 x MACs) and their ratio to the unpruned prefill of the same prompt:
+    layers up to the in-LLM cut run on the stage-1 length, later layers on the stage-2 length."""
+    from . import flops
+    cfg = getattr(model, "config", None)
+    if cfg is None or any(stats.get(k) is None for k in ("visual_tokens_in", "visual_tokens_stage1",
+                                                          "visual_tokens_stage2", "text_tokens")):
         return {}
-    tc = getattr(model.config, "text_config", None)
-    if tc is None or stats.get("visual_tokens_in") is None or stats.get("text_tokens") is None:
+    try:
+        shape = flops.LLMShape.from_config(cfg)
+    except AttributeError:
         return {}
     plan = getattr(getattr(model, "_prunevid", None), "last_plan", None)
     cut = plan.layer if plan is not None and getattr(plan, "keep", None) is not None else None
-    ratio = analytic_flops_ratio(stats, tc, cut)
-    full = tc.num_hidden_layers * layer_flops(stats["text_tokens"] + stats["visual_tokens_in"], tc.hidden_size,
-                                              tc.intermediate_size)
-    return {"flops_prefill": ratio * full if ratio is not None else None, "flops_ratio": ratio}
+    pruned = flops.analytic_from_run(shape, stats, selected_layer=cut)
+    n_in = stats["visual_tokens_in"]
+    full = flops.analytic_from_run(shape, dict(stats, visual_tokens_stage1=n_in, visual_tokens_stage2=n_in))
+    return {"flops_prefill": 2 * pruned, "flops_ratio": pruned / full if full else None}
 
 
 def _frames_error(e: BaseException) -> str:
