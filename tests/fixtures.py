@@ -15,6 +15,21 @@ CODECS = {".mp4": "mpeg4", ".mkv": "mpeg4", ".avi": "mpeg4", ".webm": "libvpx"}
 
 
 def write_video(path: str, n: int = 12, size: int = 64, fps: int = 4, seed: int = 0) -> str:
+    """A small clip (a moving white square on noise). WebM needs libvpx, which PyAV cannot open once decord
+    (with its own FFmpeg) is loaded in the process: then the clip is written by a fresh interpreter."""
+    import av
+    try:
+        return _write_video(path, n, size, fps, seed)
+    except av.error.FFmpegError:
+        import subprocess
+        import sys
+        code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); import fixtures; "
+                f"fixtures._write_video({path!r}, {n}, {size}, {fps}, {seed})")
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return path
+
+
+def _write_video(path: str, n: int, size: int, fps: int, seed: int) -> str:
     import av
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rng = np.random.default_rng(seed)
