@@ -11,8 +11,11 @@ import sys
 # (module, command) in the order ``--help`` shows them; the first is the kit's main job.
 COMMANDS = [
     "prunevid.demo",
+    "prunevid.runner",
     "prunevid.flops_cli",
     "prunevid.bench",
+    "prunevid.data",
+    "prunevid.benchmarks.egoschema",
     "prunevid.report",
 ]
 

@@ -107,9 +107,15 @@ class RunWriter:
         if not os.path.exists(self.samples_path):
             return
         with open(self.samples_path, "rb+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return          # the usual case: one byte read, not the whole log per append
+            f.seek(0)
             data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+            f.truncate(data.rfind(b"\n") + 1)
 
     def write_results(self, results: dict) -> dict:
         missing = [k for k in RESULT_FIELDS if k not in results]

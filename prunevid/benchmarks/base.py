@@ -1,0 +1,290 @@
+"""What every benchmark definition provides, and the pieces the multiple-choice ones share.
+
+A benchmark definition answers five questions for the runner (lmms-eval's vocabulary, as a small class):
+which items exist (``items``), which frames to feed (``frames``), which prompt to render (``prompt``), how
+many tokens to generate (``gen_kwargs``) and how a prediction is scored (``score`` per item, ``aggregate``
+over the run). Two protocols exist (``PROTOCOLS``): ``official`` (PruneVid/PLLaVA evaluation code) and
+``lmms-eval`` (the harness behind every published LLaVA-OneVision number).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+PROTOCOLS = ("official", "lmms-eval")
+LETTERS = "ABCDEFGHIJ"
+
+# Frames and sampling per protocol (prunevid-method.md §5.2; external-formats.md §7.2).
+PROTOCOL_FRAMES = {"official": 16, "lmms-eval": 32}
+PROTOCOL_SAMPLING = {"official": "middle", "lmms-eval": "linspace"}
+
+LMMS_SYSTEM = "You are a helpful assistant."   # qwen_1_5 conversation of lmms-eval's llava_onevision
+
+
+class DataMissing(FileNotFoundError):
+    """Benchmark data is not where the official layout puts it; the message names the data script to run."""
+
+
+@dataclass
+class Item:
+    """One question of a benchmark, with absolute media path(s)."""
+
+    id: str
+    category: str
+    video: str
+    question: str
+    candidates: Optional[List[str]] = None
+    answer: Optional[str] = None                 # MC: the correct candidate's text; VCG: the reference answer
+    bound: Optional[Tuple[float, float]] = None  # (start, end) seconds, MVBench bounded tasks
+    frame_folder: bool = False                   # MVBench episodic reasoning: a folder of 00001.jpg ...
+    extra: Dict = field(default_factory=dict)    # fields kept for per-category scores / submission files
+
+    @property
+    def letters(self) -> str:
+        return LETTERS[:len(self.candidates or [])]
+
+    @property
+    def answer_letter(self) -> Optional[str]:
+        if self.answer is None or not self.candidates or self.answer not in self.candidates:
+            return None
+        return LETTERS[self.candidates.index(self.answer)]
+
+
+@dataclass
+class Prompt:
+    """What goes through the model's chat template: a system turn (or None), the user text after the video,
+    and the text appended after the generation prompt (the official ``Best option:(``)."""
+
+    system: Optional[str]
+    text: str
+    answer_prefix: str = ""
+
+
+@dataclass
+class Score:
+    parsed: Optional[str]       # the option letter read from the prediction (None when unparsed)
+    correct: Optional[bool]     # None when the item has no public answer (EgoSchema full set) or is free-form
+    unparsed: bool = False
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; use one of {list(PROTOCOLS)}")
+    return protocol
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Official (PruneVid / PLLaVA / VideoChat2) multiple choice: question block, post prompt, answer prefix.
+OFFICIAL_POST_PROMPT = "\nOnly give the best option."
+OFFICIAL_ANSWER_PREFIX = "Best option:("
+
+
+def official_question_block(question: str, candidates: Sequence[str]) -> str:
+    """``qa_template``: ``Question: {q}\\nOptions:\\n(A) c0\\n(B) c1...``, right-stripped."""
+    text = f"Question: {question}\nOptions:\n"
+    for letter, cand in zip(LETTERS, candidates):
+        text += f"({letter}) {cand}\n"
+    return text.rstrip()
+
+
+def official_mc_prompt(system: str, item: Item) -> Prompt:
+    return Prompt(system=system, text=official_question_block(item.question, item.candidates) + OFFICIAL_POST_PROMPT,
+                  answer_prefix=OFFICIAL_ANSWER_PREFIX)
+
+
+def official_pred(prediction: str, answer_prefix: str = OFFICIAL_ANSWER_PREFIX) -> Tuple[str, str]:
+    """(pred, after): the official ``"(" + text after "Best option:("`` and the raw text after the prefix.
+
+    ``prediction`` is the generated text only; the prefix was part of the prompt, so the assistant's text is
+    ``answer_prefix + prediction``, of which the official parser keeps what follows the last prefix.
+    """
+    after = (answer_prefix + prediction).split(answer_prefix)[-1].rstrip()
+    return "(" + after, after
+
+
+def check_ans(pred: str, gt: str) -> bool:
+    """MVBench's ``check_ans``: lower-case, split on single spaces, compare the leading option tokens.
+
+    Correct when the first token of ``pred`` holds a letter a-g and either ``pred_tok.replace('.', '')`` is a
+    substring of ``gt_tok`` or ``gt_tok`` is a substring of ``pred_tok``; ``gt`` is ``"(B) answer text"``.
+    """
+    pred_tok = pred.lower().split(" ")[0]
+    gt_tok = gt.lower().split(" ")[0]
+    if not any(c in pred_tok for c in "abcdefg"):
+        return False
+    return pred_tok.replace(".", "") in gt_tok or gt_tok in pred_tok
+
+
+def official_mc_score(item: Item, prediction: str) -> Score:
+    pred, after = official_pred(prediction)
+    first = after[:1].upper()
+    letter = first if first and first in item.letters else None
+    gt_letter = item.answer_letter
+    if gt_letter is None:
+        return Score(parsed=letter, correct=None, unparsed=letter is None)
+    correct = check_ans(pred, f"({gt_letter}) {item.answer}")
+    return Score(parsed=letter, correct=bool(correct) and letter is not None, unparsed=letter is None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lmms-eval answer extraction (no random fallback: what does not parse is unparsed and wrong).
+_LMMS_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer", "The best option is",
+                  "The correct option is", "Best answer:", "Best option:", "Answer:", "Option:")
+
+
+def lmms_extract_letter(text: str, letters: str) -> Optional[str]:
+    """The option letter of a free-text reply, lmms-eval style: known answer prefixes stripped, then a
+    leading letter (``B``, ``(B)``, ``B.``, ``B)``), else a lone capital option letter in a short reply."""
+    s = text.strip()
+    for prefix in _LMMS_PREFIXES:
+        s = s.replace(prefix, "")
+    s = s.strip()
+    m = re.match(r"^\(?([A-J])(?:[\).:,\s]|$)", s)
+    if m and m.group(1) in letters:
+        return m.group(1)
+    if len(s.split()) > 10:
+        return None
+    found = [t for t in re.findall(r"\b([A-J])\b", s) if t in letters]
+    return found[0] if found else None
+
+
+def lmms_mc_score(item: Item, prediction: str) -> Score:
+    letter = lmms_extract_letter(prediction, item.letters)
+    gt = item.answer_letter
+    if gt is None:
+        return Score(parsed=letter, correct=None, unparsed=letter is None)
+    return Score(parsed=letter, correct=letter == gt, unparsed=letter is None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+class Benchmark:
+    """Base class. Subclasses set ``name``, ``folder`` (under the data root), ``data_script`` and implement
+    ``list_items`` and ``prompt``; multiple-choice ones reuse ``score``/``aggregate`` as they are."""
+
+    name: str = ""
+    folder: str = ""
+    data_script: str = ""
+    multiple_choice: bool = True
+    secondary_categories: Tuple[str, ...] = ()    # item.extra keys that also get an accuracy each
+
+    # -- data ----------------------------------------------------------------------------------------------
+    def root(self, data_root: str) -> str:
+        return os.path.join(data_root, self.folder)
+
+    def required_files(self, data_root: str) -> List[str]:
+        return []
+
+    def check_data(self, data_root: str) -> None:
+        missing = [p for p in self.required_files(data_root) if not os.path.exists(p)]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataMissing(f"{self.name} data not found: {missing[0]}{more}; run "
+                              f"`python -m prunevid data {self.data_script} --root {data_root}` "
+                              f"(data_scripts/{self.data_script}.py) first")
+
+    def list_items(self, data_root: str) -> List[Item]:
+        raise NotImplementedError
+
+    def items(self, data_root: str, limit: Optional[int] = None) -> List[Item]:
+        self.check_data(data_root)
+        items = self.list_items(data_root)
+        ids = [it.id for it in items]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{self.name}: item ids are not unique")
+        return items if limit is None else items[:limit]
+
+    # -- inputs --------------------------------------------------------------------------------------------
+    def frames(self, item: Item, num_frames: int, protocol: str) -> torch.Tensor:
+        from .. import video
+        sampling = PROTOCOL_SAMPLING[check_protocol(protocol)]
+        if item.frame_folder:
+            # Frame folders are always read the official way (fps 3, 1-based) with the item's bound.
+            return video.load_frame_folder(item.video, num_frames, bound=item.bound)
+        if sampling == "linspace" and item.bound is not None:
+            # lmms-eval reads MVBench's pre-cut segments (video branch); on the main branch's full videos the
+            # same frames are linspace over the bound
+            return linspace_in_bound(item.video, num_frames, item.bound)
+        return video.load_video(item.video, num_frames, bound=item.bound if sampling == "middle" else None,
+                                sampling=sampling)
+
+    def prompt(self, item: Item, protocol: str) -> Prompt:
+        raise NotImplementedError
+
+    def prompts(self, item: Item, protocol: str) -> List[Prompt]:
+        """Prompts generated for one item (VCG consistency asks two questions)."""
+        return [self.prompt(item, protocol)]
+
+    def gen_kwargs(self, protocol: str) -> dict:
+        check_protocol(protocol)
+        return {"max_new_tokens": 100 if protocol == "official" else 16, "do_sample": False, "num_beams": 1}
+
+    def default_frames(self, protocol: str) -> int:
+        return PROTOCOL_FRAMES[check_protocol(protocol)]
+
+    # -- scoring -------------------------------------------------------------------------------------------
+    def score(self, item: Item, predictions: List[str], protocol: str) -> Score:
+        if check_protocol(protocol) == "official":
+            return official_mc_score(item, predictions[0])
+        return lmms_mc_score(item, predictions[0])
+
+    def aggregate(self, rows: List[dict]) -> dict:
+        """``metrics``: accuracy in percent over the items with a public answer (errors and unparsed answers
+        count as wrong) and per category; ``accuracy_valid`` leaves errored items out."""
+        return mc_metrics(rows, self.secondary_categories)
+
+
+def linspace_in_bound(path: str, num_frames: int, bound: Tuple[float, float]) -> torch.Tensor:
+    """``np.linspace`` frame indices between the bound's first and last frame -> (T, H, W, 3) uint8."""
+    import numpy as np
+    from .. import video
+    total, fps = video.video_info(path)
+    start = max(0, round(bound[0] * fps))
+    end = min(round(bound[1] * fps), total - 1)
+    if end - start + 1 < num_frames:
+        raise video.VideoError(f"the bound {bound} of {path} spans fewer than {num_frames} frames")
+    idx = np.linspace(start, end, num_frames, dtype=int).tolist()
+    try:
+        import decord
+        frames = decord.VideoReader(path, num_threads=1).get_batch(idx).asnumpy()
+    except ImportError:
+        frames = video._read_with_pyav(path)[0][idx]
+    except Exception as e:
+        raise video.VideoError(f"cannot decode frames of {path}: {e}") from e
+    return torch.from_numpy(np.ascontiguousarray(frames))
+
+
+def _pct(num: int, den: int) -> Optional[float]:
+    return 100.0 * num / den if den else None
+
+
+def mc_metrics(rows: List[dict], secondary: Sequence[str] = ()) -> dict:
+    scored = [r for r in rows if r.get("answer") is not None]
+    n_ok = sum(1 for r in scored if r.get("correct"))
+    valid = [r for r in scored if not r.get("error")]
+    by_cat: Dict[str, List[int]] = {}
+
+    def add(key, row):
+        c = by_cat.setdefault(key, [0, 0])
+        c[0] += 1 if row.get("correct") else 0
+        c[1] += 1
+
+    for r in scored:
+        add(str(r.get("category")), r)
+        for key in secondary:
+            if r.get(key) is not None:
+                add(f"{key}/{r[key]}", r)
+    return {"accuracy": _pct(n_ok, len(scored)),
+            "accuracy_valid": _pct(sum(1 for r in valid if r.get("correct")), len(valid)),
+            "n_scored": len(scored),
+            "by_category": {k: _pct(v[0], v[1]) for k, v in by_cat.items()},
+            "by_category_counts": {k: {"correct": v[0], "total": v[1]} for k, v in by_cat.items()}}
+
+
+def load_json(path: str):
+    import json
+    with open(path) as f:
+        return json.load(f)

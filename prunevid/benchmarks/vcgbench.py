@@ -1,0 +1,110 @@
+"""VideoChatGPT-Bench: ``DATAS/VCGBench/Zero_Shot_QA/Benchmarking_QA/*.json`` + ``Videos/Benchmarking``.
+
+Generation only (prunevid-method.md §5.6): generic and temporal items are answered once, consistency items
+twice (Q1 then Q2). The five scores (CI, DO, CU from generic, TU from temporal, CO from consistency) need an
+LLM judge; ``metrics.scores`` is filled from per-sample ``judge`` entries when a judge has run, else None.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+from .base import LMMS_SYSTEM, Benchmark, Item, Prompt, Score, load_json
+
+SYSTEM = ("You are Video-ChatGPT, a large vision-language assistant. You are able to understand the video content "
+          "that the user provides, and assist the user with a variety of tasks using natural language.Follow the "
+          "instructions carefully and explain your answers in detail based on the provided video.")
+
+FILES = {"generic": "generic_qa.json", "temporal": "temporal_qa.json", "consistency": "consistency_qa.json"}
+TOTALS = {"generic": 1996, "temporal": 499, "consistency": 499}
+VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".mov")
+DIMENSIONS = {"CI": "generic", "DO": "generic", "CU": "generic", "TU": "temporal", "CO": "consistency"}
+
+
+def find_video(folder: str, name: str) -> str:
+    """``<folder>/<name>`` with the first extension that exists (mp4 first, as PruneVid tries mp4 then mkv)."""
+    if os.path.splitext(name)[1].lower() in VIDEO_EXTS:
+        return os.path.join(folder, name)
+    for ext in VIDEO_EXTS:
+        p = os.path.join(folder, name + ext)
+        if os.path.exists(p):
+            return p
+    return os.path.join(folder, name + ".mp4")
+
+
+class VCGBench(Benchmark):
+    name = "vcgbench"
+    folder = "VCGBench"
+    data_script = "vcgbench"
+    multiple_choice = False
+
+    def qa_dir(self, data_root: str) -> str:
+        return os.path.join(self.root(data_root), "Zero_Shot_QA", "Benchmarking_QA")
+
+    def required_files(self, data_root: str) -> List[str]:
+        return [os.path.join(self.qa_dir(data_root), f) for f in FILES.values()]
+
+    def list_items(self, data_root: str) -> List[Item]:
+        videos = os.path.join(self.root(data_root), "Videos", "Benchmarking")
+        items = []
+        for cat, fname in FILES.items():
+            for i, row in enumerate(load_json(os.path.join(self.qa_dir(data_root), fname))):
+                if cat == "consistency":
+                    q, extra = row["Q1"], {"question2": row["Q2"]}
+                else:
+                    q, extra = row["Q"], {}
+                extra["video_name"] = row["video_name"]
+                items.append(Item(id=f"{cat}/{i}", category=cat, video=find_video(videos, row["video_name"]),
+                                  question=q, answer=row["A"], extra=extra))
+        return items
+
+    def _prompt(self, question: str, protocol: str) -> Prompt:
+        return Prompt(system=SYSTEM if protocol == "official" else LMMS_SYSTEM, text=question)
+
+    def prompt(self, item: Item, protocol: str) -> Prompt:
+        return self._prompt(item.question, protocol)
+
+    def prompts(self, item: Item, protocol: str) -> List[Prompt]:
+        out = [self._prompt(item.question, protocol)]
+        if item.category == "consistency":
+            out.append(self._prompt(item.extra["question2"], protocol))
+        return out
+
+    def gen_kwargs(self, protocol: str) -> dict:
+        # Free-form answers: 100 new tokens under both protocols (16 would cut every answer short).
+        return {"max_new_tokens": 100, "do_sample": False, "num_beams": 1}
+
+    def score(self, item: Item, predictions: List[str], protocol: str) -> Score:
+        return Score(parsed=None, correct=None, unparsed=False)
+
+    def aggregate(self, rows: List[dict]) -> dict:
+        counts = {}
+        for r in rows:
+            c = counts.setdefault(str(r.get("category")), {"done": 0, "errors": 0})
+            c["done"] += 1
+            c["errors"] += 1 if r.get("error") else 0
+        scores = judge_scores(rows)
+        return {"accuracy": None, "by_category": {}, "scores": scores, "by_category_counts": counts}
+
+
+def judge_scores(rows: List[dict]):
+    """Mean judge score per dimension (0-5) and their plain mean ``avg`` (the paper's Avg), or None when no
+    row holds judge scores. Errored items score 0, as the official scorer scores failed calls."""
+    per = {d: [] for d in DIMENSIONS}
+    seen = False
+    for r in rows:
+        judge = r.get("judge") or {}
+        for dim, cat in DIMENSIONS.items():
+            if r.get("category") != cat:
+                continue
+            if dim in judge:
+                seen = True
+                per[dim].append(float(judge[dim]) if judge[dim] is not None else 0.0)
+            elif r.get("error"):
+                per[dim].append(0.0)
+    if not seen:
+        return None
+    out = {d: (sum(v) / len(v) if v else None) for d, v in per.items()}
+    vals = [v for v in out.values() if v is not None]
+    out["avg"] = sum(vals) / len(vals) if len(vals) == len(DIMENSIONS) else None
+    return out
