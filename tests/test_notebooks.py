@@ -45,3 +45,30 @@ def test_notebook_runs_with_its_defaults(path, tmp_path):
                             cwd=os.path.dirname(path), progress_bar=False)
     finally:
         os.environ["PYTHONPATH"] = env_path
+
+
+@pytest.mark.slow
+def test_benchmark_notebook_through_papermill_with_overrides(tmp_path):
+    """The papermill target, run as the report command runs it: parameters injected, results written, HTML made."""
+    import papermill as pm
+    from fixtures import make_mvbench
+    from prunevid import report
+    make_mvbench(str(tmp_path / "DATAS"))
+    out_dir = tmp_path / "run"
+    executed = tmp_path / "10.ipynb"
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + env_path if env_path else "")
+    try:
+        pm.execute_notebook(os.path.join(ROOT, "notebooks", "10_benchmark.ipynb"), str(executed),
+                            parameters={"benchmark": "mvbench", "data_root": str(tmp_path / "DATAS"), "limit": 3,
+                                        "frames": 4, "alpha": 0.3, "output_dir": str(out_dir)},
+                            kernel_name=_kernel_name(), cwd=os.path.join(ROOT, "notebooks"), progress_bar=False)
+    finally:
+        os.environ["PYTHONPATH"] = env_path
+    res = json.load(open(out_dir / "results.json"))
+    assert res["config"]["benchmark"] == "mvbench" and res["n_samples"]["done"] == 3
+    assert res["method"]["name"] == "prunevid" and res["method"]["alpha"] == 0.3
+    assert res["metrics"]["by_category"] and 0 < res["tokens"]["retained_ratio"] < 1
+    report.export_html(str(executed), str(tmp_path / "10.html"))
+    page = (tmp_path / "10.html").read_text()
+    assert "Per category" in page and "config_class(method)" not in page     # outputs shown, code hidden
