@@ -742,7 +742,8 @@ def vocabulary_strings() -> List[str]:
              "What colour is the object that appears first? last? What colour does the turn into?",
              "How does the scene change? Is there a in the video?",
              "The scene is There is are object objects appears later moves stays still then turns disappears "
-             "The scene changes to From to"]
+             "The scene changes to From to",
+             "system user assistant"]
     words += list(COLOR_NAMES) + list(SHAPES) + list(SCENE_NAMES) + list(DIRECTIONS) + list(NUMBERS) + list(YES_NO)
     words += [s.capitalize() for s in COLOR_NAMES + SHAPES + SCENE_NAMES]
     return words
