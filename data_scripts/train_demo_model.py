@@ -196,11 +196,13 @@ def make_batch(step: int, args, enc: Encoder):
     return ids, mask, wt, pixels(frames), aux
 
 
-def make_eval_set(args):
+def make_eval_set(args, shuffle: bool = True):
+    """Held-out items from the ``val`` seed; ``shuffle=False`` gives the same videos and answers with the
+    options in canonical order (the curriculum's easy format, for diagnosis)."""
     items = []
     for task in S.TASKS:
         for i in range(args.eval_n):
-            s = S.make_item(task, S.item_rng(S.SPLIT_SEEDS["val"], task, i))
+            s = S.make_item(task, S.item_rng(S.SPLIT_SEEDS["val"], task, i), shuffle=shuffle)
             items.append((task, s.item, s.frames))
     return items
 
@@ -306,7 +308,12 @@ def save_model(out_dir, model, tok, meta):
 
 def fmt_eval(r):
     tasks = " ".join(f"{t[:12]}={r['per_task'][t]:.2f}/{S.CHANCE[t]:.2f}" for t in r["per_task"])
-    return f"acc {r['accuracy']:.3f} (chance {r['chance']:.3f}, free {r['free_accuracy']:.3f}) | {tasks}"
+    line = f"acc {r['accuracy']:.3f} (chance {r['chance']:.3f}, free {r['free_accuracy']:.3f}) | {tasks}"
+    if "fixed_order" in r:
+        fo = r["fixed_order"]
+        line += (f"\n    fixed option order: acc {fo['accuracy']:.3f} | "
+                 + " ".join(f"{t[:12]}={fo['per_task'][t]:.2f}" for t in fo["per_task"]))
+    return line
 
 
 def parse_args(argv=None):
@@ -334,6 +341,8 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-n", type=int, default=30, help="held-out items per task")
     ap.add_argument("--eval-batch", type=int, default=16)
+    ap.add_argument("--no-eval-fixed", dest="eval_fixed", action="store_false",
+                    help="skip the diagnostic evaluation with options in canonical order")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -378,8 +387,17 @@ def main(argv=None) -> int:
         print(f"new run: size {args.size}, {n_params / 1e6:.2f} M parameters, seed {args.seed}")
 
     eval_items = make_eval_set(args)
-    if args.eval_only:
+    fixed_items = make_eval_set(args, shuffle=False) if args.eval_fixed else None
+
+    def run_eval():
         r = evaluate(model, enc, eval_items, args)
+        if fixed_items is not None:
+            rf = evaluate(model, enc, fixed_items, args)
+            r["fixed_order"] = {"accuracy": rf["accuracy"], "per_task": rf["per_task"]}
+        return r
+
+    if args.eval_only:
+        r = run_eval()
         print(f"step {step}: {fmt_eval(r)}")
         return 0
 
@@ -406,7 +424,7 @@ def main(argv=None) -> int:
                   flush=True)
         done = step >= args.steps or (args.minutes and time.time() - t_sitting > 60 * args.minutes)
         if step % args.eval_every == 0 or done:
-            r = evaluate(model, enc, eval_items, args)
+            r = run_eval()
             rec = {"step": step, "samples": step * args.batch, "train_minutes": round(train_seconds / 60, 2),
                    "loss": ema, **r}
             history.append(rec)
