@@ -188,3 +188,28 @@ def test_mvbench_prompt_strings():
     assert text == ("Question: How many objects are in the video?\nOptions:\n(A) one\n(B) two\n"
                     "Only give the best option.")
     assert S.mvbench_answer(["one", "two"], "two") == "(B) two"
+
+
+def test_ensure_split_and_cli_check(tmp_path):
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "make_synthetic.py")
+    spec = importlib.util.spec_from_file_location("make_synthetic", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    root = str(tmp_path)
+    assert cli.main(["--root", root, "--split", "val", "--n-per-task", "1", "--tasks", "object_count,state_change"]) == 0
+    assert cli.main(["--root", root, "--split", "val", "--check"]) == 0
+    meta_path = os.path.join(root, "Synthetic", "val", "meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    assert meta["seed"] == S.SPLIT_SEEDS["val"] and meta["counts"] == {"object_count": 1, "state_change": 1}
+    meta["checksum"] = "0" * 64
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    assert cli.main(["--root", root, "--split", "val", "--check"]) == 1
+    # ensure_split generates on first use and leaves a matching split alone
+    out = S.ensure_split(root, "test", n_per_task=1)
+    assert out == os.path.join(root, "Synthetic")
+    stamp = os.path.getmtime(os.path.join(out, "meta.json"))
+    assert S.ensure_split(root, "test", n_per_task=1) == out
+    assert os.path.getmtime(os.path.join(out, "meta.json")) == stamp
