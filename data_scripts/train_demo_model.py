@@ -231,7 +231,11 @@ def train_loss(model, aux_head, capture, batch, args):
     w = wt[:, 1:]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none").view_as(w)
     lm = (ce * w).sum() / w.sum().clamp(min=1)
-    stats = {"lm": lm.item()}
+    # diagnostics: the loss on the answer letters alone (the token the benchmark scores) and on the caption
+    letter = (w == 1) & (ids[:, :-1] == args.paren_id) & torch.isin(tgt, torch.tensor(args.letter_ids))
+    cap = (w > 0) & (w < 1)
+    stats = {"lm": lm.item(), "letter": (ce[letter].mean().item() if letter.any() else float("nan")),
+             "caption": (ce[cap].mean().item() if cap.any() else float("nan"))}
     loss = lm
     if aux is not None and args.aux_weight > 0:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -289,10 +293,14 @@ def make_optimizer(model, aux_head, args):
                               {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
 
 
+def _plain_args(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("paren_id", "letter_ids")}
+
+
 def save_checkpoint(path, model, aux_head, opt, step, train_seconds, args, history):
     state = {"step": step, "model": model.state_dict(), "aux_head": aux_head.state_dict(),
              "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds,
-             "args": vars(args), "history": history}
+             "args": _plain_args(args), "history": history}
     tmp = path + ".tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -363,6 +371,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     aux_head = torch.nn.Linear(model.config.text_config.hidden_size, sum(N_AUX))
     capture = AuxCapture(model)
+    args.paren_id, args.letter_ids = tok.convert_tokens_to_ids("("), enc.letter_ids
     opt = make_optimizer(model, aux_head, args)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -439,7 +448,7 @@ def main(argv=None) -> int:
     model.eval()
     last = history[-1] if history else {}
     save_model(os.path.join(args.out, "model"), model, tok,
-               {"step": step, "train_minutes": round(train_seconds / 60, 2), "args": vars(args),
+               {"step": step, "train_minutes": round(train_seconds / 60, 2), "args": _plain_args(args),
                 "parameters": n_params, "last_eval": last})
     print(f"saved {os.path.join(args.out, 'model')} at step {step}")
     return 0
