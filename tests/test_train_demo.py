@@ -81,3 +81,21 @@ def test_curriculum_ramps(T):
     assert T.curriculum(0, args) == (0.2, 0.0)
     assert T.curriculum(50, args)[1] == 0.0 and 0 < T.curriculum(75, args)[1] < 1
     assert T.curriculum(100, args) == (1.0, 1.0) and T.curriculum(500, args) == (1.0, 1.0)
+
+
+def test_one_training_step_and_evaluation_run(T, enc):
+    args = T.parse_args(["--batch", "1", "--size", "xs", "--questions-per-video", "2"])
+    args.paren_id, args.letter_ids = enc.tok.convert_tokens_to_ids("("), enc.letter_ids
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=0)
+    model.train()
+    head = torch.nn.Linear(model.config.text_config.hidden_size, sum(T.N_AUX))
+    capture = T.AuxCapture(model)
+    loss, stats = T.train_loss(model, head, capture, T.make_batch(0, args, enc), args)
+    loss.backward()
+    assert torch.isfinite(loss) and {"lm", "letter", "caption", "aux"} <= set(stats)
+    assert head.weight.grad is not None and model.model.multi_modal_projector.linear_1.weight.grad is not None
+    capture.handle.remove()
+    args.eval_n = 1
+    r = T.evaluate(model, enc, T.make_eval_set(args)[:2], args)
+    assert r["n"] == 2 and 0.0 <= r["accuracy"] <= 1.0
