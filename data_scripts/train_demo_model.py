@@ -73,22 +73,23 @@ class Encoder:
             self._cache[text] = self.tok(text, add_special_tokens=False).input_ids
         return self._cache[text]
 
-    def first_turn(self, question: str, candidates: list) -> list:
+    def first_turn(self, question: str, candidates: list, n_video: int = N_VIDEO) -> list:
         """The evaluation prompt (system, user with video and question block, ``Best option:(``)."""
         ids = self.ids(D.render_prompt(self.tok, question, candidates, num_video_tokens=1))
         i = ids.index(self.video_id)
-        return ids[:i] + [self.video_id] * N_VIDEO + ids[i + 1:]
+        return ids[:i] + [self.video_id] * n_video + ids[i + 1:]
 
     def answer(self, q: dict) -> list:
         letter = S.OPTION_LETTERS[q["candidates"].index(q["answer"])]
         return self.ids(f"{letter}) {q['answer']}<|im_end|>")
 
-    def training_sequence(self, questions: list, caption: str = "", caption_weight: float = 0.5):
+    def training_sequence(self, questions: list, caption: str = "", caption_weight: float = 0.5,
+                          n_video: int = N_VIDEO):
         """(ids, weights): the first question in the evaluation format, then one turn per further question and
         an optional caption turn; weights are 1 on answer tokens, ``caption_weight`` on caption tokens, 0
         elsewhere (the weight at position i belongs to predicting token i)."""
         nl = self.ids("\n")
-        ids = list(self.first_turn(questions[0]["question"], questions[0]["candidates"]))
+        ids = list(self.first_turn(questions[0]["question"], questions[0]["candidates"], n_video))
         w = [0.0] * len(ids)
         for k, q in enumerate(questions):
             if k > 0:
@@ -170,9 +171,26 @@ def curriculum(step: int, args) -> tuple:
     return difficulty, p_shuffle
 
 
+def frames_at(step: int, args) -> int:
+    """Frames per training video at ``step`` under ``--frames-schedule`` ("4:300,8:600": 4 frames before step
+    300, 8 before 600, then all 16), a curriculum that shortens the visual sequence early in training."""
+    for part in filter(None, (args.frames_schedule or "").split(",")):
+        n, until = (int(v) for v in part.split(":"))
+        if step < until:
+            return n
+    return S.NUM_FRAMES
+
+
+def frame_subset(n: int) -> np.ndarray:
+    """Evenly spread frame indices, always including the first and the last."""
+    return np.round(np.linspace(0, S.NUM_FRAMES - 1, n)).astype(int)
+
+
 def make_batch(step: int, args, enc: Encoder):
     rng = np.random.default_rng([args.seed, step])
     difficulty, p_shuffle = curriculum(step, args)
+    sub = frame_subset(frames_at(step, args))
+    n_video = len(sub) * TOKENS_PER_FRAME + 1
     seqs, weights, frames, labels = [], [], [], []
     for _ in range(args.batch):
         s = S.sample(rng, difficulty=difficulty, shuffle=bool(rng.random() < p_shuffle), extras=True)
@@ -182,12 +200,13 @@ def make_batch(step: int, args, enc: Encoder):
         qs += extra[:max(args.questions_per_video - 1, 0)]
         order = rng.permutation(len(qs))            # any task may come first, in the evaluation position
         qs = [qs[i] for i in order]
-        ids, w = enc.training_sequence(qs, s.caption if args.caption_weight > 0 else "", args.caption_weight)
+        ids, w = enc.training_sequence(qs, s.caption if args.caption_weight > 0 else "", args.caption_weight,
+                                       n_video)
         seqs.append(ids)
         weights.append(w)
-        frames.append(s.frames)
+        frames.append(s.frames[sub])
         if args.aux_weight > 0:
-            labels.append(patch_labels(s.video))
+            labels.append(patch_labels(s.video)[sub])
     ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
     wt = torch.zeros(ids.shape)
     for i, w in enumerate(weights):
@@ -341,6 +360,8 @@ def parse_args(argv=None):
     ap.add_argument("--start-difficulty", type=float, default=0.0)
     ap.add_argument("--shuffle-from", type=float, default=0.3,
                     help="fraction of the curriculum after which shuffled options are phased in")
+    ap.add_argument("--frames-schedule", default="",
+                    help='fewer frames early, e.g. "4:300,8:600" (4 frames before step 300, 8 before 600, then 16)')
     ap.add_argument("--no-zero-init", dest="zero_init", action="store_false")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
     ap.add_argument("--threads", type=int, default=1)

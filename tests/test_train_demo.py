@@ -99,3 +99,12 @@ def test_one_training_step_and_evaluation_run(T, enc):
     args.eval_n = 1
     r = T.evaluate(model, enc, T.make_eval_set(args)[:2], args)
     assert r["n"] == 2 and 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_frames_schedule(T, enc):
+    args = T.parse_args(["--batch", "1", "--frames-schedule", "4:10,8:20"])
+    assert [T.frames_at(s, args) for s in (0, 9, 10, 19, 20)] == [4, 4, 8, 8, 16]
+    assert T.frame_subset(4).tolist() == [0, 5, 10, 15]
+    ids, mask, wt, pix, aux = T.make_batch(0, args, enc)
+    assert pix.shape[1] == 4 and aux.shape[0] == 4
+    assert (ids == enc.video_id).sum() == 4 * T.TOKENS_PER_FRAME + 1
