@@ -108,3 +108,15 @@ def test_frames_schedule(T, enc):
     ids, mask, wt, pix, aux = T.make_batch(0, args, enc)
     assert pix.shape[1] == 4 and aux.shape[0] == 4
     assert (ids == enc.video_id).sum() == 4 * T.TOKENS_PER_FRAME + 1
+
+
+def test_lookup_sequences(T, enc):
+    args = T.parse_args(["--lookup", "4"])
+    ids, mask, wt = T.make_lookup_batch(3, args, enc)
+    assert ids.shape[0] == 4 and (wt[mask == 0] == 0).all()
+    for row, w in zip(ids, wt):
+        text = enc.tok.decode(row[w == 0][:int((w == 0).sum())].tolist())
+        ans = enc.tok.decode(row[w == 1].tolist())
+        q = text.split("Which option is ")[1].split("?")[0]
+        letter = ans[0]
+        assert f"({letter}) {q}\n" in text + "\n" and ans.endswith(f") {q}<|im_end|>")
