@@ -283,6 +283,10 @@ def _new_track(rng: np.random.Generator, *, color: str, shape: str, moving: Opti
     return Track(shape=shape, size=size, x=x, y=y, color=[color] * T, visible=vis, shade=shade)
 
 
+class _PlacementError(RuntimeError):
+    """A drawn layout left no room for the next object; the item's video is drawn again."""
+
+
 def _add(rng: np.random.Generator, tracks: List[Track], make: Callable[[], Track], tries: int = 200) -> Track:
     """Draw tracks from ``make`` until one overlaps none of ``tracks``; append and return it."""
     for _ in range(tries):
@@ -290,7 +294,7 @@ def _add(rng: np.random.Generator, tracks: List[Track], make: Callable[[], Track
         if all(_clear(tr, o) for o in tracks):
             tracks.append(tr)
             return tr
-    raise RuntimeError("could not place an object without overlap")   # not reached with <= 4 objects
+    raise _PlacementError("could not place an object without overlap")
 
 
 def _scene_video(rng: np.random.Generator, tracks: List[Track], scenes: Optional[List[str]] = None) -> Video:
@@ -588,7 +592,10 @@ def make_item(task: str, rng: np.random.Generator, *, difficulty: float = 1.0, s
     if task not in VIDEO_MAKERS:
         raise ValueError(f"unknown task {task!r}; tasks: {list(TASKS)}")
     for _ in range(100):
-        video = VIDEO_MAKERS[task](rng, difficulty)
+        try:
+            video = VIDEO_MAKERS[task](rng, difficulty)
+        except _PlacementError:          # rare (crowded layouts with movers): draw the whole video again
+            continue
         q = QUESTION_MAKERS[task](video, rng, shuffle)
         if q is not None:
             break
