@@ -188,8 +188,9 @@ def frame_subset(n: int) -> np.ndarray:
 
 def make_batch(step: int, args, enc: Encoder):
     rng = np.random.default_rng([args.seed, step])
-    difficulty, p_shuffle = curriculum(step, args)
-    sub = frame_subset(frames_at(step, args))
+    vstep = max(step - args.lookup_pretrain, 0)        # the video curriculum starts after the look-up phase
+    difficulty, p_shuffle = curriculum(vstep, args)
+    sub = frame_subset(frames_at(vstep, args))
     n_video = len(sub) * TOKENS_PER_FRAME + 1
     seqs, weights, frames, labels = [], [], [], []
     for _ in range(args.batch):
@@ -219,12 +220,12 @@ LOOKUP_POOLS = (S.COLOR_NAMES, S.DIRECTIONS, S.NUMBERS, S.YES_NO,
                 tuple(f"From {a} to {b}" for a in S.SCENE_NAMES for b in S.SCENE_NAMES if a != b))
 
 
-def make_lookup_batch(step: int, args, enc: Encoder):
+def make_lookup_batch(step: int, args, enc: Encoder, n: int = 0):
     """Text-only option look-up sequences ("Which option is red?" -> "B) red"): they teach the binding of an
     answer to its option letter, the step the video questions learn last, at a tiny fraction of their cost."""
     rng = np.random.default_rng([args.seed, step, 1])
     seqs, weights = [], []
-    for _ in range(args.lookup):
+    for _ in range(n or args.lookup):
         pool = LOOKUP_POOLS[int(rng.integers(len(LOOKUP_POOLS)))]
         n = int(rng.integers(2, min(5, len(pool)) + 1))
         cands = [pool[i] for i in rng.choice(len(pool), n, replace=False)]
@@ -400,6 +401,9 @@ def parse_args(argv=None):
                     help="fraction of the curriculum after which shuffled options are phased in")
     ap.add_argument("--lookup", type=int, default=32, help="text-only option look-up sequences per step (0: off)")
     ap.add_argument("--lookup-weight", type=float, default=0.5)
+    ap.add_argument("--lookup-pretrain", type=int, default=0,
+                    help="first steps train on text-only look-up sequences only (no video), a cheap warm start")
+    ap.add_argument("--lookup-pretrain-batch", type=int, default=64)
     ap.add_argument("--frames-schedule", default="",
                     help='fewer frames early, e.g. "4:300,8:600" (4 frames before step 300, 8 before 600, then 16)')
     ap.add_argument("--no-zero-init", dest="zero_init", action="store_false")
@@ -475,12 +479,17 @@ def main(argv=None) -> int:
     ema = None
     while step < args.steps:
         t0 = time.time()
-        batch = make_batch(step, args, enc)
-        t_data = time.time() - t0
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
-        loss, stats = train_loss(model, aux_head, capture, batch, args)
-        if args.lookup > 0:
+        if step < args.lookup_pretrain:              # text-only phase: learn to bind answers to option letters
+            t_data = 0.0
+            loss, letter = lookup_loss(model, make_lookup_batch(step, args, enc, args.lookup_pretrain_batch), args)
+            stats = {"lookup_letter": letter}
+        else:
+            batch = make_batch(step, args, enc)
+            t_data = time.time() - t0
+            loss, stats = train_loss(model, aux_head, capture, batch, args)
+        if args.lookup > 0 and step >= args.lookup_pretrain:
             l2, stats["lookup_letter"] = lookup_loss(model, make_lookup_batch(step, args, enc), args)
             loss = loss + args.lookup_weight * l2
         opt.zero_grad(set_to_none=True)
@@ -496,7 +505,7 @@ def main(argv=None) -> int:
                   + " ".join(f"{k} {v:.3f}" for k, v in ema.items()) + f" | lr {lr_at(step - 1, args):.2e}",
                   flush=True)
         done = step >= args.steps or (args.minutes and time.time() - t_sitting > 60 * args.minutes)
-        if step % args.eval_every == 0 or done:
+        if (step % args.eval_every == 0 and step > args.lookup_pretrain) or done:
             r = run_eval()
             rec = {"step": step, "samples": step * args.batch, "train_minutes": round(train_seconds / 60, 2),
                    "loss": ema, **r}
