@@ -714,8 +714,8 @@ def ensure_split(root: str, split: str = "test", **kwargs) -> str:
     if os.path.isfile(p):
         with open(p) as f:
             meta = json.load(f)
-        want_seed = kwargs.get("seed") or SPLIT_SEEDS.get(split)
-        want_n = kwargs.get("n_per_task") or DEFAULT_N_PER_TASK.get(split, 50)
+        want_seed = SPLIT_SEEDS.get(split) if kwargs.get("seed") is None else int(kwargs["seed"])
+        want_n = DEFAULT_N_PER_TASK.get(split, 50) if kwargs.get("n_per_task") is None else int(kwargs["n_per_task"])
         if (meta.get("seed"), meta.get("n_per_task"), meta.get("generator_version")) == (
                 want_seed, want_n, GENERATOR_VERSION):
             return out
