@@ -1,0 +1,531 @@
+#!/usr/bin/env python
+"""Train the demo video LLM (a plain LlavaOnevisionForConditionalGeneration) on the synthetic benchmark, on CPU.
+
+    python data_scripts/train_demo_model.py --out runs/demo_model --minutes 30          # one sitting
+    python data_scripts/train_demo_model.py --out runs/demo_model --minutes 30          # continues from the checkpoint
+    python data_scripts/train_demo_model.py --out runs/demo_model --eval-only           # evaluate the checkpoint
+
+Training data is drawn fresh every step from ``prunevid.synthetic`` (in memory, no mp4) with a random stream
+``default_rng([seed, step])``, so a run is reproducible from its seed and a resumed run sees exactly the batches
+an uninterrupted one would. Every ``--ckpt-every`` steps the model, the auxiliary head, the optimizer, the
+torch RNG state and the step are saved to ``<out>/checkpoint.pt``; rerunning the same command continues from
+there. At the end of a sitting the model is also written with ``save_pretrained`` (safetensors) plus the
+tokenizer to ``<out>/model``, which ``prunevid.models.load(<out>/model)`` loads.
+
+Prompts are rendered exactly as the official MVBench protocol does, in the LLaVA-OneVision chat template:
+the VideoChat2 system prompt as a system turn, ``Question: ...\\nOptions:\\n(A) ...\\nOnly give the best option.``
+as the user text after the video, and the assistant answer prefix ``Best option:(``; the target is
+``B) red<|im_end|>``. Recipes for more signal per CPU second (all switchable):
+
+- several questions about the same video in one sequence (one vision pass, many answers): the first turn is the
+  evaluation prompt, later turns ask the other tasks' questions that are well defined on that video;
+- a dense caption turn ("Describe the video.") listing every object, its motion, colour change and the scenes;
+- an auxiliary per-patch loss on the projected vision features (colour, shape and scene of every 8 px patch),
+  through a linear head used in training only: the saved model stays a plain LLaVA-OneVision;
+- a curriculum: fewer objects and a fixed option order first, then the full task distribution, shuffled;
+- zero-initialised residual branches, bf16 autocast, AdamW with warmup and cosine decay.
+
+Evaluation (every ``--eval-every`` steps) runs the official single-question prompt on a held-out set generated
+from the ``val`` seed and scores the letter with the highest logit among the item's options, printing
+per-task accuracy and chance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from prunevid import demo_model as D  # noqa: E402
+from prunevid import synthetic as S  # noqa: E402
+from prunevid.video import preprocess_frames  # noqa: E402
+
+TOKENS_PER_FRAME = 49
+N_VIDEO = S.NUM_FRAMES * TOKENS_PER_FRAME + 1
+CAPTION_REQUEST = "Describe the video."
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sequences
+# ----------------------------------------------------------------------------------------------------------
+
+class Encoder:
+    """Token ids and loss masks for the official prompt and for multi-turn training sequences."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.video_id = tok.convert_tokens_to_ids("<video>")
+        self.letter_ids = [tok.convert_tokens_to_ids(c) for c in S.OPTION_LETTERS[:5]]
+        self._cache = {}
+
+    def ids(self, text: str) -> list:
+        if text not in self._cache:
+            if len(self._cache) > 50000:
+                self._cache.clear()
+            self._cache[text] = self.tok(text, add_special_tokens=False).input_ids
+        return self._cache[text]
+
+    def first_turn(self, question: str, candidates: list, n_video: int = N_VIDEO) -> list:
+        """The evaluation prompt (system, user with video and question block, ``Best option:(``)."""
+        ids = self.ids(D.render_prompt(self.tok, question, candidates, num_video_tokens=1))
+        i = ids.index(self.video_id)
+        return ids[:i] + [self.video_id] * n_video + ids[i + 1:]
+
+    def answer(self, q: dict) -> list:
+        letter = S.OPTION_LETTERS[q["candidates"].index(q["answer"])]
+        return self.ids(f"{letter}) {q['answer']}<|im_end|>")
+
+    def training_sequence(self, questions: list, caption: str = "", caption_weight: float = 0.5,
+                          n_video: int = N_VIDEO):
+        """(ids, weights): the first question in the evaluation format, then one turn per further question and
+        an optional caption turn; weights are 1 on answer tokens, ``caption_weight`` on caption tokens, 0
+        elsewhere (the weight at position i belongs to predicting token i)."""
+        nl = self.ids("\n")
+        ids = list(self.first_turn(questions[0]["question"], questions[0]["candidates"], n_video))
+        w = [0.0] * len(ids)
+        for k, q in enumerate(questions):
+            if k > 0:
+                p = self.ids("<|im_start|>user\n" + S.mvbench_question(q["question"], q["candidates"]) +
+                             "<|im_end|>\n<|im_start|>assistant\n" + S.MVBENCH_ANSWER_PREFIX)
+                ids += p
+                w += [0.0] * len(p)
+            a = self.answer(q)
+            ids += a + nl
+            w += [1.0] * len(a) + [0.0] * len(nl)
+        if caption:
+            p = self.ids(f"<|im_start|>user\n{CAPTION_REQUEST}<|im_end|>\n<|im_start|>assistant\n")
+            c = self.ids(caption + "<|im_end|>")
+            ids += p + c + nl
+            w += [0.0] * len(p) + [caption_weight] * len(c) + [0.0] * len(nl)
+        return ids, w
+
+
+def pad_batch(seqs, pad_id):
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def pixels(frames_list) -> torch.Tensor:
+    """Frames (T, H, W, 3) uint8 arrays -> (B, T, 3, S, S) float, the kit's preprocessing (mean/std 0.5)."""
+    return torch.stack([preprocess_frames(torch.from_numpy(f), S.FRAME_SIZE) for f in frames_list])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Auxiliary per-patch labels (training only)
+# ----------------------------------------------------------------------------------------------------------
+
+PATCH = 8
+GRID = S.FRAME_SIZE // PATCH
+N_AUX = (1 + len(S.COLOR_NAMES), 1 + len(S.SHAPES), len(S.SCENE_NAMES))
+
+
+def patch_labels(video: S.Video) -> torch.Tensor:
+    """(T, GRID*GRID, 3) long: colour (0 = none), shape (0 = none) and scene of every 8 px patch, from the
+    tracks painted in render order; an object labels a patch it covers at least a quarter of."""
+    T, Z = S.NUM_FRAMES, S.FRAME_SIZE
+    owner = np.zeros((T, Z, Z), np.int8)
+    for k, tr in enumerate(video.tracks, start=1):
+        m = S.shape_mask(tr.shape, tr.size)
+        for t in np.flatnonzero(tr.visible):
+            x0 = int(round(tr.x[t] - tr.size / 2.0))
+            y0 = int(round(tr.y[t] - tr.size / 2.0))
+            xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + tr.size, Z), min(y0 + tr.size, Z)
+            if xa < xb and ya < yb:
+                owner[t, ya:yb, xa:xb][m[ya - y0:yb - y0, xa - x0:xb - x0]] = k
+    blocks = owner.reshape(T, GRID, PATCH, GRID, PATCH).transpose(0, 1, 3, 2, 4).reshape(T, GRID * GRID, -1)
+    out = np.zeros((T, GRID * GRID, 3), np.int64)
+    best = np.zeros((T, GRID * GRID))
+    for k, tr in enumerate(video.tracks, start=1):
+        frac = (blocks == k).mean(-1)
+        win = (frac >= 0.25) & (frac > best)
+        best = np.where(win, frac, best)
+        col = np.array([S.COLOR_NAMES.index(c) + 1 for c in tr.color])[:, None]
+        out[..., 0] = np.where(win, col, out[..., 0])
+        out[..., 1] = np.where(win, S.SHAPES.index(tr.shape) + 1, out[..., 1])
+    out[..., 2] = np.array([S.SCENE_NAMES.index(s) for s in video.scenes])[:, None]
+    return torch.from_numpy(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------
+
+def curriculum(step: int, args) -> tuple:
+    """(difficulty, probability of shuffled options) at ``step``."""
+    c = max(args.curriculum_steps, 1)
+    difficulty = min(1.0, args.start_difficulty + (1 - args.start_difficulty) * step / c)
+    p_shuffle = float(np.clip((step - args.shuffle_from * c) / max((1 - args.shuffle_from) * c, 1), 0, 1))
+    return difficulty, p_shuffle
+
+
+def frames_at(step: int, args) -> int:
+    """Frames per training video at ``step`` under ``--frames-schedule`` ("4:300,8:600": 4 frames before step
+    300, 8 before 600, then all 16), a curriculum that shortens the visual sequence early in training."""
+    for part in filter(None, (args.frames_schedule or "").split(",")):
+        n, until = (int(v) for v in part.split(":"))
+        if step < until:
+            return n
+    return S.NUM_FRAMES
+
+
+def frame_subset(n: int) -> np.ndarray:
+    """Evenly spread frame indices, always including the first and the last."""
+    return np.round(np.linspace(0, S.NUM_FRAMES - 1, n)).astype(int)
+
+
+def make_batch(step: int, args, enc: Encoder):
+    rng = np.random.default_rng([args.seed, step])
+    vstep = max(step - args.lookup_pretrain, 0)        # the video curriculum starts after the look-up phase
+    difficulty, p_shuffle = curriculum(vstep, args)
+    sub = frame_subset(frames_at(vstep, args))
+    n_video = len(sub) * TOKENS_PER_FRAME + 1
+    seqs, weights, frames, labels = [], [], [], []
+    for _ in range(args.batch):
+        s = S.sample(rng, difficulty=difficulty, shuffle=bool(rng.random() < p_shuffle), extras=True)
+        qs = [s.item]
+        extra = list(s.extra.values())
+        rng.shuffle(extra)
+        qs += extra[:max(args.questions_per_video - 1, 0)]
+        order = rng.permutation(len(qs))            # any task may come first, in the evaluation position
+        qs = [qs[i] for i in order]
+        ids, w = enc.training_sequence(qs, s.caption if args.caption_weight > 0 else "", args.caption_weight,
+                                       n_video)
+        seqs.append(ids)
+        weights.append(w)
+        frames.append(s.frames[sub])
+        if args.aux_weight > 0:
+            labels.append(patch_labels(s.video)[sub])
+    ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
+    wt = torch.zeros(ids.shape)
+    for i, w in enumerate(weights):
+        wt[i, :len(w)] = torch.tensor(w)
+    aux = torch.stack(labels).flatten(0, 1) if labels else None      # (B*T, 196, 3)
+    return ids, mask, wt, pixels(frames), aux
+
+
+LOOKUP_POOLS = (S.COLOR_NAMES, S.DIRECTIONS, S.NUMBERS, S.YES_NO,
+                tuple(f"From {a} to {b}" for a in S.SCENE_NAMES for b in S.SCENE_NAMES if a != b))
+
+
+def make_lookup_batch(step: int, args, enc: Encoder, n: int = 0):
+    """Text-only option look-up sequences ("Which option is red?" -> "B) red"): they teach the binding of an
+    answer to its option letter, the step the video questions learn last, at a tiny fraction of their cost."""
+    rng = np.random.default_rng([args.seed, step, 1])
+    seqs, weights = [], []
+    for _ in range(n or args.lookup):
+        pool = LOOKUP_POOLS[int(rng.integers(len(LOOKUP_POOLS)))]
+        n = int(rng.integers(2, min(5, len(pool)) + 1))
+        cands = [pool[i] for i in rng.choice(len(pool), n, replace=False)]
+        q = {"question": f"Which option is {cands[0]}?", "candidates": [cands[i] for i in rng.permutation(n)],
+             "answer": cands[0]}
+        p = enc.ids("<|im_start|>user\n" + S.mvbench_question(q["question"], q["candidates"]) +
+                    "<|im_end|>\n<|im_start|>assistant\n" + S.MVBENCH_ANSWER_PREFIX)
+        a = enc.answer(q)
+        seqs.append(p + a)
+        weights.append([0.0] * len(p) + [1.0] * len(a))
+    ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
+    wt = torch.zeros(ids.shape)
+    for i, w in enumerate(weights):
+        wt[i, :len(w)] = torch.tensor(w)
+    return ids, mask, wt
+
+
+def lookup_loss(model, batch, args):
+    ids, mask, wt = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    ce = ce.view(ids.shape[0], -1)
+    w = wt[:, 1:]
+    letter = (w == 1) & (ids[:, :-1] == args.paren_id)
+    return (ce * w).sum() / w.sum().clamp(min=1), ce[letter].mean().item()
+
+
+def make_eval_set(args, shuffle: bool = True):
+    """Held-out items from the ``val`` seed; ``shuffle=False`` gives the same videos and answers with the
+    options in canonical order (the curriculum's easy format, for diagnosis)."""
+    items = []
+    for task in S.TASKS:
+        for i in range(args.eval_n):
+            s = S.make_item(task, S.item_rng(S.SPLIT_SEEDS["val"], task, i), shuffle=shuffle)
+            items.append((task, s.item, s.frames))
+    return items
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model, loss, evaluation
+# ----------------------------------------------------------------------------------------------------------
+
+class AuxCapture:
+    """Forward hook on the multimodal projector: keeps its (B*T, 196, D) output for the auxiliary loss."""
+
+    def __init__(self, model):
+        self.out = None
+        self.handle = model.model.multi_modal_projector.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.out = output
+
+
+def train_loss(model, aux_head, capture, batch, args):
+    ids, mask, wt, pix, aux = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix)
+        logits = out.logits[:, :-1].float()
+    tgt = ids[:, 1:]
+    w = wt[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none").view_as(w)
+    lm = (ce * w).sum() / w.sum().clamp(min=1)
+    # diagnostics: the loss on the answer letters alone (the token the benchmark scores) and on the caption
+    letter = (w == 1) & (ids[:, :-1] == args.paren_id) & torch.isin(tgt, torch.tensor(args.letter_ids))
+    cap = (w > 0) & (w < 1)
+    stats = {"lm": lm.item(), "letter": (ce[letter].mean().item() if letter.any() else float("nan")),
+             "caption": (ce[cap].mean().item() if cap.any() else float("nan"))}
+    loss = lm
+    if aux is not None and args.aux_weight > 0:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            z = aux_head(capture.out).float()
+        parts = torch.split(z, list(N_AUX), dim=-1)
+        a = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), aux[..., j].reshape(-1)) for j, p in enumerate(parts))
+        stats["aux"] = a.item()
+        loss = loss + args.aux_weight * a
+    capture.out = None
+    return loss, stats
+
+
+@torch.no_grad()
+def evaluate(model, enc: Encoder, items, args) -> dict:
+    """Official single-question prompt; the prediction is the option letter with the highest logit."""
+    model.eval()
+    correct = {t: 0 for t in S.TASKS}
+    total = {t: 0 for t in S.TASKS}
+    free = 0
+    for i in range(0, len(items), args.eval_batch):
+        chunk = items[i:i + args.eval_batch]
+        seqs = [enc.first_turn(it["question"], it["candidates"]) for _, it, _ in chunk]
+        ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels([f for _, _, f in chunk])).logits
+        last = mask.sum(1) - 1
+        for j, (task, it, _) in enumerate(chunk):
+            row = logits[j, last[j]].float()
+            n = len(it["candidates"])
+            pred = int(row[enc.letter_ids[:n]].argmax())
+            gold = it["candidates"].index(it["answer"])
+            correct[task] += int(pred == gold)
+            total[task] += 1
+            free += int(int(row.argmax()) == enc.letter_ids[gold])
+    model.train()
+    per_task = {t: correct[t] / total[t] for t in S.TASKS if total[t]}
+    n = sum(total.values())
+    return {"accuracy": sum(correct.values()) / n, "per_task": per_task, "free_accuracy": free / n,
+            "chance": float(np.mean([S.CHANCE[t] for t in per_task])), "n": n}
+
+
+def lr_at(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    p = min(1.0, (step - args.warmup) / max(args.steps - args.warmup, 1))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def make_optimizer(model, aux_head, args):
+    decay, no_decay = [], []
+    for mod in (model, aux_head):
+        for n, p in mod.named_parameters():
+            (decay if p.dim() >= 2 and "embed" not in n else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+
+
+def _plain_args(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("paren_id", "letter_ids")}
+
+
+def save_checkpoint(path, model, aux_head, opt, step, train_seconds, args, history):
+    state = {"step": step, "model": model.state_dict(), "aux_head": aux_head.state_dict(),
+             "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds,
+             "args": _plain_args(args), "history": history}
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def save_model(out_dir, model, tok, meta):
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "training.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def fmt_eval(r):
+    tasks = " ".join(f"{t[:12]}={r['per_task'][t]:.2f}/{S.CHANCE[t]:.2f}" for t in r["per_task"])
+    line = f"acc {r['accuracy']:.3f} (chance {r['chance']:.3f}, free {r['free_accuracy']:.3f}) | {tasks}"
+    if "fixed_order" in r:
+        fo = r["fixed_order"]
+        line += (f"\n    fixed option order: acc {fo['accuracy']:.3f} | "
+                 + " ".join(f"{t[:12]}={fo['per_task'][t]:.2f}" for t in fo["per_task"]))
+    return line
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/demo_model")
+    ap.add_argument("--size", default="s", choices=sorted(D.SIZES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=3000, help="planned total steps (for the LR schedule)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--questions-per-video", type=int, default=4, help="QA turns per training sequence")
+    ap.add_argument("--caption-weight", type=float, default=0.5, help="loss weight of the caption (0: no caption)")
+    ap.add_argument("--aux-weight", type=float, default=0.3, help="weight of the per-patch loss (0: off)")
+    ap.add_argument("--curriculum-steps", type=int, default=600)
+    ap.add_argument("--start-difficulty", type=float, default=0.0)
+    ap.add_argument("--shuffle-from", type=float, default=0.3,
+                    help="fraction of the curriculum after which shuffled options are phased in")
+    ap.add_argument("--lookup", type=int, default=32, help="text-only option look-up sequences per step (0: off)")
+    ap.add_argument("--lookup-weight", type=float, default=0.5)
+    ap.add_argument("--lookup-pretrain", type=int, default=0,
+                    help="first steps train on text-only look-up sequences only (no video), a cheap warm start")
+    ap.add_argument("--lookup-pretrain-batch", type=int, default=64)
+    ap.add_argument("--frames-schedule", default="",
+                    help='fewer frames early, e.g. "4:300,8:600" (4 frames before step 300, 8 before 600, then 16)')
+    ap.add_argument("--no-zero-init", dest="zero_init", action="store_false")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--minutes", type=float, default=0, help="stop this sitting after this many minutes (0: none)")
+    ap.add_argument("--ckpt-every", type=int, default=25)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-n", type=int, default=30, help="held-out items per task")
+    ap.add_argument("--eval-batch", type=int, default=16)
+    ap.add_argument("--no-eval-fixed", dest="eval_fixed", action="store_false",
+                    help="skip the diagnostic evaluation with options in canonical order")
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    log_path = os.path.join(args.out, "log.jsonl")
+
+    tok = D.build_demo_tokenizer()
+    enc = Encoder(tok)
+    model, _ = D.build_demo_model(tok, args.size, seed=args.seed, zero_residuals=args.zero_init)
+    model.train()
+    torch.manual_seed(args.seed)
+    aux_head = torch.nn.Linear(model.config.text_config.hidden_size, sum(N_AUX))
+    capture = AuxCapture(model)
+    args.paren_id, args.letter_ids = tok.convert_tokens_to_ids("("), enc.letter_ids
+    opt = make_optimizer(model, aux_head, args)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    step, train_seconds, history = 0, 0.0, []
+    if os.path.isfile(ckpt_path) and not args.restart:
+        state = torch.load(ckpt_path, weights_only=False)
+        for k in ("size", "seed", "batch", "questions_per_video"):
+            if state["args"].get(k) != getattr(args, k):
+                print(f"warning: checkpoint has {k}={state['args'].get(k)}, command line {getattr(args, k)}")
+        model.load_state_dict(state["model"])
+        aux_head.load_state_dict(state["aux_head"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        step, train_seconds, history = state["step"], state["train_seconds"], state["history"]
+        print(f"resumed from {ckpt_path} at step {step} ({train_seconds / 60:.1f} train-min)")
+    else:
+        # the evaluation prompt and the first turn of a training sequence are the same tokens
+        probe = S.make_item("moving_direction", S.item_rng(0, "moving_direction", 0))
+        full = tok(D.render_prompt(tok, probe.item["question"], probe.item["candidates"], num_video_tokens=N_VIDEO),
+                   add_special_tokens=False).input_ids
+        assert enc.first_turn(probe.item["question"], probe.item["candidates"]) == full
+        print(f"new run: size {args.size}, {n_params / 1e6:.2f} M parameters, seed {args.seed}")
+
+    eval_items = make_eval_set(args)
+    fixed_items = make_eval_set(args, shuffle=False) if args.eval_fixed else None
+
+    def run_eval():
+        r = evaluate(model, enc, eval_items, args)
+        if fixed_items is not None:
+            rf = evaluate(model, enc, fixed_items, args)
+            r["fixed_order"] = {"accuracy": rf["accuracy"], "per_task": rf["per_task"]}
+        return r
+
+    if args.eval_only:
+        r = run_eval()
+        print(f"step {step}: {fmt_eval(r)}")
+        return 0
+
+    t_sitting = time.time()
+    ema = None
+    while step < args.steps:
+        t0 = time.time()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        if step < args.lookup_pretrain:              # text-only phase: learn to bind answers to option letters
+            t_data = 0.0
+            loss, letter = lookup_loss(model, make_lookup_batch(step, args, enc, args.lookup_pretrain_batch), args)
+            stats = {"lookup_letter": letter}
+        else:
+            batch = make_batch(step, args, enc)
+            t_data = time.time() - t0
+            loss, stats = train_loss(model, aux_head, capture, batch, args)
+        if args.lookup > 0 and step >= args.lookup_pretrain:
+            l2, stats["lookup_letter"] = lookup_loss(model, make_lookup_batch(step, args, enc), args)
+            loss = loss + args.lookup_weight * l2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
+        opt.step()
+        step += 1
+        dt = time.time() - t0
+        train_seconds += dt
+        ema = stats if ema is None else {k: 0.9 * ema.get(k, v) + 0.1 * v for k, v in stats.items()}
+        if step % args.log_every == 0:
+            print(f"step {step} | {train_seconds / 60:.1f} train-min | {dt:.2f} s/step (data {t_data:.2f}) | "
+                  + " ".join(f"{k} {v:.3f}" for k, v in ema.items()) + f" | lr {lr_at(step - 1, args):.2e}",
+                  flush=True)
+        done = step >= args.steps or (args.minutes and time.time() - t_sitting > 60 * args.minutes)
+        if (step % args.eval_every == 0 and step > args.lookup_pretrain) or done:
+            r = run_eval()
+            rec = {"step": step, "samples": step * args.batch, "train_minutes": round(train_seconds / 60, 2),
+                   "loss": ema, **r}
+            history.append(rec)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(f"eval step {step} ({train_seconds / 60:.1f} train-min): {fmt_eval(r)}", flush=True)
+        if step % args.ckpt_every == 0 or done:
+            save_checkpoint(ckpt_path, model, aux_head, opt, step, train_seconds, args, history)
+        if done:
+            break
+    capture.handle.remove()
+    model.eval()
+    last = history[-1] if history else {}
+    save_model(os.path.join(args.out, "model"), model, tok,
+               {"step": step, "train_minutes": round(train_seconds / 60, 2), "args": _plain_args(args),
+                "parameters": n_params, "last_eval": last})
+    print(f"saved {os.path.join(args.out, 'model')} at step {step}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

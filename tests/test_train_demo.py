@@ -1,0 +1,122 @@
+"""Pieces of data_scripts/train_demo_model.py that need no training: sequences, loss masks, aux labels, batches."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from prunevid import demo_model as D
+from prunevid import synthetic as S
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "train_demo_model.py")
+
+
+@pytest.fixture(scope="module")
+def T():
+    spec = importlib.util.spec_from_file_location("train_demo_model", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def enc(T):
+    return T.Encoder(D.build_demo_tokenizer())
+
+
+def test_training_sequence_is_the_chat_template_of_a_multi_turn_conversation(T, enc):
+    tok = enc.tok
+    s = S.make_item("state_change", S.item_rng(3, "state_change", 1), extras=True)
+    qs = [s.item, *s.extra.values()]
+    assert len(qs) >= 2
+    ids, w = enc.training_sequence(qs, s.caption, caption_weight=0.5)
+    assert len(ids) == len(w)
+    messages = [{"role": "system", "content": [{"type": "text", "text": S.MVBENCH_SYSTEM}]}]
+    for k, q in enumerate(qs):
+        text = S.mvbench_question(q["question"], q["candidates"])
+        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]} if k == 0
+                        else {"role": "user", "content": text})
+        messages.append({"role": "assistant", "content": S.MVBENCH_ANSWER_PREFIX + S.mvbench_answer(
+            q["candidates"], q["answer"])[1:]})
+    messages += [{"role": "user", "content": T.CAPTION_REQUEST}, {"role": "assistant", "content": s.caption}]
+    want = tok.apply_chat_template(messages, tokenize=False).replace("<video>", "<video>" * T.N_VIDEO)
+    assert tok.decode(ids) == want
+    # the first turn is exactly the evaluation prompt
+    first = enc.first_turn(qs[0]["question"], qs[0]["candidates"])
+    assert ids[:len(first)] == first
+    assert tok.decode(first) == D.render_prompt(tok, qs[0]["question"], qs[0]["candidates"], num_video_tokens=T.N_VIDEO)
+    # loss only on the answers ("B) red<|im_end|>") and the caption
+    w = np.asarray(w)
+    answers = tok.decode([i for i, x in zip(ids, w) if x == 1.0])
+    assert answers == "".join(S.mvbench_answer(q["candidates"], q["answer"])[1:] + "<|im_end|>" for q in qs)
+    assert tok.decode([i for i, x in zip(ids, w) if x == 0.5]) == s.caption + "<|im_end|>"
+
+
+def test_patch_labels_follow_the_tracks(T):
+    s = S.make_item("moving_direction", S.item_rng(0, "moving_direction", 5), difficulty=0.0)
+    lab = T.patch_labels(s.video)
+    assert tuple(lab.shape) == (S.NUM_FRAMES, 196, 3)
+    tr = s.video.tracks[0]
+    for t in (0, S.NUM_FRAMES - 1):
+        cx, cy = int(tr.x[t]) // 8, int(tr.y[t]) // 8
+        assert lab[t, cy * 14 + cx, 0] == S.COLOR_NAMES.index(tr.color[t]) + 1
+        assert lab[t, cy * 14 + cx, 1] == S.SHAPES.index(tr.shape) + 1
+        assert 0 < (lab[t, :, 0] > 0).sum() <= (tr.size // 8 + 2) ** 2
+    assert (lab[..., 2] == S.SCENE_NAMES.index(s.video.scenes[0])).all()
+
+
+def test_batches_are_a_function_of_seed_and_step(T, enc):
+    args = T.parse_args(["--batch", "2", "--seed", "4"])
+    a, b, c = T.make_batch(7, args, enc), T.make_batch(7, args, enc), T.make_batch(8, args, enc)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[3], c[3])
+    ids, mask, wt, pix, aux = a
+    assert pix.shape == (2, S.NUM_FRAMES, 3, S.FRAME_SIZE, S.FRAME_SIZE) and aux.shape == (2 * S.NUM_FRAMES, 196, 3)
+    assert (wt[mask == 0] == 0).all() and wt.sum() > 0
+
+
+def test_curriculum_ramps(T):
+    args = T.parse_args(["--curriculum-steps", "100", "--start-difficulty", "0.2", "--shuffle-from", "0.5"])
+    assert T.curriculum(0, args) == (0.2, 0.0)
+    assert T.curriculum(50, args)[1] == 0.0 and 0 < T.curriculum(75, args)[1] < 1
+    assert T.curriculum(100, args) == (1.0, 1.0) and T.curriculum(500, args) == (1.0, 1.0)
+
+
+def test_one_training_step_and_evaluation_run(T, enc):
+    args = T.parse_args(["--batch", "1", "--size", "xs", "--questions-per-video", "2"])
+    args.paren_id, args.letter_ids = enc.tok.convert_tokens_to_ids("("), enc.letter_ids
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=0)
+    model.train()
+    head = torch.nn.Linear(model.config.text_config.hidden_size, sum(T.N_AUX))
+    capture = T.AuxCapture(model)
+    loss, stats = T.train_loss(model, head, capture, T.make_batch(0, args, enc), args)
+    loss.backward()
+    assert torch.isfinite(loss) and {"lm", "letter", "caption", "aux"} <= set(stats)
+    assert head.weight.grad is not None and model.model.multi_modal_projector.linear_1.weight.grad is not None
+    capture.handle.remove()
+    args.eval_n = 1
+    r = T.evaluate(model, enc, T.make_eval_set(args)[:2], args)
+    assert r["n"] == 2 and 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_frames_schedule(T, enc):
+    args = T.parse_args(["--batch", "1", "--frames-schedule", "4:10,8:20"])
+    assert [T.frames_at(s, args) for s in (0, 9, 10, 19, 20)] == [4, 4, 8, 8, 16]
+    assert T.frame_subset(4).tolist() == [0, 5, 10, 15]
+    ids, mask, wt, pix, aux = T.make_batch(0, args, enc)
+    assert pix.shape[1] == 4 and aux.shape[0] == 4
+    assert (ids == enc.video_id).sum() == 4 * T.TOKENS_PER_FRAME + 1
+
+
+def test_lookup_sequences(T, enc):
+    args = T.parse_args(["--lookup", "4"])
+    ids, mask, wt = T.make_lookup_batch(3, args, enc)
+    assert ids.shape[0] == 4 and (wt[mask == 0] == 0).all()
+    for row, w in zip(ids, wt):
+        text = enc.tok.decode(row[w == 0][:int((w == 0).sum())].tolist())
+        ans = enc.tok.decode(row[w == 1].tolist())
+        q = text.split("Which option is ")[1].split("?")[0]
+        letter = ans[0]
+        assert f"({letter}) {q}\n" in text + "\n" and ans.endswith(f") {q}<|im_end|>")
