@@ -139,8 +139,20 @@ def test_unknown_benchmark_and_missing_data(tmp_path):
     for b in BENCHES:
         with pytest.raises(benchmarks.DataMissing, match=f"python -m prunevid data {b}"):
             benchmarks.get(b).items(str(tmp_path))
-    with pytest.raises(benchmarks.DataMissing, match="synthetic"):
-        benchmarks.get("synthetic").items(str(tmp_path))
+
+
+def test_synthetic_is_generated_on_first_use_and_listed_round_robin(tmp_path):
+    from prunevid import synthetic
+    bench = benchmarks.get("synthetic")
+    items = bench.items(str(tmp_path), limit=2 * len(synthetic.TASKS))
+    assert os.path.isfile(tmp_path / "Synthetic" / "meta.json")
+    assert [it.category for it in items] == list(synthetic.TASKS) * 2          # a limit covers every task
+    assert all(os.path.isfile(it.video) and it.answer in it.candidates for it in items)
+    meta_mtime = os.path.getmtime(tmp_path / "Synthetic" / "meta.json")
+    bench.items(str(tmp_path))                                                  # second use: not regenerated
+    assert os.path.getmtime(tmp_path / "Synthetic" / "meta.json") == meta_mtime
+    prompt = bench.prompt(items[0], "official")
+    assert prompt.text.startswith("Question: ") and prompt.answer_prefix == "Best option:("
 
 
 @pytest.fixture(scope="module")

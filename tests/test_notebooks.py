@@ -34,17 +34,22 @@ def test_committed_notebook_is_clean(path):
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
 
 
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """One data root for every notebook (the synthetic split is generated there on first use)."""
+    return str(tmp_path_factory.mktemp("DATAS"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", RUN_AS_SHIPPED, ids=os.path.basename)
-def test_notebook_runs_with_its_defaults(path, tmp_path):
+def test_notebook_runs_with_its_defaults(path, tmp_path, data_root, monkeypatch):
     import papermill as pm
     env_path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + env_path if env_path else "")   # the kernel imports this checkout
-    try:
-        pm.execute_notebook(path, str(tmp_path / os.path.basename(path)), kernel_name=_kernel_name(),
-                            cwd=os.path.dirname(path), progress_bar=False)
-    finally:
-        os.environ["PYTHONPATH"] = env_path
+    monkeypatch.setenv("PYTHONPATH", ROOT + (os.pathsep + env_path if env_path else ""))   # the kernel imports this checkout
+    monkeypatch.setenv("PRUNEVID_DATA", data_root)
+    # a scratch working folder, so relative outputs (runs/, DATAS/) never land in the checkout
+    pm.execute_notebook(path, str(tmp_path / os.path.basename(path)), kernel_name=_kernel_name(),
+                        cwd=str(tmp_path), progress_bar=False)
 
 
 @pytest.mark.slow

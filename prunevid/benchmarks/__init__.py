@@ -9,21 +9,9 @@ from .base import (PROTOCOLS, Benchmark, DataMissing, Item, Prompt, Score, check
                    official_question_block)
 from .egoschema import EgoSchema, EgoSchemaSubset
 from .mvbench import MVBench
+from .synthetic import Synthetic
 from .vcgbench import VCGBench
 from .videomme import VideoMME
-
-
-class Synthetic(Benchmark):
-    """The generated synthetic benchmark (MVBench format under ``DATAS/Synthetic``) is another issue's work
-    (issue 8); until it lands this definition only explains what is missing."""
-
-    name = "synthetic"
-    folder = "Synthetic"
-    data_script = "synthetic"
-
-    def check_data(self, data_root: str) -> None:
-        raise DataMissing(f"the synthetic benchmark is not available yet (its generator is issue 8's work; nothing "
-                          f"found under {data_root}/Synthetic); use --benchmark mvbench|videomme|egoschema|vcgbench")
 
 
 _REGISTRY = {cls.name: cls for cls in (MVBench, VideoMME, EgoSchema, EgoSchemaSubset, VCGBench, Synthetic)}

@@ -1,0 +1,42 @@
+"""The kit's generated benchmark (``prunevid.synthetic``): MVBench's layout and prompts under ``DATAS/Synthetic``.
+
+The test split is generated on first use (deterministic from its seed; a few seconds). Items are listed round
+robin over the tasks, so ``--limit N`` covers every task.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List
+
+from .base import Item, load_json
+from .mvbench import MVBench
+
+
+class Synthetic(MVBench):
+    name = "synthetic"
+    folder = "Synthetic"
+    data_script = "synthetic"
+
+    def required_files(self, data_root: str) -> List[str]:
+        return [os.path.join(self.root(data_root), "meta.json")]
+
+    def check_data(self, data_root: str) -> None:
+        from .. import synthetic
+        synthetic.ensure_split(data_root, "test")          # generated once, then reused (checked by its meta.json)
+
+    def list_items(self, data_root: str) -> List[Item]:
+        root = self.root(data_root)
+        with open(os.path.join(root, "meta.json")) as f:
+            meta = json.load(f)
+        per_task = []
+        for task, spec in meta["tasks"].items():
+            rows = load_json(os.path.join(root, spec["json"]))
+            per_task.append([Item(id=f"{task}/{i}", category=task, video=os.path.join(root, spec["prefix"], row["video"]),
+                                  question=row["question"], candidates=list(row["candidates"]), answer=row["answer"],
+                                  bound=None, frame_folder=False, extra={"task": task, "chance": spec.get("chance")})
+                             for i, row in enumerate(rows)])
+        items = []
+        for i in range(max((len(t) for t in per_task), default=0)):      # round robin: a limit covers every task
+            items += [t[i] for t in per_task if i < len(t)]
+        return items
