@@ -133,3 +133,13 @@ def test_index_renders_in_a_headless_browser(sweep_dir):
     assert result["title"].startswith("unit") and result["rows"] == 6
     assert result["images"] and all(w > 0 for w in result["images"])     # every image loaded
     assert result["links"] and all(code == 200 for code in result["links"])
+
+
+def test_shipped_sweep_files_are_valid():
+    import glob
+    from prunevid import methods
+    for path in glob.glob(os.path.join(ROOT, "sweeps", "*.yaml")):
+        sweep = report.load_sweep(path)
+        cells = report.expand_cells(sweep)
+        assert cells and all(c["method"] in methods.available() for c in cells), path
+        assert os.path.isfile(os.path.join(ROOT, sweep["notebook"])), path

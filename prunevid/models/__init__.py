@@ -121,6 +121,9 @@ def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementatio
     or hub id (downloaded by ``huggingface_hub`` where a network exists). PLLaVA directories (a ``config.json``
     with ``pooling_shape``) are built by the kit; ``lora_alpha`` sets their LoRA scale (default 14)."""
     torch_dtype = _dtype(dtype)
+    if name_or_path == "demo":
+        raise FileNotFoundError("the demo model is not shipped yet (data_scripts/train_demo_model.py trains it); "
+                                "use --model tiny (random weights) or a checkpoint directory")
     if name_or_path in TINY_MODELS:
         from .. import tiny
         model, tok = getattr(tiny, TINY_MODELS[name_or_path][0])(attn_implementation=attn_implementation,
