@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .video_patch import VideoModelAdapter, patch_inner, probing_get_video_features, unpatch_inner
+from .video_patch import VideoModelAdapter, probing_get_video_features, standard_module_functions
 
 ARCHITECTURES = ("LlavaNextVideoForConditionalGeneration",)
 DEFAULTS = {"frames": 32, "selected_layer": 10, "tokens_per_frame": 144, "protocol": "lmms-eval"}
@@ -49,24 +49,5 @@ class Adapter(VideoModelAdapter):
 
 
 ADAPTER = Adapter()
-
-
-def language_layers(model):
-    return model.model.language_model.layers
-
-
-def tokens_per_frame(config) -> int:
-    return ADAPTER.tokens_per_frame(config)
-
-
-def num_video_tokens(config, num_frames: int) -> int:
-    return ADAPTER.num_video_tokens(config, num_frames)
-
-
-def patch(model, state) -> None:
-    inner = model.model
-    patch_inner(inner, state, ADAPTER, {"get_video_features": probing_get_video_features(type(inner))})
-
-
-def unpatch(model) -> None:
-    unpatch_inner(model.model)
+language_layers, tokens_per_frame, num_video_tokens, patch, unpatch = standard_module_functions(
+    ADAPTER, lambda parent: {"get_video_features": probing_get_video_features(parent)})

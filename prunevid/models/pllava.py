@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .video_patch import VideoModelAdapter, patch_inner, probe_call, unpatch_inner, vision_layer
+from .video_patch import VideoModelAdapter, probe_call, standard_module_functions, vision_layer
 
 ARCHITECTURES = ("PllavaForConditionalGeneration",)
 DEFAULTS = {"frames": 16, "selected_layer": 10, "tokens_per_frame": 144, "protocol": "official", "lora_alpha": 14}
@@ -66,25 +66,10 @@ class Adapter(VideoModelAdapter):
 
 
 ADAPTER = Adapter()
-
-
-def language_layers(model):
-    return model.model.language_model.layers
-
-
-def tokens_per_frame(config) -> int:
-    return ADAPTER.tokens_per_frame(config)
+language_layers, tokens_per_frame, _, patch, unpatch = standard_module_functions(ADAPTER)
 
 
 def num_video_tokens(config, num_frames: int) -> int:
     """Placeholders one video needs: pooled frames x tokens per pooled frame."""
     t = config.pooling_shape[0] if num_frames == config.num_frames else num_frames
     return int(t) * ADAPTER.tokens_per_frame(config)
-
-
-def patch(model, state) -> None:
-    patch_inner(model.model, state, ADAPTER)
-
-
-def unpatch(model) -> None:
-    unpatch_inner(model.model)

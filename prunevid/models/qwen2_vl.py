@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .video_patch import VideoModelAdapter, patch_inner, unpatch_inner
+from .video_patch import VideoModelAdapter, patch_inner, standard_module_functions, unpatch_inner
 
 ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
 DEFAULTS = {"frames": 32, "selected_layer": 10, "tokens_per_frame": None, "protocol": "lmms-eval"}
@@ -89,14 +89,7 @@ class Adapter(VideoModelAdapter):
 
 
 ADAPTER = Adapter()
-
-
-def language_layers(model):
-    return model.model.language_model.layers
-
-
-def tokens_per_frame(config) -> int:
-    return ADAPTER.tokens_per_frame(config)
+language_layers, tokens_per_frame, _, _, _ = standard_module_functions(ADAPTER)
 
 
 def num_video_tokens(config, num_frames: int, height: int, width: int) -> int:

@@ -103,6 +103,31 @@ def unpatch_inner(inner) -> None:
     inner.__dict__.pop("_prunevid_adapter", None)
 
 
+def standard_module_functions(adapter: VideoModelAdapter, class_extras=None):
+    """The functions a model file exposes to the registry, for the usual layout (``model.model`` is the
+    multimodal module, ``model.model.language_model.layers`` the decoder layers):
+    ``(language_layers, tokens_per_frame, num_video_tokens, patch, unpatch)``. ``class_extras(parent)`` gives
+    extra attributes of the generated class (e.g. a probing ``get_video_features``)."""
+    def language_layers(model):
+        return model.model.language_model.layers
+
+    def tokens_per_frame(config) -> int:
+        return adapter.tokens_per_frame(config)
+
+    def num_video_tokens(config, num_frames: int) -> int:
+        """Placeholders one video of ``num_frames`` frames needs."""
+        return adapter.num_video_tokens(config, num_frames)
+
+    def patch(model, state) -> None:
+        inner = model.model
+        patch_inner(inner, state, adapter, class_extras(type(inner)) if class_extras else None)
+
+    def unpatch(model) -> None:
+        unpatch_inner(model.model)
+
+    return language_layers, tokens_per_frame, num_video_tokens, patch, unpatch
+
+
 # ------------------------------------------------------------------------------------------------ forward
 def _encoded_video(kwargs):
     """The pre-encoded video (``mm_encoder_outputs["video"]``), as generate() passes it in transformers >= 5.24."""
