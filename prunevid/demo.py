@@ -47,40 +47,10 @@ def _png(fig) -> str:
 def _figures(frames, merged, grid: int) -> dict:
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    t = frames.shape[0]
-    figs = {}
-    labels = merged.frame_labels.tolist()
-    cmap = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, t, figsize=(1.3 * t, 1.6))
-    seg_of_frame, s = [], 0
-    for i, w in enumerate(merged.window_sizes):
-        seg_of_frame += [i] * w
-    for i, ax in enumerate(np.atleast_1d(axes)):
-        ax.imshow(frames[i].numpy())
-        ax.set_xticks([]); ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_edgecolor(cmap(seg_of_frame[i] % 10)); spine.set_linewidth(4)
-        ax.set_title(f"f{i} s{seg_of_frame[i]}", fontsize=7)
-    fig.suptitle("frames, coloured by temporal segment", fontsize=9)
-    figs["segments"] = _png(fig)
-
-    n_seg = len(merged.window_sizes)
-    fig, axes = plt.subplots(1, n_seg, figsize=(2.2 * n_seg, 2.4))
-    start = 0
-    for i, ax in enumerate(np.atleast_1d(axes)):
-        ax.imshow(frames[start].numpy())
-        m = merged.static_masks[i].view(grid, grid).float().numpy()
-        h, w = frames.shape[1:3]
-        ax.imshow(m, cmap="Reds", alpha=0.45, extent=(0, w, h, 0), vmin=0, vmax=1)
-        ax.set_title(f"segment {i}: {int(m.sum())}/{grid * grid} static", fontsize=7)
-        ax.set_xticks([]); ax.set_yticks([])
-        start += merged.window_sizes[i]
-    fig.suptitle("static locations (red) per segment", fontsize=9)
-    figs["static"] = _png(fig)
-    return figs
+    from . import vis
+    return {"segments": _png(vis.frame_strip(frames, merged.window_sizes, title="frames, coloured by temporal segment",
+                                             per_row=16)),
+            "static": _png(vis.static_maps(frames, merged, grid))}
 
 
 def _time_prefill(model, inputs, repeats: int, variants: dict) -> dict:
