@@ -68,23 +68,13 @@ SIZES = {
 
 def demo_config(tokenizer, size: str = "s", *, image_size: int = 112, patch_size: int = 8,
                 attn_implementation: str = "sdpa"):
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+    from .tiny import tiny_llava_onevision_config
 
     vh, vl, vheads, h, layers, heads, kv = SIZES[size]
-    vision = SiglipVisionConfig(hidden_size=vh, intermediate_size=4 * vh, num_hidden_layers=vl,
-                                num_attention_heads=vheads, image_size=image_size, patch_size=patch_size,
-                                vision_use_head=False)
-    text = Qwen2Config(hidden_size=h, intermediate_size=4 * h, num_hidden_layers=layers, num_attention_heads=heads,
-                       num_key_value_heads=kv, vocab_size=len(tokenizer), max_position_embeddings=4096,
-                       rope_theta=10000.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                       tie_word_embeddings=True)
-    cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
-                               image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                               video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-                               vision_feature_layer=-1, vision_feature_select_strategy="full",
-                               image_grid_pinpoints=[[image_size, image_size]], tie_word_embeddings=True)
-    cfg._attn_implementation = attn_implementation
-    return cfg
+    return tiny_llava_onevision_config(tokenizer, image_size=image_size, patch_size=patch_size, vision_hidden=vh,
+                                       vision_layers=vl, vision_heads=vheads, hidden=h, layers=layers, heads=heads,
+                                       kv_heads=kv, ffn_mult=4, tie_word_embeddings=True, max_position_embeddings=4096,
+                                       attn_implementation=attn_implementation, rope_theta=10000.0)
 
 
 def zero_init_residuals(model) -> None:

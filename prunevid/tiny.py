@@ -58,22 +58,26 @@ def build_byte_tokenizer():
 
 
 def tiny_llava_onevision_config(tokenizer, *, image_size: int = 112, patch_size: int = 8, vision_hidden: int = 32,
-                                vision_layers: int = 2, hidden: int = 64, layers: int = 4, heads: int = 4,
-                                kv_heads: int = 2, attn_implementation: str = "sdpa"):
+                                vision_layers: int = 2, vision_heads: int = 2, hidden: int = 64, layers: int = 4,
+                                heads: int = 4, kv_heads: int = 2, ffn_mult: int = 2, tie_word_embeddings: bool = False,
+                                max_position_embeddings: int = 8192, attn_implementation: str = "sdpa", **text_kwargs):
+    """A small ``LlavaOnevisionConfig`` (SigLIP + Qwen2) over ``tokenizer``'s vocabulary; ``text_kwargs`` go to
+    ``Qwen2Config``."""
     from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
-    vision = SiglipVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                                num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
+    vision = SiglipVisionConfig(hidden_size=vision_hidden, intermediate_size=ffn_mult * vision_hidden,
+                                num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=image_size,
                                 patch_size=patch_size, vision_use_head=False)
-    text = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+    text = Qwen2Config(hidden_size=hidden, intermediate_size=ffn_mult * hidden, num_hidden_layers=layers,
                        num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=len(tokenizer),
-                       max_position_embeddings=8192, pad_token_id=tokenizer.pad_token_id,
-                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+                       max_position_embeddings=max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=tie_word_embeddings, **text_kwargs)
     cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
                                image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
                                video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
                                vision_feature_layer=-1, vision_feature_select_strategy="full",
-                               image_grid_pinpoints=[[image_size, image_size]], tie_word_embeddings=False)
+                               image_grid_pinpoints=[[image_size, image_size]],
+                               tie_word_embeddings=tie_word_embeddings)
     cfg._attn_implementation = attn_implementation
     return cfg
 

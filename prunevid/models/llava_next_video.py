@@ -24,12 +24,6 @@ class Adapter(VideoModelAdapter):
         side = config.vision_config.image_size // config.vision_config.patch_size
         return (side // config.spatial_pool_stride) ** 2
 
-    def encode(self, inner, videos, kwargs):
-        return inner.get_video_features(
-            videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
-            vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True,
-        ).pooler_output
-
     def vision_attention(self, inner, state, kwargs, frames):
         vision = getattr(state, "vision", None)
         if vision is None:

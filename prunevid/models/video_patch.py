@@ -65,8 +65,12 @@ class VideoModelAdapter:
         return None
 
     def encode(self, inner, videos: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        """(1, F, 3, H, W) -> (1, F * P (+1 newline), C): the features the unpatched model would scatter."""
-        raise NotImplementedError
+        """(1, F, 3, H, W) -> (1, F * P (+1 newline), C): the features the unpatched model would scatter.
+        Default: the LLaVA family's ``get_video_features`` (feature layer and strategy from the call or config)."""
+        return inner.get_video_features(
+            videos, vision_feature_layer=kwargs.get("vision_feature_layer"),
+            vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True,
+        ).pooler_output
 
     def vision_attention(self, inner, state, kwargs, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(importance (F, P), keys (F, P, Dk)) pooled to the feature grid, for methods that need them."""
