@@ -48,6 +48,9 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from .benchmarks import base as _bench_base
+from .benchmarks import mvbench as _mvbench
+
 GENERATOR_VERSION = 1
 NUM_FRAMES = 16
 FRAME_SIZE = 112
@@ -74,22 +77,17 @@ NUM_OPTIONS = {"moving_direction": 4, "moving_attribute": 4, "object_count": 4, 
                "state_change": 5, "scene_transition": 3, "object_existence": 2}
 CHANCE = {t: 1.0 / n for t, n in NUM_OPTIONS.items()}
 
-# The official MVBench prompt pieces (VideoChat2 / PLLaVA ``eval_mvbench``), used by the training script
-# and by anything that wants to render the protocol exactly.
-MVBENCH_SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail "
-                  "and movement of objects, and the action and pose of persons. Based on your observations, select "
-                  "the best option that accurately addresses the question.")
-MVBENCH_POST_PROMPT = "\nOnly give the best option."
-MVBENCH_ANSWER_PREFIX = "Best option:("
+# The official MVBench prompt pieces (VideoChat2 / PLLaVA ``eval_mvbench``), used by the training script and by
+# anything that wants to render the protocol exactly; defined once, in the benchmark definitions.
+MVBENCH_SYSTEM = _mvbench.SYSTEM
+MVBENCH_POST_PROMPT = _bench_base.OFFICIAL_POST_PROMPT
+MVBENCH_ANSWER_PREFIX = _bench_base.OFFICIAL_ANSWER_PREFIX
 OPTION_LETTERS = "ABCDEFG"
 
 
 def mvbench_question(question: str, candidates: List[str]) -> str:
     """The official ``qa_template`` (right-stripped) plus the post-query prompt: the user text of a turn."""
-    text = f"Question: {question}\nOptions:\n"
-    for letter, c in zip(OPTION_LETTERS, candidates):
-        text += f"({letter}) {c}\n"
-    return text.rstrip() + MVBENCH_POST_PROMPT
+    return _bench_base.official_question_block(question, candidates) + MVBENCH_POST_PROMPT
 
 
 def mvbench_answer(candidates: List[str], answer: str) -> str:

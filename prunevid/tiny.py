@@ -35,6 +35,17 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 
+def _instantiate(cls, cfg, tok, seed: int, attn_implementation: str):
+    """(model, tokenizer): ``cls(cfg)`` with seeded random weights in eval mode, generation ids from ``tok``."""
+    cfg._attn_implementation = attn_implementation
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = cls(cfg).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
 def build_byte_tokenizer():
     """A byte-level tokenizer (256 byte symbols, no merges) plus the Qwen/LLaVA special tokens.
 
@@ -117,13 +128,7 @@ def build_tiny_llava_next_video(*, seed: int = 0, attn_implementation: str = "sd
                                vision_feature_layer=-2, vision_feature_select_strategy="default",
                                spatial_pool_stride=2, spatial_pool_mode="average",
                                image_grid_pinpoints=[[image_size, image_size]], tie_word_embeddings=False)
-    cfg._attn_implementation = attn_implementation
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlavaNextVideoForConditionalGeneration(cfg).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    return model, tok
+    return _instantiate(LlavaNextVideoForConditionalGeneration, cfg, tok, seed, attn_implementation)
 
 
 def build_tiny_pllava(*, seed: int = 0, attn_implementation: str = "sdpa", image_size: int = 112, patch_size: int = 8,
@@ -187,10 +192,4 @@ def build_tiny_qwen2_vl(*, version: str = "2.5", seed: int = 0, attn_implementat
         vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
                       spatial_merge_size=2, temporal_patch_size=2)
         cfg, cls = Qwen2VLConfig(text_config=text, vision_config=vision, **ids), Qwen2VLForConditionalGeneration
-    cfg._attn_implementation = attn_implementation
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = cls(cfg).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    return model, tok
+    return _instantiate(cls, cfg, tok, seed, attn_implementation)
