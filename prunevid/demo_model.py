@@ -62,6 +62,7 @@ SIZES = {
     # name: (vision hidden, vision layers, vision heads, LM hidden, LM layers, LM heads, LM kv heads)
     "xs": (64, 2, 2, 96, 2, 4, 2),
     "s": (96, 2, 4, 128, 3, 4, 2),
+    "s4": (96, 2, 4, 128, 4, 4, 2),
     "m": (128, 3, 4, 192, 4, 4, 2),
 }
 

@@ -8,6 +8,7 @@ notebook: notebooks/10_benchmark.ipynb
 base: {benchmark: synthetic, limit: 40}          # every cell gets these
 grid: {method: [none, prunevid], alpha: [0.2, 0.4]}   # cartesian product
 cells: [{method: fastv, retain: 0.25}]           # extra explicit cells (optional)
+description: what the sweep shows               # optional; shown at the top of index.html
 ```
 
 Each cell is executed with papermill into ``reports/<name>/runs/<run_id>/`` (its ``output_dir`` parameter),
@@ -37,7 +38,7 @@ def load_sweep(path: str) -> dict:
         raise FileNotFoundError(f"sweep file not found: {path}")
     with open(path) as f:
         sweep = yaml.safe_load(f) or {}
-    unknown = set(sweep) - {"name", "notebook", "base", "grid", "cells", "kernel"}
+    unknown = set(sweep) - {"name", "notebook", "base", "grid", "cells", "kernel", "description"}
     if unknown:
         raise ValueError(f"unknown sweep keys {sorted(unknown)} in {path}")
     sweep.setdefault("name", os.path.splitext(os.path.basename(path))[0])
@@ -141,7 +142,7 @@ def run_sweep(sweep: dict, reports_root: str = "reports", *, kernel: Optional[st
             export_html(executed, os.path.join(runs_dir, f"{rid}.html"))
         with open(os.path.join(run_dir, "params.json"), "w") as f:
             json.dump(params, f, indent=2, default=str)
-    build_index(out_dir, title=sweep["name"])
+    build_index(out_dir, title=sweep["name"], description=sweep.get("description", ""))
     return status
 
 
@@ -183,6 +184,7 @@ def _row(rec: dict) -> dict:
             "settings": ", ".join(f"{k}={v}" for k, v in hyper.items()),
             "retained": tokens.get("retained_ratio"), "flops": flops.get("ratio_vs_unpruned"), "score": score,
             "n": (res.get("n_samples") or {}).get("done"), "prefill_ms": (res.get("timing") or {}).get("prefill_ms"),
+            "by_category": metrics.get("by_category") or {},
             "status": "failed" if rec["failure"] else ("done" if rec["results"] else "missing"),
             "error": (rec["failure"] or {}).get("error")}
 
@@ -222,12 +224,32 @@ def _fmt(v, pct=False):
     return html.escape(str(v))
 
 
-def build_index(out_dir: str, title: str = "sweep") -> str:
+def _chance(benchmark) -> dict:
+    """Per-category chance level where the benchmark defines one (the synthetic benchmark), in percent."""
+    if str(benchmark).startswith("synthetic"):
+        from .synthetic import CHANCE
+        return {k: 100 * v for k, v in CHANCE.items()}
+    return {}
+
+
+def _relative(rows: list) -> None:
+    """Each row's score as a fraction of the unpruned score (method ``none``) of the same model and benchmark."""
+    ref = {(r["model"], r["benchmark"]): r["score"] for r in rows
+           if r["method"] == "none" and r["status"] == "done" and r["score"]}
+    for r in rows:
+        base = ref.get((r["model"], r["benchmark"]))
+        r["relative"] = r["score"] / base if base and r["score"] is not None else None
+
+
+def build_index(out_dir: str, title: str = "sweep", description: str = "") -> str:
     """Write ``out_dir/index.html`` from the cell folders under ``out_dir/runs``; returns its path."""
     rows = [_row(r) for r in collect(out_dir)]
+    _relative(rows)
     images = _plots(rows, out_dir)
+    rows = sorted(rows, key=lambda r: (str(r["benchmark"]), r["method"] != "none", str(r["method"]),
+                                       -(r["retained"] or 0), str(r["settings"])))
     lines = []
-    for r in sorted(rows, key=lambda r: (str(r["benchmark"]), str(r["method"]), -(r["retained"] or 0))):
+    for r in rows:
         page = os.path.join("runs", f"{r['run_id']}.html")
         link = f'<a href="{html.escape(page)}">{html.escape(r["run_id"])}</a>' \
             if os.path.isfile(os.path.join(out_dir, page)) else html.escape(r["run_id"])
@@ -236,17 +258,39 @@ def build_index(out_dir: str, title: str = "sweep") -> str:
         lines.append(f"<tr{cls}><td>{_fmt(r['method'])}</td><td>{_fmt(r['settings'])}</td><td>{_fmt(r['model'])}</td>"
                      f"<td>{_fmt(r['benchmark'])}</td><td>{_fmt(r['retained'], pct=True)}</td>"
                      f"<td>{_fmt(r['flops'])}{'×' if r['flops'] is not None else ''}</td><td>{_fmt(r['score'])}</td>"
+                     f"<td>{_fmt(r['relative'], pct=True)}</td>"
                      f"<td>{_fmt(r['n'])}</td><td>{_fmt(r['prefill_ms'])}</td><td>{link}</td><td>{status}</td></tr>")
+    # per-category accuracy, one table per benchmark (chance row where the benchmark defines it)
+    cat_tables = []
+    for bench in dict.fromkeys(str(r["benchmark"]) for r in rows):
+        sub = [r for r in rows if str(r["benchmark"]) == bench and r["by_category"]]
+        cats = list(dict.fromkeys(c for r in sub for c in r["by_category"]))
+        if not cats:
+            continue
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cats)
+        body = []
+        chance = _chance(bench)
+        if chance:
+            body.append("<tr><td><i>chance</i></td><td></td><td></td>" +
+                        "".join(f"<td><i>{_fmt(chance.get(c))}</i></td>" for c in cats) + "</tr>")
+        for r in sub:
+            body.append(f"<tr><td>{_fmt(r['method'])}</td><td>{_fmt(r['settings'])}</td>"
+                        f"<td>{_fmt(r['retained'], pct=True)}</td>" +
+                        "".join(f"<td>{_fmt(r['by_category'].get(c))}</td>" for c in cats) + "</tr>")
+        cat_tables.append(f"<h2>Accuracy per category: {html.escape(bench)}</h2><table><tr><th>method</th>"
+                          f"<th>settings</th><th>retained</th>{head}</tr>{''.join(body)}</table>")
     imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images)
+    intro = "".join(f"<p>{html.escape(p.strip())}</p>" for p in str(description or "").split("\n\n") if p.strip())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)} · PruneVid Kit</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}tr.failed td{{background:#fdd}}figure{{display:inline-block}}</style>
-</head><body><h1>{html.escape(title)}</h1>
-<p>{len(rows)} cells; score = accuracy in percent (multiple choice) or the judge's average (0–5). Retained = visual
-tokens after all pruning / visual tokens of the unpruned model; FLOPs = LLM prefill FLOPs relative to unpruned.</p>
+</head><body><h1>{html.escape(title)}</h1>{intro}
+<p>{len(rows)} cells; score = accuracy in percent (multiple choice) or the judge's average (0–5); "of unpruned" = score
+/ the unpruned score of the same model and benchmark. Retained = visual tokens after all pruning / visual tokens of the
+unpruned model (achieved, not the target); FLOPs = LLM prefill FLOPs relative to unpruned.</p>
 <table><tr><th>method</th><th>settings</th><th>model</th><th>benchmark</th><th>retained</th><th>FLOPs</th>
-<th>score</th><th>items</th><th>prefill ms</th><th>run</th><th>status</th></tr>
-{''.join(lines)}</table>{imgs}</body></html>"""
+<th>score</th><th>of unpruned</th><th>items</th><th>prefill ms</th><th>run</th><th>status</th></tr>
+{''.join(lines)}</table>{imgs}{''.join(cat_tables)}</body></html>"""
     path = os.path.join(out_dir, "index.html")
     with open(path, "w") as f:
         f.write(page)
@@ -268,7 +312,7 @@ def run(args) -> int:
     sweep = load_sweep(args.sweep)
     out_dir = os.path.join(args.reports, sweep["name"])
     if args.index_only:
-        print(build_index(out_dir, title=sweep["name"]))
+        print(build_index(out_dir, title=sweep["name"], description=sweep.get("description", "")))
         return 0
     status = run_sweep(sweep, args.reports, kernel=args.kernel, force=args.force)
     failed = [k for k, v in status.items() if v == "failed"]

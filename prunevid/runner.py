@@ -27,8 +27,8 @@ from . import benchmarks, methods, results
 from .benchmarks.base import check_protocol
 from .cache import uses_feature_cache
 
-# The shipped demo model (issue 8) is not trained yet; until it is, the default is the random tiny model.
-DEFAULT_MODEL = "tiny"
+# The shipped demo model (prunevid/assets/demo_model), trained on the synthetic benchmark.
+DEFAULT_MODEL = "demo"
 DEFAULT_BENCHMARK = "synthetic"
 RUN_CONFIG = "run_config.json"
 # Keys of run_config.json that must match for a rerun to resume (device, data_root and limit may change).
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--benchmark", default=DEFAULT_BENCHMARK,
                    help=f"one of {benchmarks.available()} (default: {DEFAULT_BENCHMARK})")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="registry name (tiny; demo once the shipped model exists), checkpoint directory or hub id "
+                   help="registry name (demo: the shipped model; tiny: random weights), checkpoint directory or hub id "
                         f"(default: {DEFAULT_MODEL})")
     p.add_argument("--method", default="prunevid", help=f"one of {methods.available()} (default: prunevid)")
     p.add_argument("--data-root", default=None,

@@ -23,7 +23,8 @@ if fail:
 retained = 1.0 if method == "none" else alpha * 0.5
 res = results.base_results(config={"model": model, "benchmark": benchmark}, method={"name": method, "alpha": alpha},
                            n_samples={"total": 4, "done": 4, "errors": 0, "unparsed": 0},
-                           metrics={"accuracy": 50 + 40 * retained, "by_category": {}},
+                           metrics={"accuracy": 50 + 40 * retained,
+                                    "by_category": {"cat_a": 40 + 50 * retained, "cat_b": 60.0}},
                            tokens={"retained_ratio": retained}, flops={"backend": "analytic", "ratio_vs_unpruned": retained},
                            timing={"prefill_ms": 1.0})
 results.RunWriter(output_dir).write_results(res)
@@ -80,7 +81,8 @@ def test_sweep_runs_skips_and_records_failures(sweep_dir):
     run_page = (out / "runs" / f"{ok}.html").read_text()
     assert "accuracy" in run_page and "results.RunWriter" not in run_page     # outputs kept, code cells hidden
     index = (out / "index.html").read_text()
-    assert index.count("<tr") == 6 and "failed: " in index
+    main_table = index.split("<h2>")[0]
+    assert main_table.count("<tr") == 6 and "failed: " in main_table
     assert (out / "accuracy_vs_retention.png").stat().st_size > 1000
 
 
@@ -143,3 +145,35 @@ def test_shipped_sweep_files_are_valid():
         cells = report.expand_cells(sweep)
         assert cells and all(c["method"] in methods.available() for c in cells), path
         assert os.path.isfile(os.path.join(ROOT, sweep["notebook"])), path
+
+
+def test_index_compares_with_unpruned_and_lists_categories(sweep_dir):
+    out, _, _ = sweep_dir
+    page = (out / "index.html").read_text()
+    assert "of unpruned" in page and "100.0%" in page             # the unpruned cell relative to itself
+    assert "Accuracy per category: fake" in page and "cat_a" in page and "cat_b" in page
+    rows = [report._row(r) for r in report.collect(str(out))]
+    report._relative(rows)
+    none = next(r for r in rows if r["method"] == "none" and r["status"] == "done")
+    other = next(r for r in rows if r["method"] == "prunevid" and r["status"] == "done")
+    assert none["relative"] == 1.0 and other["relative"] == other["score"] / none["score"] < 1
+
+
+def test_demo_command_runs_a_sweep_with_an_absolute_data_root(tmp_path, capsys):
+    from prunevid import cli
+    _fake_notebook(tmp_path / "fake.ipynb")
+    (tmp_path / "d.yaml").write_text(f"name: study\ndescription: first paragraph\nnotebook: {tmp_path / 'fake.ipynb'}\n"
+                                     "base: {benchmark: fake, model: tiny}\ncells: [{method: none}]\n")
+    old = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + old if old else "")
+    try:
+        rc = cli.main(["demo", "--sweep", str(tmp_path / "d.yaml"), "--reports", str(tmp_path / "reports"),
+                       "--data-root", "rel/data", "--limit", "3"])
+    finally:
+        os.environ["PYTHONPATH"] = old
+    assert rc == 0
+    run = next((tmp_path / "reports" / "study" / "runs").glob("*/params.json"))
+    params = json.loads(run.read_text())
+    assert os.path.isabs(params["data_root"]) and params["limit"] == 3
+    assert "first paragraph" in (tmp_path / "reports" / "study" / "index.html").read_text()
+    assert "1 cells ok, 0 failed" in capsys.readouterr().out

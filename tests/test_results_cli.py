@@ -37,13 +37,13 @@ def test_parse_set_values():
         "alpha": 0.3, "selected_layer": 2, "stage1": False, "seed": None, "scoring": "official"}
 
 
-def test_demo_main_job_writes_report_and_results(tmp_path, capsys):
-    out = tmp_path / "demo"
-    rc = cli.main(["demo", "--frames", "8", "--repeats", "1", "--max-new-tokens", "2", "--output-dir", str(out),
+def test_clip_walkthrough_writes_report_and_results(tmp_path, capsys):
+    out = tmp_path / "clip"
+    rc = cli.main(["clip", "--frames", "8", "--repeats", "1", "--max-new-tokens", "2", "--output-dir", str(out),
                    "--set", "selected_layer=1"])
     assert rc == 0
     html = (out / "index.html").read_text()
-    assert "PruneVid demo" in html and "data:image/png;base64" in html
+    assert "PruneVid on one clip" in html and "data:image/png;base64" in html
     res = json.loads((out / "run" / "results.json").read_text())
     assert res["checks"]["stages_off_bit_identical"] is True
     assert res["tokens"]["visual_tokens_in"] == 8 * 49
@@ -52,6 +52,6 @@ def test_demo_main_job_writes_report_and_results(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(capsys):
-    assert cli.main(["demo", "--video", "/no/such/clip.mp4", "--frames", "4"]) == 2
+    assert cli.main(["clip", "--video", "/no/such/clip.mp4", "--frames", "4"]) == 2
     assert "error:" in capsys.readouterr().err
-    assert cli.main(["demo", "--set", "alpha=7"]) == 2
+    assert cli.main(["clip", "--set", "alpha=7"]) == 2

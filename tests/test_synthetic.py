@@ -213,3 +213,18 @@ def test_ensure_split_and_cli_check(tmp_path):
     stamp = os.path.getmtime(os.path.join(out, "meta.json"))
     assert S.ensure_split(root, "test", n_per_task=1) == out
     assert os.path.getmtime(os.path.join(out, "meta.json")) == stamp
+
+
+@pytest.mark.slow
+def test_validation_split_is_a_benchmark_of_its_own(tmp_path):
+    """``synthetic-val`` reads DATAS/Synthetic/val (generated on first use from the val seed), never the test split."""
+    from prunevid import benchmarks
+    root = str(tmp_path)
+    val = benchmarks.get("synthetic-val").items(root, 14)
+    test = benchmarks.get("synthetic").items(root, 14)
+    assert [i.category for i in val] == [i.category for i in test]          # round robin in both
+    assert all(os.sep + os.path.join("Synthetic", "val") + os.sep in i.video for i in val)
+    assert not any(os.sep + "val" + os.sep in i.video for i in test)
+    assert [(i.question, i.candidates) for i in val] != [(i.question, i.candidates) for i in test]
+    with open(os.path.join(root, "Synthetic", "val", "meta.json")) as f:
+        assert json.load(f)["seed"] == S.SPLIT_SEEDS["val"]

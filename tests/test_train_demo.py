@@ -69,9 +69,10 @@ def test_patch_labels_follow_the_tracks(T):
 def test_batches_are_a_function_of_seed_and_step(T, enc):
     args = T.parse_args(["--batch", "2", "--seed", "4"])
     a, b, c = T.make_batch(7, args, enc), T.make_batch(7, args, enc), T.make_batch(8, args, enc)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[3], c[3])
-    ids, mask, wt, pix, aux = a
+    ids, mask, wt, pix, aux, lm_aux, answers = a
+    assert lm_aux is None                       # the LM-side loss is off by default
     assert pix.shape == (2, S.NUM_FRAMES, 3, S.FRAME_SIZE, S.FRAME_SIZE) and aux.shape == (2 * S.NUM_FRAMES, 196, 3)
     assert (wt[mask == 0] == 0).all() and wt.sum() > 0
 
@@ -105,14 +106,14 @@ def test_frames_schedule(T, enc):
     args = T.parse_args(["--batch", "1", "--frames-schedule", "4:10,8:20"])
     assert [T.frames_at(s, args) for s in (0, 9, 10, 19, 20)] == [4, 4, 8, 8, 16]
     assert T.frame_subset(4).tolist() == [0, 5, 10, 15]
-    ids, mask, wt, pix, aux = T.make_batch(0, args, enc)
+    ids, mask, wt, pix, aux, _, _ = T.make_batch(0, args, enc)
     assert pix.shape[1] == 4 and aux.shape[0] == 4
     assert (ids == enc.video_id).sum() == 4 * T.TOKENS_PER_FRAME + 1
 
 
 def test_lookup_sequences(T, enc):
     args = T.parse_args(["--lookup", "4"])
-    ids, mask, wt = T.make_lookup_batch(3, args, enc)
+    ids, mask, wt, answers = T.make_lookup_batch(3, args, enc)
     assert ids.shape[0] == 4 and (wt[mask == 0] == 0).all()
     for row, w in zip(ids, wt):
         text = enc.tok.decode(row[w == 0][:int((w == 0).sum())].tolist())
@@ -120,3 +121,69 @@ def test_lookup_sequences(T, enc):
         q = text.split("Which option is ")[1].split("?")[0]
         letter = ans[0]
         assert f"({letter}) {q}\n" in text + "\n" and ans.endswith(f") {q}<|im_end|>")
+
+
+def test_lm_token_labels_are_causal_and_follow_the_tracks(T):
+    """Every per-video-token target depends only on frames up to the token's own: changing what happens after
+    frame j leaves the targets of frames <= j unchanged."""
+    s = S.make_item("state_change", S.item_rng(0, "state_change", 3))
+    sub = np.arange(S.NUM_FRAMES)
+    lab = T.lm_token_labels(s.video, sub)
+    n = T.CGRID * T.CGRID
+    assert tuple(lab.shape) == (S.NUM_FRAMES * n + 1, len(T.N_LM_AUX))
+    for j, c in enumerate(T.N_LM_AUX):
+        col = lab[:, j]
+        assert ((col == T.LM_AUX_IGNORE) | ((col >= 0) & (col < c))).all(), j
+    tr = next(t for t in s.video.tracks if t.last_color != t.first_color)
+    k = tr.color.index(tr.last_color)              # the frame of the colour change
+    import copy
+    late = copy.deepcopy(s.video)
+    for t in late.tracks:
+        t.color = t.color[:k] + [t.color[k - 1]] * (S.NUM_FRAMES - k)       # no change at all
+    lab2 = T.lm_token_labels(late, sub)
+    assert torch.equal(lab[:k * n], lab2[:k * n])
+    assert not torch.equal(lab[k * n:], lab2[k * n:])
+    # at the last frame the object's cells say "changed", with its first colour; before the change they do not
+    cx, cy = int(tr.x[-1]) // T.CELL, int(tr.y[-1]) // T.CELL
+    row = lab[(S.NUM_FRAMES - 1) * n + cy * T.CGRID + cx]
+    if row[0] != 0:                                # the centre cell is owned by the object
+        assert row[0] == S.COLOR_NAMES.index(tr.last_color) + 1 and row[3] == 1
+        assert row[4] == S.COLOR_NAMES.index(tr.first_color)
+    assert (lab[:k * n, 3][lab[:k * n, 3] != T.LM_AUX_IGNORE] == 0).all()
+    # video-level targets: objects seen so far and the first scene, on every token and on the newline token
+    assert lab[-1, 6] == min(len(s.video.tracks), 5) and lab[-1, 7] == S.SCENE_NAMES.index(s.video.scenes[0])
+
+
+def test_lm_aux_loss_trains_the_llm_layers(T, enc):
+    args = T.parse_args(["--batch", "1", "--size", "xs", "--lm-aux-weight", "0.5", "--lm-aux-layer", "0"])
+    args.paren_id, args.letter_ids = enc.tok.convert_tokens_to_ids("("), enc.letter_ids
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=0)
+    model.train()
+    head = torch.nn.Linear(model.config.text_config.hidden_size, sum(T.N_AUX))
+    lm_head = torch.nn.Linear(model.config.text_config.hidden_size, sum(T.N_LM_AUX))
+    capture, lm_capture = T.AuxCapture(model), T.LayerCapture(model, 0)
+    batch = T.make_batch(0, args, enc)
+    assert batch[5].shape == (1, S.NUM_FRAMES * T.TOKENS_PER_FRAME + 1, len(T.N_LM_AUX))
+    loss, stats = T.train_loss(model, head, capture, batch, args, lm_head, lm_capture, enc.video_id)
+    loss.backward()
+    assert torch.isfinite(loss) and stats["lm_aux"] > 0
+    assert lm_head.weight.grad.abs().sum() > 0
+    assert model.model.language_model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0   # (zero-init branch)
+    capture.handle.remove()
+    lm_capture.handle.remove()
+
+
+def test_answer_marks_point_at_the_letter_predictions(T, enc):
+    """The answer head reads the position whose next token is the option letter, and its class is the answer."""
+    args = T.parse_args(["--batch", "2", "--questions-per-video", "3"])
+    ids, mask, wt, pix, aux, lm_aux, answers = T.make_batch(5, args, enc)
+    assert len(answers) >= 2
+    for row, pos, cls in answers.tolist():
+        assert ids[row, pos] == enc.tok.convert_tokens_to_ids("(") and ids[row, pos + 1] in enc.letter_ids
+        text = enc.tok.decode(ids[row, pos + 1:pos + 12])
+        assert text.split(")", 1)[1].startswith(" " + T.ANSWER_CLASSES[cls])
+    ids, mask, wt, answers = T.make_lookup_batch(3, args, enc, 4)
+    assert len(answers) == 4
+    for row, pos, cls in answers.tolist():
+        assert ids[row, pos + 1] in enc.letter_ids and T.ANSWER_CLASSES[cls] in enc.tok.decode(ids[row, :pos])

@@ -9,12 +9,12 @@ from .base import (PROTOCOLS, Benchmark, DataMissing, Item, Prompt, Score, check
                    official_question_block)
 from .egoschema import EgoSchema, EgoSchemaSubset
 from .mvbench import MVBench
-from .synthetic import Synthetic
+from .synthetic import Synthetic, SyntheticVal
 from .vcgbench import VCGBench
 from .videomme import VideoMME
 
 
-_REGISTRY = {cls.name: cls for cls in (MVBench, VideoMME, EgoSchema, EgoSchemaSubset, VCGBench, Synthetic)}
+_REGISTRY = {cls.name: cls for cls in (MVBench, VideoMME, EgoSchema, EgoSchemaSubset, VCGBench, Synthetic, SyntheticVal)}
 ALIASES = {"video-mme": "videomme", "vcg": "vcgbench", "ego_schema": "egoschema", "egoschema_subset": "egoschema-subset"}
 
 

@@ -1,7 +1,8 @@
 """The kit's generated benchmark (``prunevid.synthetic``): MVBench's layout and prompts under ``DATAS/Synthetic``.
 
 The test split is generated on first use (deterministic from its seed; a few seconds). Items are listed round
-robin over the tasks, so ``--limit N`` covers every task.
+robin over the tasks, so ``--limit N`` covers every task. ``synthetic-val`` is the held-out validation split
+(``DATAS/Synthetic/val``, another seed): choose settings there, report on ``synthetic``.
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ class Synthetic(MVBench):
     name = "synthetic"
     folder = "Synthetic"
     data_script = "synthetic"
+    split = "test"
 
     def required_files(self, data_root: str) -> List[str]:
         return [os.path.join(self.root(data_root), "meta.json")]
 
     def check_data(self, data_root: str) -> None:
         from .. import synthetic
-        synthetic.ensure_split(data_root, "test")          # generated once, then reused (checked by its meta.json)
+        synthetic.ensure_split(data_root, self.split)          # generated once, then reused (checked by its meta.json)
 
     def list_items(self, data_root: str) -> List[Item]:
         root = self.root(data_root)
@@ -40,3 +42,9 @@ class Synthetic(MVBench):
         for i in range(max((len(t) for t in per_task), default=0)):      # round robin: a limit covers every task
             items += [t[i] for t in per_task if i < len(t)]
         return items
+
+
+class SyntheticVal(Synthetic):
+    name = "synthetic-val"
+    folder = os.path.join("Synthetic", "val")
+    split = "val"

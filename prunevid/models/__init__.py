@@ -50,6 +50,31 @@ TINY_MODELS = {
 }
 
 
+# The demo model (a plain LLaVA-OneVision trained on the synthetic benchmark) ships inside the package.
+DEMO_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo_model")
+# A checkpoint directory may carry kit defaults that override its architecture's registry defaults
+# (the demo model: its protocol, frames and the stage-2 layer chosen by the study's sweep).
+KIT_DEFAULTS_FILE = "prunevid_defaults.json"
+
+
+def demo_model_dir() -> str:
+    """The shipped demo model's directory (``from_pretrained`` layout); a clear error when it is missing."""
+    if not os.path.isfile(os.path.join(DEMO_MODEL_DIR, "config.json")):
+        raise FileNotFoundError(f"the demo model is missing from {DEMO_MODEL_DIR} (train it with "
+                                "data_scripts/train_demo_model.py and copy <out>/model there)")
+    return DEMO_MODEL_DIR
+
+
+def with_kit_defaults(spec: ModelSpec, path: Optional[str]) -> ModelSpec:
+    """``spec`` with the defaults of ``path/prunevid_defaults.json`` (when present) laid over its own."""
+    p = os.path.join(path, KIT_DEFAULTS_FILE) if path else None
+    if not p or not os.path.isfile(p):
+        return spec
+    with open(p) as f:
+        extra = json.load(f)
+    return ModelSpec(spec.name, spec.module_name, spec.architectures, {**spec.defaults, **extra})
+
+
 def registry() -> dict:
     return {name: _spec(name, mod) for name, mod in _REGISTRY.items()}
 
@@ -117,13 +142,15 @@ def preprocessing_from_dir(path: str, config) -> VideoPreprocessing:
 
 def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementation: str = "sdpa",
          lora_alpha: Optional[float] = None) -> LoadedModel:
-    """Load a model by registry name (``tiny``: random tiny LLaVA-OneVision), local checkpoint directory,
-    or hub id (downloaded by ``huggingface_hub`` where a network exists). PLLaVA directories (a ``config.json``
-    with ``pooling_shape``) are built by the kit; ``lora_alpha`` sets their LoRA scale (default 14)."""
+    """Load a model by registry name (``demo``: the shipped demo model; ``tiny``: random tiny LLaVA-OneVision),
+    local checkpoint directory, or hub id (downloaded by ``huggingface_hub`` where a network exists). PLLaVA
+    directories (a ``config.json`` with ``pooling_shape``) are built by the kit; ``lora_alpha`` sets their LoRA
+    scale (default 14)."""
     torch_dtype = _dtype(dtype)
     if name_or_path == "demo":
-        raise FileNotFoundError("the demo model is not shipped yet (data_scripts/train_demo_model.py trains it); "
-                                "use --model tiny (random weights) or a checkpoint directory")
+        loaded = load(demo_model_dir(), dtype=dtype, device=device, attn_implementation=attn_implementation)
+        loaded.name = "demo"
+        return loaded
     if name_or_path in TINY_MODELS:
         from .. import tiny
         model, tok = getattr(tiny, TINY_MODELS[name_or_path][0])(attn_implementation=attn_implementation,
@@ -151,7 +178,8 @@ def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementatio
     if getattr(tokenizer, "chat_template", None) is None and os.path.isfile(template):
         with open(template) as f:
             tokenizer.chat_template = json.load(f)["chat_template"]
-    return LoadedModel(model, tokenizer, spec_for(model), preprocessing_from_dir(path, config), name_or_path)
+    return LoadedModel(model, tokenizer, with_kit_defaults(spec_for(model), path), preprocessing_from_dir(path, config),
+                       name_or_path)
 
 
 def _load_pllava(path, name, dtype, device, attn_implementation, lora_alpha) -> LoadedModel:

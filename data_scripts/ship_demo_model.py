@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Ship a trained demo model into the package: choose PruneVid's layer on the validation split, measure the
+test split through the kit's runner, write the model card.
+
+    python data_scripts/ship_demo_model.py --run runs/demo_model            # -> prunevid/assets/demo_model/
+
+Steps (all through ``prunevid.runner``, the same code path as ``python -m prunevid eval``):
+
+1. copy ``<run>/model`` (safetensors, config, tokenizer, ``training.json``) and ``<run>/log.jsonl``;
+2. write ``prunevid_defaults.json``: the official MVBench protocol at 16 frames and PruneVid's
+   ``selected_layer``, chosen on the **validation** split (``synthetic-val``) as the layer with the best
+   accuracy at 25% retained tokens (ties: the earlier, cheaper layer);
+3. evaluate the shipped model unpruned on the **test** split (``synthetic``) and write ``eval.json`` (overall
+   and per-task accuracy, chance levels, the layer sweep) and the model card ``README.md``.
+
+The test numbers in ``eval.json`` are what CI checks the shipped model against (``tests/test_demo_model.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from prunevid import models, runner  # noqa: E402
+from prunevid import synthetic as S  # noqa: E402
+
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+               "training.json")
+TARGET, FALLBACK, MARGIN = 85.0, 70.0, 15.0
+
+
+def evaluate(model_dir, benchmark, data_root, out, method="none", params=None) -> dict:
+    res = runner.evaluate(benchmark=benchmark, model=model_dir, method=method, data_root=data_root,
+                          output_dir=out, params=params or {}, progress=False)
+    return {"accuracy": res["metrics"]["accuracy"], "by_category": res["metrics"]["by_category"],
+            "retained_ratio": res["tokens"].get("retained_ratio"), "n": res["n_samples"]["done"],
+            "flops_ratio": (res.get("flops") or {}).get("ratio_vs_unpruned")}
+
+
+def verdict(ev: dict) -> str:
+    chance = {t: 100 * c for t, c in S.CHANCE.items()}
+    worst = min(ev["by_category"][t] - chance[t] for t in S.TASKS)
+    if ev["accuracy"] >= TARGET and worst > 0:
+        return f"meets the target (>= {TARGET:.0f}% overall, every task above chance)"
+    if ev["accuracy"] >= FALLBACK and worst >= MARGIN:
+        return (f"meets the fallback target (>= {FALLBACK:.0f}% overall, every task >= {MARGIN:.0f} points above "
+                f"chance), not the {TARGET:.0f}% target")
+    return (f"below both targets (>= {TARGET:.0f}%; or >= {FALLBACK:.0f}% with every task >= {MARGIN:.0f} points "
+            f"above chance): worst task {worst:+.1f} points vs chance")
+
+
+def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, defaults: dict, seconds: float) -> str:
+    a = training.get("args", {})
+    rows = "\n".join(f"| {t} | {ev['by_category'][t]:.1f} | {100 * S.CHANCE[t]:.1f} | "
+                     f"{ev['by_category'][t] - 100 * S.CHANCE[t]:+.1f} |" for t in S.TASKS)
+    chance = sum(100 * S.CHANCE[t] for t in S.TASKS) / len(S.TASKS)
+    curve = "\n".join(f"| {r['step']} | {r['train_minutes']:.1f} | {100 * r['accuracy']:.1f} |" for r in log)
+    ks = "\n".join(f"| {kk} | {v['accuracy']:.1f} | {100 * (v['retained_ratio'] or 0):.1f}% |"
+                   for kk, v in sorted(sweep.items()) if kk.isdigit())
+    cmd = " ".join(f"--{k_.replace('_', '-')} {v}" for k_, v in a.items()
+                   if k_ in ("size", "seed", "batch", "steps", "lr", "lookup_pretrain", "lookup", "lm_aux_weight",
+                             "lm_aux_layer", "frames_schedule", "curriculum_steps", "questions_per_video") and v != "")
+    return f"""# PruneVid Kit demo model
+
+A plain `LlavaOnevisionForConditionalGeneration` (SigLIP vision tower, 2-layer MLP projector, Qwen2 LLM) trained
+from scratch on CPU on the kit's synthetic video-QA benchmark (`prunevid.synthetic`, training items drawn in
+memory from the generator's `train` seed; the test and validation splits are never trained on). It exists so
+that the kit's pruning study measures real accuracy offline. It knows nothing outside this synthetic world.
+
+- Load: `prunevid.models.load("demo")` (or `from_pretrained` on this folder).
+- Size: {training.get('parameters', 0) / 1e6:.2f} M parameters (`--size {a.get('size')}` of
+  `prunevid.demo_model.SIZES`), 112 px frames, 8 px patches, 49 visual tokens per frame after LLaVA-OneVision's
+  2 x 2 pooling, 16 frames (785 video tokens with the newline), word-level tokenizer over the benchmark's vocabulary.
+- Prompt: the official MVBench protocol (VideoChat2 system prompt, `Question: ... Options: ... Only give the best
+  option.`, answer prefix `Best option:(`), in the LLaVA-OneVision chat template; it answers `B) red`.
+- Kit defaults (`prunevid_defaults.json`): `{json.dumps(defaults)}`.
+
+## Test split (through `python -m prunevid eval --benchmark synthetic --model demo --method none`)
+
+Overall accuracy **{ev['accuracy']:.1f}%** on {ev['n']} items (mean chance {chance:.1f}%): {verdict(ev)}.
+
+| task | accuracy % | chance % | vs chance |
+|---|---|---|---|
+{rows}
+
+## PruneVid's `selected_layer`, chosen on the validation split
+
+PruneVid at 25% retained visual tokens (`retain=0.25`) with K = 0 .. L-2 on `synthetic-val`; unpruned on the same
+split: {sweep.get('none', {}).get('accuracy', float('nan')):.1f}%. Chosen: **K = {k}** (best accuracy; ties go to
+the earlier, cheaper layer).
+
+| K | accuracy % | retained |
+|---|---|---|
+{ks}
+
+## Training
+
+`python data_scripts/train_demo_model.py --out runs/demo_model {cmd}` (resumable: rerun the same command to
+continue; {training.get('step')} steps, {training.get('train_minutes')} CPU-minutes on a 2-core AVX2 CPU,
+2 threads, fp32). Recipe: text-only option look-up warm-up, then several questions per video plus a dense caption,
+an auxiliary per-patch loss on the projector output and a per-video-token loss on the hidden states of LLM layer
+{a.get('lm_aux_layer')} (both through linear heads used in training only: the shipped model is a plain
+LLaVA-OneVision), a curriculum (fewer objects and frames, fixed option order first), zero-initialised residual
+branches, AdamW with warmup and cosine decay. Held-out accuracy during training (the trainer's own scorer on
+`val` items, the option letter with the highest logit):
+
+| step | train-min | val accuracy % |
+|---|---|---|
+{curve}
+
+Shipped by `data_scripts/ship_demo_model.py` in {seconds / 60:.1f} min.
+"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default="runs/demo_model", help="training output folder (holds model/ and log.jsonl)")
+    ap.add_argument("--dest", default=models.DEMO_MODEL_DIR)
+    ap.add_argument("--data-root", default=None, help="benchmark data root (default: $PRUNEVID_DATA or ./DATAS)")
+    ap.add_argument("--retain", type=float, default=0.25, help="budget of the layer sweep")
+    ap.add_argument("--layer", type=int, default=None, help="skip the sweep and ship this selected_layer")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    src = os.path.join(args.run, "model")
+    if not os.path.isfile(os.path.join(src, "model.safetensors")):
+        raise SystemExit(f"no trained model in {src} (run data_scripts/train_demo_model.py --out {args.run})")
+    data_root = os.path.abspath(args.data_root or runner.default_data_root())
+    os.makedirs(args.dest, exist_ok=True)
+    for name in os.listdir(args.dest):
+        if name != ".gitattributes":
+            os.unlink(os.path.join(args.dest, name))
+    for name in MODEL_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), args.dest)
+    with open(os.path.join(src, "training.json")) as f:
+        training = json.load(f)
+    log = []
+    if os.path.isfile(os.path.join(args.run, "log.jsonl")):
+        with open(os.path.join(args.run, "log.jsonl")) as f:
+            log = [json.loads(line) for line in f if line.strip()]
+        shutil.copy2(os.path.join(args.run, "log.jsonl"), os.path.join(args.dest, "training_log.jsonl"))
+    n_layers = models.load(args.dest).model.config.text_config.num_hidden_layers
+    defaults = {"protocol": "official", "frames": S.NUM_FRAMES, "tokens_per_frame": 49,
+                "selected_layer": n_layers // 2 if args.layer is None else args.layer}
+    with open(os.path.join(args.dest, models.KIT_DEFAULTS_FILE), "w") as f:
+        json.dump(defaults, f, indent=1)
+
+    work = tempfile.mkdtemp(prefix="ship-demo-")
+    sweep = {}
+    if args.layer is None:
+        print("[ship] layer sweep on synthetic-val ...", flush=True)
+        sweep["none"] = evaluate(args.dest, "synthetic-val", data_root, os.path.join(work, "val-none"))
+        print(f"[ship] unpruned: {sweep['none']['accuracy']:.1f}%", flush=True)
+        for k in range(n_layers - 1):
+            sweep[str(k)] = evaluate(args.dest, "synthetic-val", data_root, os.path.join(work, f"val-k{k}"),
+                                     "prunevid", {"retain": args.retain, "selected_layer": k})
+            print(f"[ship] K={k}: {sweep[str(k)]['accuracy']:.1f}% at {sweep[str(k)]['retained_ratio']:.3f}")
+        best = max(range(n_layers - 1), key=lambda k: (sweep[str(k)]["accuracy"], -k))
+        defaults["selected_layer"] = best
+        with open(os.path.join(args.dest, models.KIT_DEFAULTS_FILE), "w") as f:
+            json.dump(defaults, f, indent=1)
+    print(f"[ship] selected_layer {defaults['selected_layer']}; evaluating the test split ...", flush=True)
+    ev = evaluate(args.dest, "synthetic", data_root, os.path.join(work, "test-none"))
+    record = {"test": ev, "chance": {t: 100 * c for t, c in S.CHANCE.items()}, "layer_sweep_val": sweep,
+              "selected_layer": defaults["selected_layer"], "verdict": verdict(ev)}
+    with open(os.path.join(args.dest, "eval.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    card = model_card(training, log, ev, sweep, defaults["selected_layer"], defaults, time.time() - t0)
+    with open(os.path.join(args.dest, "README.md"), "w") as f:
+        f.write(card)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"[ship] {args.dest}: test accuracy {ev['accuracy']:.1f}% ({verdict(ev)}); "
+          f"selected_layer {defaults['selected_layer']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
