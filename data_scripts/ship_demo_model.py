@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=None, help="benchmark data root (default: $PRUNEVID_DATA or ./DATAS)")
     ap.add_argument("--retain", type=float, default=0.25, help="budget of the layer sweep")
     ap.add_argument("--layer", type=int, default=None, help="skip the sweep and ship this selected_layer")
+    ap.add_argument("--notes", default=None, help="markdown file appended to the model card (findings, limits)")
     args = ap.parse_args(argv)
     t0 = time.time()
     src = os.path.join(args.run, "model")
@@ -173,6 +174,9 @@ def main(argv=None) -> int:
     with open(os.path.join(args.dest, "eval.json"), "w") as f:
         json.dump(record, f, indent=1)
     card = model_card(training, log, ev, sweep, defaults["selected_layer"], defaults, time.time() - t0)
+    if args.notes:
+        with open(args.notes) as f:
+            card += "\n" + f.read().strip() + "\n"
     with open(os.path.join(args.dest, "README.md"), "w") as f:
         f.write(card)
     shutil.rmtree(work, ignore_errors=True)

@@ -22,8 +22,19 @@ as the user text after the video, and the assistant answer prefix ``Best option:
 - a dense caption turn ("Describe the video.") listing every object, its motion, colour change and the scenes;
 - an auxiliary per-patch loss on the projected vision features (colour, shape and scene of every 8 px patch),
   through a linear head used in training only: the saved model stays a plain LLaVA-OneVision;
-- a curriculum: fewer objects and a fixed option order first, then the full task distribution, shuffled;
-- zero-initialised residual branches, bf16 autocast, AdamW with warmup and cosine decay.
+- a per-video-token loss on the hidden states of one LLM layer (``--lm-aux-weight``): causal targets per token
+  (the object under it, its motion and colour change so far, objects seen so far, the scenes), so that the later
+  layers can read what the questions ask about;
+- an answer-content loss (``--answer-aux-weight``) at every position that predicts an option letter, through one
+  head shared with the text-only look-up sequences, so that the content is there before the last layer binds it
+  to a letter;
+- text-only option look-up sequences (``--lookup``, ``--lookup-pretrain``) that teach that binding cheaply;
+- a curriculum: fewer objects, frames (``--frames-schedule``) and a fixed option order first, then the full task
+  distribution, shuffled;
+- zero-initialised residual branches, bf16 autocast where the CPU has native bf16 (``--no-bf16`` otherwise),
+  ``--device cuda`` on a GPU, AdamW with warmup and cosine decay.
+
+All heads used by these losses are training-only: the saved model is a plain LLaVA-OneVision.
 
 Evaluation (every ``--eval-every`` steps) runs the official single-question prompt on a held-out set generated
 from the ``val`` seed and scores the letter with the highest logit among the item's options, printing
@@ -84,7 +95,7 @@ class Encoder:
         return self.ids(f"{letter}) {q['answer']}<|im_end|>")
 
     def training_sequence(self, questions: list, caption: str = "", caption_weight: float = 0.5,
-                          n_video: int = N_VIDEO, marks: list = None):
+                          n_video: int = N_VIDEO, marks: list = None, letter_weight: float = 1.0):
         """(ids, weights): the first question in the evaluation format, then one turn per further question and
         an optional caption turn; weights are 1 on answer tokens, ``caption_weight`` on caption tokens, 0
         elsewhere (the weight at position i belongs to predicting token i)."""
@@ -101,7 +112,7 @@ class Encoder:
             if marks is not None:          # (position predicting the letter, answer class) for the answer head
                 marks.append((len(ids) - 1, ANSWER_CLASSES.index(q["answer"])))
             ids += a + nl
-            w += [1.0] * len(a) + [0.0] * len(nl)
+            w += [letter_weight] + [1.0] * (len(a) - 1) + [0.0] * len(nl)
         if caption:
             p = self.ids(f"<|im_start|>user\n{CAPTION_REQUEST}<|im_end|>\n<|im_start|>assistant\n")
             c = self.ids(caption + "<|im_end|>")
@@ -271,6 +282,10 @@ def frame_subset(n: int) -> np.ndarray:
     return np.round(np.linspace(0, S.NUM_FRAMES - 1, n)).astype(int)
 
 
+def letter_weight_at(step: int, args) -> float:
+    return args.letter_weight if step >= args.letter_weight_from else 1.0
+
+
 def make_batch(step: int, args, enc: Encoder):
     rng = np.random.default_rng([args.seed, step])
     vstep = max(step - args.lookup_pretrain, 0)        # the video curriculum starts after the look-up phase
@@ -288,7 +303,7 @@ def make_batch(step: int, args, enc: Encoder):
         qs = [qs[i] for i in order]
         marks = []
         ids, w = enc.training_sequence(qs, s.caption if args.caption_weight > 0 else "", args.caption_weight,
-                                       n_video, marks)
+                                       n_video, marks, letter_weight_at(step, args))
         answers += [(len(seqs), p, c) for p, c in marks]
         seqs.append(ids)
         weights.append(w)
@@ -326,7 +341,49 @@ def make_lookup_batch(step: int, args, enc: Encoder, n: int = 0):
         a = enc.answer(q)
         answers.append((len(seqs), len(p) - 1, ANSWER_CLASSES.index(q["answer"])))
         seqs.append(p + a)
-        weights.append([0.0] * len(p) + [1.0] * len(a))
+        weights.append([0.0] * len(p) + [letter_weight_at(step, args)] + [1.0] * (len(a) - 1))
+    ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
+    wt = torch.zeros(ids.shape)
+    for i, w in enumerate(weights):
+        wt[i, :len(w)] = torch.tensor(w)
+    return ids, mask, wt, torch.tensor(answers, dtype=torch.long).view(-1, 3)
+
+
+def make_indirect_batch(step: int, args, enc: Encoder, n: int = 0):
+    """Text-only questions whose answer must be worked out before it is looked up: a few facts ("The square is
+    red. The circle is blue."), a question about one of them, options that include the other facts' values. Unlike
+    "Which option is red?", no word of the question names the answer, so matching question words against the
+    options does not work; the model has to carry the answer to the letter position and look it up from there,
+    which is what a video question needs."""
+    rng = np.random.default_rng([args.seed, step, 2])
+    seqs, weights, answers = [], [], []
+    for _ in range(n or args.indirect):
+        k = int(rng.integers(2, 4))
+        shapes = [S.SHAPES[i] for i in rng.permutation(len(S.SHAPES))[:k]]
+        kind = int(rng.integers(3))
+        pool = S.DIRECTIONS if kind == 1 else S.COLOR_NAMES
+        values = [pool[i] for i in rng.permutation(len(pool))[:k]]
+        if kind == 0:
+            facts = [f"The {sh} is {v}." for sh, v in zip(shapes, values)]
+            q = f"What colour is the {shapes[0]}?"
+        elif kind == 1:
+            facts = [f"The {sh} moves {v}." for sh, v in zip(shapes, values)]
+            q = f"Which direction does the {shapes[0]} move?"
+        else:
+            facts = [f"The {sh} turns {v}." for sh, v in zip(shapes, values)]
+            q = f"What colour does the {shapes[0]} turn into?"
+        order = rng.permutation(k)
+        context = " ".join(facts[i] for i in order)
+        extra = [v for v in pool if v not in values]
+        n_opt = min(len(pool), k + int(rng.integers(0, 2)))
+        cands = values + extra[:n_opt - k]
+        cands = [cands[i] for i in rng.permutation(len(cands))]
+        p = enc.ids("<|im_start|>user\n" + context + "\n" + S.mvbench_question(q, cands) +
+                    "<|im_end|>\n<|im_start|>assistant\n" + S.MVBENCH_ANSWER_PREFIX)
+        a = enc.answer({"candidates": cands, "answer": values[0]})
+        answers.append((len(seqs), len(p) - 1, ANSWER_CLASSES.index(values[0])))
+        seqs.append(p + a)
+        weights.append([0.0] * len(p) + [letter_weight_at(step, args)] + [1.0] * (len(a) - 1))
     ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
     wt = torch.zeros(ids.shape)
     for i, w in enumerate(weights):
@@ -346,19 +403,19 @@ def answer_loss(answer_head, answer_capture, answers, args):
     answer_capture.out = None
     if answer_head is None or h is None or not len(answers):
         return None
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+    with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
         z = answer_head(h[answers[:, 0], answers[:, 1]]).float()
     return F.cross_entropy(z, answers[:, 2])
 
 
 def lookup_loss(model, batch, args, answer_head=None, answer_capture=None):
     ids, mask, wt, answers = batch
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+    with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
     ce = ce.view(ids.shape[0], -1)
     w = wt[:, 1:]
-    letter = (w == 1) & (ids[:, :-1] == args.paren_id)
+    letter = (w > 0) & (ids[:, :-1] == args.paren_id)
     loss = (ce * w).sum() / w.sum().clamp(min=1)
     if answer_capture is not None:
         a = answer_loss(answer_head, answer_capture, answers, args)
@@ -396,7 +453,7 @@ class AuxCapture:
 def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=None, video_id=None,
                answer_head=None, answer_capture=None):
     ids, mask, wt, pix, aux, lm_aux, answers = batch
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+    with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
         out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix)
         logits = out.logits[:, :-1].float()
     tgt = ids[:, 1:]
@@ -404,13 +461,13 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none").view_as(w)
     lm = (ce * w).sum() / w.sum().clamp(min=1)
     # diagnostics: the loss on the answer letters alone (the token the benchmark scores) and on the caption
-    letter = (w == 1) & (ids[:, :-1] == args.paren_id) & torch.isin(tgt, torch.tensor(args.letter_ids))
+    letter = (w > 0) & (ids[:, :-1] == args.paren_id) & torch.isin(tgt, torch.tensor(args.letter_ids, device=tgt.device))
     cap = (w > 0) & (w < 1)
     stats = {"lm": lm.item(), "letter": (ce[letter].mean().item() if letter.any() else float("nan")),
              "caption": (ce[cap].mean().item() if cap.any() else float("nan"))}
     loss = lm
     if aux is not None and args.aux_weight > 0:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
             z = aux_head(capture.out).float()
         parts = torch.split(z, list(N_AUX), dim=-1)
         a = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), aux[..., j].reshape(-1)) for j, p in enumerate(parts))
@@ -419,7 +476,7 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
     if lm_aux is not None and lm_head is not None:
         # the video positions of each row, in order: the video tokens are one contiguous run per sequence
         h = lm_capture.out[ids == video_id].view(lm_aux.shape[0], lm_aux.shape[1], -1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
             z = lm_head(h).float()
         parts = torch.split(z, list(N_LM_AUX), dim=-1)
         la = [F.cross_entropy(p.reshape(-1, p.shape[-1]), lm_aux[..., j].reshape(-1), ignore_index=LM_AUX_IGNORE)
@@ -448,8 +505,10 @@ def evaluate(model, enc: Encoder, items, args) -> dict:
         chunk = items[i:i + args.eval_batch]
         seqs = [enc.first_turn(it["question"], it["candidates"]) for _, it, _ in chunk]
         ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            logits = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels([f for _, _, f in chunk])).logits
+        pix = pixels([f for _, _, f in chunk]).to(args.device)
+        with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(input_ids=ids.to(args.device), attention_mask=mask.to(args.device),
+                           pixel_values_videos=pix).logits.cpu()
         last = mask.sum(1) - 1
         for j, (task, it, _) in enumerate(chunk):
             row = logits[j, last[j]].float()
@@ -464,6 +523,10 @@ def evaluate(model, enc: Encoder, items, args) -> dict:
     n = sum(total.values())
     return {"accuracy": sum(correct.values()) / n, "per_task": per_task, "free_accuracy": free / n,
             "chance": float(np.mean([S.CHANCE[t] for t in per_task])), "n": n}
+
+
+def to_device(batch, device):
+    return tuple(x.to(device) if torch.is_tensor(x) else x for x in batch)
 
 
 def lr_at(step: int, args) -> float:
@@ -483,7 +546,7 @@ def make_optimizer(model, heads, args):
 
 
 def _plain_args(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("paren_id", "letter_ids")}
+    return {k: v for k, v in vars(args).items() if k not in ("paren_id", "letter_ids", "device_type")}
 
 
 def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, answer_head=None):
@@ -526,6 +589,9 @@ def parse_args(argv=None):
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--questions-per-video", type=int, default=4, help="QA turns per training sequence")
     ap.add_argument("--caption-weight", type=float, default=0.5, help="loss weight of the caption (0: no caption)")
+    ap.add_argument("--letter-weight", type=float, default=1.0,
+                    help="loss weight of the option letter, the one token the benchmark scores (others: 1)")
+    ap.add_argument("--letter-weight-from", type=int, default=0, help="step from which --letter-weight applies")
     ap.add_argument("--aux-weight", type=float, default=0.3, help="weight of the per-patch loss (0: off)")
     ap.add_argument("--lm-aux-weight", type=float, default=0.0,
                     help="weight of the per-video-token loss on the language model's hidden states (0: off)")
@@ -543,15 +609,21 @@ def parse_args(argv=None):
                     help="fraction of the curriculum after which shuffled options are phased in")
     ap.add_argument("--lookup", type=int, default=32, help="text-only option look-up sequences per step (0: off)")
     ap.add_argument("--lookup-weight", type=float, default=0.5)
+    ap.add_argument("--indirect", type=int, default=0,
+                    help="text-only questions per step whose answer must be worked out from stated facts (0: off)")
     ap.add_argument("--lookup-pretrain", type=int, default=0,
                     help="first steps train on text-only look-up sequences only (no video), a cheap warm start")
     ap.add_argument("--lookup-pretrain-batch", type=int, default=64)
     ap.add_argument("--frames-schedule", default="",
                     help='fewer frames early, e.g. "4:300,8:600" (4 frames before step 300, 8 before 600, then 16)')
     ap.add_argument("--no-zero-init", dest="zero_init", action="store_false")
-    ap.add_argument("--no-bf16", dest="bf16", action="store_false")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="fp32 (use on CPUs without native bf16, e.g. AVX2-only: emulated bf16 is several times slower)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (training data stay on CPU)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--minutes", type=float, default=0, help="stop this sitting after this many minutes (0: none)")
+    ap.add_argument("--stop-at", type=int, default=0,
+                    help="stop this sitting at this step (0: none; --steps still sets the LR schedule)")
     ap.add_argument("--ckpt-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-n", type=int, default=30, help="held-out items per task")
@@ -561,8 +633,12 @@ def parse_args(argv=None):
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--export", action="store_true", help="only write <out>/model from the checkpoint (no training)")
+    ap.add_argument("--slim", action="store_true",
+                    help="only write <out>/checkpoint-slim.pt: the checkpoint without optimizer state (to keep)")
     ap.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.device_type = torch.device(args.device).type          # for torch.autocast
+    return args
 
 
 def main(argv=None) -> int:
@@ -581,19 +657,23 @@ def main(argv=None) -> int:
     capture = AuxCapture(model)
     hidden = model.config.text_config.hidden_size
     lm_head = torch.nn.Linear(hidden, sum(N_LM_AUX)) if args.lm_aux_weight > 0 else None
+    model.to(args.device)
+    aux_head.to(args.device)
+    if lm_head is not None:
+        lm_head.to(args.device)
     n_layers = model.config.text_config.num_hidden_layers
     lm_capture = LayerCapture(model, args.lm_aux_layer % n_layers) if lm_head is not None else None
     heads = torch.nn.ModuleList([aux_head] + ([lm_head] if lm_head is not None else []))
     args.paren_id, args.letter_ids = tok.convert_tokens_to_ids("("), enc.letter_ids
     opt = make_optimizer(model, heads, args)
     # the answer head lives in its own parameter group, added last, so runs that start without it can resume with it
-    answer_head = torch.nn.Linear(hidden, len(ANSWER_CLASSES)) if args.answer_aux_weight > 0 else None
+    answer_head = torch.nn.Linear(hidden, len(ANSWER_CLASSES)).to(args.device) if args.answer_aux_weight > 0 else None
     answer_capture = LayerCapture(model, args.answer_aux_layer % n_layers) if answer_head is not None else None
     n_params = sum(p.numel() for p in model.parameters())
 
     step, train_seconds, history = 0, 0.0, []
     if os.path.isfile(ckpt_path) and not args.restart:
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location="cpu")
         for k in ("size", "seed", "batch", "questions_per_video"):
             if state["args"].get(k) != getattr(args, k):
                 print(f"warning: checkpoint has {k}={state['args'].get(k)}, command line {getattr(args, k)}")
@@ -602,14 +682,20 @@ def main(argv=None) -> int:
             heads.load_state_dict(state["heads"])
         else:                                       # checkpoints written before the LM-side loss existed
             aux_head.load_state_dict(state["aux_head"])
+        # a slim checkpoint (--slim) has no optimizer state: AdamW starts with fresh moments
+        opt_state = state.get("optimizer")
         if answer_head is not None and "answer_head" in state:
             answer_head.load_state_dict(state["answer_head"])
             opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
-            opt.load_state_dict(state["optimizer"])
+            if opt_state is not None:
+                opt.load_state_dict(opt_state)
         else:
-            opt.load_state_dict(state["optimizer"])
+            if opt_state is not None:
+                opt.load_state_dict(opt_state)
             if answer_head is not None:             # joining a run that started without it: fresh moments
                 opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
+        if opt_state is None:
+            print("note: checkpoint without optimizer state (slim): AdamW moments start afresh")
         torch.set_rng_state(state["torch_rng"])
         step, train_seconds, history = state["step"], state["train_seconds"], state["history"]
         print(f"resumed from {ckpt_path} at step {step} ({train_seconds / 60:.1f} train-min)")
@@ -637,6 +723,13 @@ def main(argv=None) -> int:
         r = run_eval()
         print(f"step {step}: {fmt_eval(r)}")
         return 0
+    if args.slim:
+        state = torch.load(ckpt_path, weights_only=False, map_location="cpu")
+        state.pop("optimizer", None)
+        out = os.path.join(args.out, "checkpoint-slim.pt")
+        torch.save(state, out)
+        print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB, no optimizer state)")
+        return 0
     if args.export:
         args.steps = step                            # skip the loop: straight to writing <out>/model
 
@@ -654,18 +747,23 @@ def main(argv=None) -> int:
             g["lr"] = lr_at(step, args)
         if step < args.lookup_pretrain:              # text-only phase: learn to bind answers to option letters
             t_data = 0.0
-            loss, letter = lookup_loss(model, make_lookup_batch(step, args, enc, args.lookup_pretrain_batch), args,
+            loss, letter = lookup_loss(model, to_device(make_lookup_batch(step, args, enc, args.lookup_pretrain_batch),
+                                                        args.device), args,
                                        *answer_args(step))
             stats = {"lookup_letter": letter}
         else:
-            batch = make_batch(step, args, enc)
+            batch = to_device(make_batch(step, args, enc), args.device)
             t_data = time.time() - t0
             loss, stats = train_loss(model, aux_head, capture, batch, args, lm_head, lm_capture, enc.video_id,
                                      *answer_args(step))
         if args.lookup > 0 and step >= args.lookup_pretrain:
-            l2, stats["lookup_letter"] = lookup_loss(model, make_lookup_batch(step, args, enc), args,
+            l2, stats["lookup_letter"] = lookup_loss(model, to_device(make_lookup_batch(step, args, enc), args.device), args,
                                                      *answer_args(step))
             loss = loss + args.lookup_weight * l2
+        if args.indirect > 0 and step >= args.lookup_pretrain:
+            l3, stats["indirect_letter"] = lookup_loss(model, to_device(make_indirect_batch(step, args, enc),
+                                                                        args.device), args, *answer_args(step))
+            loss = loss + args.lookup_weight * l3
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()) +
@@ -679,7 +777,8 @@ def main(argv=None) -> int:
             print(f"step {step} | {train_seconds / 60:.1f} train-min | {dt:.2f} s/step (data {t_data:.2f}) | "
                   + " ".join(f"{k} {v:.3f}" for k, v in ema.items()) + f" | lr {lr_at(step - 1, args):.2e}",
                   flush=True)
-        done = step >= args.steps or (args.minutes and time.time() - t_sitting > 60 * args.minutes)
+        done = (step >= args.steps or (args.minutes and time.time() - t_sitting > 60 * args.minutes)
+                or (args.stop_at and step >= args.stop_at))
         if (step % args.eval_every == 0 and step > args.lookup_pretrain) or done:
             r = run_eval()
             rec = {"step": step, "samples": step * args.batch, "train_minutes": round(train_seconds / 60, 2),

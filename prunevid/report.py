@@ -71,9 +71,14 @@ def expand_cells(sweep: dict) -> list:
     return unique
 
 
+# Where the data live is not what a cell measures: the same cell on another machine keeps its id (and its results).
+LOCATION_KEYS = ("data_root",)
+
+
 def cell_id(params: dict) -> str:
-    """Readable and stable: the method and the values, plus a hash of all parameters."""
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    """Readable and stable: the method and the values, plus a hash of all parameters but the data location."""
+    ident = {k: v for k, v in params.items() if k not in LOCATION_KEYS}
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
     head = "-".join(str(params[k]) for k in ("benchmark", "model", "method") if k in params)
     head = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in head) or "cell"
     return f"{head}-{digest}"

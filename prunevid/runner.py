@@ -27,8 +27,8 @@ from . import benchmarks, methods, results
 from .benchmarks.base import check_protocol
 from .cache import uses_feature_cache
 
-# The shipped demo model (prunevid/assets/demo_model), trained on the synthetic benchmark.
-DEFAULT_MODEL = "demo"
+# None = prunevid.models.default_model(): the shipped demo model, or the random tiny model while none is shipped.
+DEFAULT_MODEL = None
 DEFAULT_BENCHMARK = "synthetic"
 RUN_CONFIG = "run_config.json"
 # Keys of run_config.json that must match for a rerun to resume (device, data_root and limit may change).
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
                    help=f"one of {benchmarks.available()} (default: {DEFAULT_BENCHMARK})")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registry name (demo: the shipped model; tiny: random weights), checkpoint directory or hub id "
-                        f"(default: {DEFAULT_MODEL})")
+                        "(default: demo when it is shipped, else tiny)")
     p.add_argument("--method", default="prunevid", help=f"one of {methods.available()} (default: prunevid)")
     p.add_argument("--data-root", default=None,
                    help="folder holding the benchmarks in the official DATAS layout (default: $PRUNEVID_DATA or ./DATAS)")
@@ -288,7 +288,7 @@ TOKEN_KEYS = ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2"
 
 
 # ---------------------------------------------------------------------------------------------------------
-def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, method: str = "prunevid",
+def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAULT_MODEL, method: str = "prunevid",
              data_root: Optional[str] = None, output_dir: Optional[str] = None, limit: Optional[int] = None,
              frames: Optional[int] = None, dtype: str = "float32", device: str = "cpu", seed: int = 0,
              protocol: Optional[str] = None, params: Optional[dict] = None, progress: bool = True,
@@ -299,6 +299,9 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: str = DEFAULT_MODEL, 
     only names it in the results.
     """
     params = dict(params or {})
+    if model is None:
+        from .models import default_model
+        model = default_model()
     bench = benchmarks.get(benchmark)
     cfg = method_config(method, params)                  # unknown method / hyperparameter: before any work
     if limit is not None and limit < 1:

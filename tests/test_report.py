@@ -163,7 +163,7 @@ def test_demo_command_runs_a_sweep_with_an_absolute_data_root(tmp_path, capsys):
     from prunevid import cli
     _fake_notebook(tmp_path / "fake.ipynb")
     (tmp_path / "d.yaml").write_text(f"name: study\ndescription: first paragraph\nnotebook: {tmp_path / 'fake.ipynb'}\n"
-                                     "base: {benchmark: fake, model: tiny}\ncells: [{method: none}]\n")
+                                     "base: {benchmark: fake, model: demo}\ncells: [{method: none}]\n")
     old = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = ROOT + (os.pathsep + old if old else "")
     try:
@@ -175,5 +175,11 @@ def test_demo_command_runs_a_sweep_with_an_absolute_data_root(tmp_path, capsys):
     run = next((tmp_path / "reports" / "study" / "runs").glob("*/params.json"))
     params = json.loads(run.read_text())
     assert os.path.isabs(params["data_root"]) and params["limit"] == 3
-    assert "first paragraph" in (tmp_path / "reports" / "study" / "index.html").read_text()
+    page = (tmp_path / "reports" / "study" / "index.html").read_text()
+    assert "first paragraph" in page
     assert "1 cells ok, 0 failed" in capsys.readouterr().out
+    from prunevid import models
+    if models.default_model() == "demo":
+        assert params["model"] == "demo" and "not shipped" not in page
+    else:           # no shipped model: the study runs on the random tiny model and says so at the top
+        assert params["model"] == "tiny" and "not shipped yet" in page and "chance level" in page

@@ -228,3 +228,14 @@ def test_validation_split_is_a_benchmark_of_its_own(tmp_path):
     assert [(i.question, i.candidates) for i in val] != [(i.question, i.candidates) for i in test]
     with open(os.path.join(root, "Synthetic", "val", "meta.json")) as f:
         assert json.load(f)["seed"] == S.SPLIT_SEEDS["val"]
+
+
+@pytest.mark.slow
+def test_runner_reads_16_frames_under_either_protocol(tmp_path):
+    """The files hold 16 generated frames (+1): lmms-eval's default of 32 would fail every item."""
+    from prunevid import runner
+    for protocol in ("official", "lmms-eval"):
+        res = runner.evaluate(benchmark="synthetic", model="tiny", method="none", data_root=str(tmp_path / "D"),
+                              output_dir=str(tmp_path / protocol), limit=7, protocol=protocol, progress=False)
+        assert res["config"]["frames"] == 16 and res["n_samples"]["errors"] == 0, protocol
+        assert res["tokens"]["visual_tokens_in"] == 16 * 49

@@ -1,6 +1,7 @@
 """Pieces of data_scripts/train_demo_model.py that need no training: sequences, loss masks, aux labels, batches."""
 import importlib.util
 import os
+import re
 
 import numpy as np
 import pytest
@@ -187,3 +188,21 @@ def test_answer_marks_point_at_the_letter_predictions(T, enc):
     assert len(answers) == 4
     for row, pos, cls in answers.tolist():
         assert ids[row, pos + 1] in enc.letter_ids and T.ANSWER_CLASSES[cls] in enc.tok.decode(ids[row, :pos])
+
+
+def test_indirect_questions_need_the_facts(T, enc):
+    """The answer is never written in the question, every stated value is an option, and the letter is right."""
+    args = T.parse_args(["--indirect", "12"])
+    ids, mask, wt, answers = T.make_indirect_batch(7, args, enc)
+    assert len(answers) == 12
+    for row, pos, cls in answers.tolist():
+        text = enc.tok.decode(ids[row, :mask[row].sum()])
+        context, rest = text.split("\nQuestion: ", 1)
+        question = rest.split("\n", 1)[0]
+        answer = T.ANSWER_CLASSES[cls]
+        assert answer not in question.split() and answer in context
+        options = re.findall(r"\(([A-E])\) (\w+)", rest.split("Best option:")[0])
+        stated = re.findall(r"(?:is|moves|turns) (\w+)\.", context)
+        assert set(stated) <= {o for _, o in options} and len(stated) >= 2
+        letter = enc.tok.decode(ids[row, pos + 1:pos + 2])
+        assert dict(options)[letter] == answer

@@ -20,6 +20,14 @@ class Synthetic(MVBench):
     data_script = "synthetic"
     split = "test"
 
+    def default_frames(self, protocol: str) -> int:
+        """16 under either protocol: the videos hold 16 generated frames (17 in the file, so both samplers pick
+        exactly those); lmms-eval's usual 32 would ask for frames that do not exist."""
+        from .base import check_protocol
+        from ..synthetic import NUM_FRAMES
+        check_protocol(protocol)
+        return NUM_FRAMES
+
     def required_files(self, data_root: str) -> List[str]:
         return [os.path.join(self.root(data_root), "meta.json")]
 

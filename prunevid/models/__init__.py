@@ -65,6 +65,11 @@ def demo_model_dir() -> str:
     return DEMO_MODEL_DIR
 
 
+def default_model() -> str:
+    """The kit's default model: the shipped demo model, or the random-weight ``tiny`` while none is shipped."""
+    return "demo" if os.path.isfile(os.path.join(DEMO_MODEL_DIR, "config.json")) else "tiny"
+
+
 def with_kit_defaults(spec: ModelSpec, path: Optional[str]) -> ModelSpec:
     """``spec`` with the defaults of ``path/prunevid_defaults.json`` (when present) laid over its own."""
     p = os.path.join(path, KIT_DEFAULTS_FILE) if path else None
