@@ -104,7 +104,7 @@ document.getElementById('f').onload = async () => {
   const links = [...doc.querySelectorAll('a[href]')].map(a => a.href);
   const codes = await Promise.all(links.map(h => fetch(h).then(r => r.status).catch(() => 0)));
   document.getElementById('result').textContent = JSON.stringify({
-    title: doc.title, rows: doc.querySelectorAll('tr').length,
+    title: doc.title, rows: doc.querySelector('table').querySelectorAll('tr').length, tables: doc.querySelectorAll('table').length,
     images: imgs.map(i => i.naturalWidth), links: codes});
 };
 </script></body></html>"""
@@ -132,7 +132,7 @@ def test_index_renders_in_a_headless_browser(sweep_dir):
         server.shutdown()
     start = dom.index('<pre id="result">') + len('<pre id="result">')
     result = json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"'))
-    assert result["title"].startswith("unit") and result["rows"] == 6
+    assert result["title"].startswith("unit") and result["rows"] == 6 and result["tables"] == 2   # cells, categories
     assert result["images"] and all(w > 0 for w in result["images"])     # every image loaded
     assert result["links"] and all(code == 200 for code in result["links"])
 
