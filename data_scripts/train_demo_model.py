@@ -329,14 +329,25 @@ def make_lookup_batch(step: int, args, enc: Encoder, n: int = 0):
     """Text-only option look-up sequences ("Which option is red?" -> "B) red"): they teach the binding of an
     answer to its option letter, the step the video questions learn last, at a tiny fraction of their cost."""
     rng = np.random.default_rng([args.seed, step, 1])
-    seqs, weights, answers = [], [], []
+    rows = []
     for _ in range(n or args.lookup):
         pool = LOOKUP_POOLS[int(rng.integers(len(LOOKUP_POOLS)))]
         n = int(rng.integers(2, min(5, len(pool)) + 1))
         cands = [pool[i] for i in rng.choice(len(pool), n, replace=False)]
         q = {"question": f"Which option is {cands[0]}?", "candidates": [cands[i] for i in rng.permutation(n)],
              "answer": cands[0]}
-        p = enc.ids("<|im_start|>user\n" + S.mvbench_question(q["question"], q["candidates"]) +
+        rows.append(("", q))
+    return text_qa_batch(rows, step, args, enc)
+
+
+def text_qa_batch(rows, step: int, args, enc: Encoder):
+    """(ids, mask, weights, answers) of text-only one-turn questions, ``rows`` = [(context, question dict)]: the
+    official question block (after the context line, if any), the answer prefix, then the target ``B) red``;
+    ``answers`` rows are (sequence, position predicting the letter, answer class) for the answer head."""
+    seqs, weights, answers = [], [], []
+    for context, q in rows:
+        p = enc.ids("<|im_start|>user\n" + (context + "\n" if context else "") +
+                    S.mvbench_question(q["question"], q["candidates"]) +
                     "<|im_end|>\n<|im_start|>assistant\n" + S.MVBENCH_ANSWER_PREFIX)
         a = enc.answer(q)
         answers.append((len(seqs), len(p) - 1, ANSWER_CLASSES.index(q["answer"])))
@@ -356,7 +367,7 @@ def make_indirect_batch(step: int, args, enc: Encoder, n: int = 0):
     options does not work; the model has to carry the answer to the letter position and look it up from there,
     which is what a video question needs."""
     rng = np.random.default_rng([args.seed, step, 2])
-    seqs, weights, answers = [], [], []
+    rows = []
     for _ in range(n or args.indirect):
         k = int(rng.integers(2, 4))
         shapes = [S.SHAPES[i] for i in rng.permutation(len(S.SHAPES))[:k]]
@@ -378,17 +389,8 @@ def make_indirect_batch(step: int, args, enc: Encoder, n: int = 0):
         n_opt = min(len(pool), k + int(rng.integers(0, 2)))
         cands = values + extra[:n_opt - k]
         cands = [cands[i] for i in rng.permutation(len(cands))]
-        p = enc.ids("<|im_start|>user\n" + context + "\n" + S.mvbench_question(q, cands) +
-                    "<|im_end|>\n<|im_start|>assistant\n" + S.MVBENCH_ANSWER_PREFIX)
-        a = enc.answer({"candidates": cands, "answer": values[0]})
-        answers.append((len(seqs), len(p) - 1, ANSWER_CLASSES.index(values[0])))
-        seqs.append(p + a)
-        weights.append([0.0] * len(p) + [letter_weight_at(step, args)] + [1.0] * (len(a) - 1))
-    ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
-    wt = torch.zeros(ids.shape)
-    for i, w in enumerate(weights):
-        wt[i, :len(w)] = torch.tensor(w)
-    return ids, mask, wt, torch.tensor(answers, dtype=torch.long).view(-1, 3)
+        rows.append((context, {"question": q, "candidates": cands, "answer": values[0]}))
+    return text_qa_batch(rows, step, args, enc)
 
 
 # Every answer string of the benchmark (and of the look-up sequences): the classes of the answer head.
