@@ -29,6 +29,9 @@ as the user text after the video, and the assistant answer prefix ``Best option:
   head shared with the text-only look-up sequences, so that the content is there before the last layer binds it
   to a letter;
 - text-only option look-up sequences (``--lookup``, ``--lookup-pretrain``) that teach that binding cheaply;
+- binding losses at the same positions (``--bind-weight``, ``--probe-weight``, ``--flag-weight``): one attention
+  head of the last layer is told to look at the gold option's tokens, and probes on the option tokens ask for the
+  option's letter and for whether it is the answer;
 - a curriculum: fewer objects, frames (``--frames-schedule``) and a fixed option order first, then the full task
   distribution, shuffled;
 - zero-initialised residual branches, bf16 autocast where the CPU has native bf16 (``--no-bf16`` otherwise),
@@ -410,7 +413,7 @@ def answer_loss(answer_head, answer_capture, answers, args):
     return F.cross_entropy(z, answers[:, 2])
 
 
-def lookup_loss(model, batch, args, answer_head=None, answer_capture=None):
+def lookup_loss(model, batch, args, answer_head=None, answer_capture=None, bind=None, stats=None, prefix=""):
     ids, mask, wt, answers = batch
     with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
@@ -423,7 +426,124 @@ def lookup_loss(model, batch, args, answer_head=None, answer_capture=None):
         a = answer_loss(answer_head, answer_capture, answers, args)
         if a is not None:
             loss = loss + args.answer_aux_weight * a
+    if bind is not None:
+        loss = bind.add_to(loss, stats if stats is not None else {}, prefix, ids, answers, args)
     return loss, ce[letter].mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Binding: the last step of every answer, "the content I computed is option B" (training only)
+# ----------------------------------------------------------------------------------------------------------
+
+def option_spans(row: list, p: int, tokens: dict):
+    """([positions of option j's content tokens], index of the gold option) of the question block answered at
+    position ``p`` (the ``(`` that predicts the letter; the gold letter is ``row[p + 1]``): the options are the
+    ``(X) content`` lines after the last ``Options`` token before ``p``. None if no block is found."""
+    start = max((i for i in range(p) if row[i] == tokens["options"]), default=-1)
+    if start < 0:
+        return None
+    spans, letters = [], tokens["letters"]
+    i = start
+    while i < p - 2:
+        if row[i] == tokens["paren"] and row[i + 1] in letters and row[i + 2] == tokens["close"]:
+            j = i + 3
+            while j < p and row[j] != tokens["newline"]:
+                j += 1
+            spans.append((letters.index(row[i + 1]), list(range(i + 3, j))))
+            i = j
+        else:
+            i += 1
+    gold = letters.index(row[p + 1]) if row[p + 1] in letters else -1
+    spans = [s for _, s in sorted(spans)]
+    if gold < 0 or gold >= len(spans) or not all(spans):
+        return None
+    return spans, gold
+
+
+def _rotate(x, cos, sin):
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
+
+
+class Binding:
+    """Two training-only losses that teach the binding directly, at every position that predicts an option letter:
+
+    - attention supervision: one head (``--bind-head``) of one layer (``--bind-layer``, default the last) should put
+      its attention from the letter position on the gold option's content tokens (-log of that attention mass,
+      recomputed from the layer's own q/k projections and rotary embedding, so it is the real attention);
+    - a letter probe: the hidden state entering that layer, at each option's content tokens, should say which
+      letter the option has (what the head's value must carry to the letter position);
+    - a gold-flag probe (``--flag-weight``): the same hidden states should say whether their option is the answer,
+      so that the option tokens themselves work the answer out and the head only has to find the flagged one (a
+      single direction for its keys, instead of matching every answer to every option word).
+    """
+
+    def __init__(self, model, tok, args):
+        n_layers = model.config.text_config.num_hidden_layers
+        self.attn = model.model.language_model.layers[args.bind_layer % n_layers].self_attn
+        self.head = args.bind_head
+        self.handle = self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        hidden = model.config.text_config.hidden_size
+        self.probe = torch.nn.Linear(hidden, len(S.OPTION_LETTERS[:5]))
+        self.flag = torch.nn.Linear(hidden, 1)
+        self.heads = torch.nn.ModuleList([self.probe, self.flag])
+        self.tokens = {"options": tok.convert_tokens_to_ids("Options"), "paren": tok.convert_tokens_to_ids("("),
+                       "close": tok.convert_tokens_to_ids(")"), "newline": tok.convert_tokens_to_ids("\u010a"),
+                       "letters": [tok.convert_tokens_to_ids(c) for c in S.OPTION_LETTERS[:5]]}
+        self.h = self.pe = None
+
+    def _hook(self, module, args, kwargs):
+        self.h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        self.pe = kwargs["position_embeddings"]
+
+    def loss(self, ids, answers):
+        """(attention loss, probe loss, attention mass on the gold option) over the marks ``answers`` (rows of
+        (sequence, position predicting the letter, answer class))."""
+        h, (cos, sin) = self.h, self.pe
+        self.h = self.pe = None
+        if h is None or not len(answers):
+            return None
+        a = self.attn
+        hd, groups = a.head_dim, a.num_key_value_groups
+        rows = ids.tolist()
+        att, probe_x, probe_y, flag_y, mass = [], [], [], [], []
+        for b in sorted(set(answers[:, 0].tolist())):
+            cb, sb = cos[min(b, cos.shape[0] - 1)], sin[min(b, sin.shape[0] - 1)]     # (L, hd); batch dim may be 1
+            k_all = a.k_proj(h[b]).view(h.shape[1], -1, hd)[:, self.head // groups]          # (L, hd)
+            k_all = _rotate(k_all, cb, sb)
+            for _, p, _ in answers[answers[:, 0] == b].tolist():
+                found = option_spans(rows[b], p, self.tokens)
+                if found is None:
+                    continue
+                spans, gold = found
+                q = a.q_proj(h[b, p]).view(-1, hd)[self.head]
+                q = _rotate(q, cb[p], sb[p])
+                logp = ((k_all[:p + 1] @ q) * a.scaling).float().log_softmax(0)
+                lg = logp[spans[gold]].logsumexp(0)
+                att.append(-lg)
+                mass.append(lg.exp().item())
+                for j, s in enumerate(spans):
+                    probe_x.append(h[b, s])
+                    probe_y += [j] * len(s)
+                    flag_y += [float(j == gold)] * len(s)
+        if not att:
+            return None
+        x = torch.cat(probe_x)
+        z = self.probe(x).float()
+        f = self.flag(x).float().squeeze(-1)
+        return (torch.stack(att).mean(), F.cross_entropy(z, torch.tensor(probe_y, device=z.device)),
+                F.binary_cross_entropy_with_logits(f, torch.tensor(flag_y, device=f.device)), float(np.mean(mass)))
+
+    def add_to(self, loss, stats, prefix, ids, answers, args):
+        r = self.loss(ids, answers)
+        if r is None:
+            return loss
+        la, lp, lf, m = r
+        stats[prefix + "bind_mass"] = m
+        stats[prefix + "probe"] = lp.item()
+        if args.flag_weight > 0:
+            stats[prefix + "flag"] = lf.item()
+        return loss + args.bind_weight * la + args.probe_weight * lp + args.flag_weight * lf
 
 
 def make_eval_set(args, shuffle: bool = True):
@@ -453,7 +573,7 @@ class AuxCapture:
 
 
 def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=None, video_id=None,
-               answer_head=None, answer_capture=None):
+               answer_head=None, answer_capture=None, bind=None):
     ids, mask, wt, pix, aux, lm_aux, answers = batch
     with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
         out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix)
@@ -492,6 +612,8 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
         if a is not None:
             stats["answer"] = a.item()
             loss = loss + args.answer_aux_weight * a
+    if bind is not None:
+        loss = bind.add_to(loss, stats, "", ids, answers, args)
     capture.out = None
     return loss, stats
 
@@ -551,9 +673,10 @@ def _plain_args(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("paren_id", "letter_ids", "device_type")}
 
 
-def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, answer_head=None):
+def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, answer_head=None, bind=None):
     state = {"step": step, "model": model.state_dict(), "heads": heads.state_dict(),
              **({"answer_head": answer_head.state_dict()} if answer_head is not None else {}),
+             **({"bind_heads": bind.heads.state_dict()} if bind is not None else {}),
              "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds,
              "args": _plain_args(args), "history": history}
     tmp = path + ".tmp"
@@ -605,6 +728,14 @@ def parse_args(argv=None):
     ap.add_argument("--answer-aux-layer", type=int, default=-2,
                     help="decoder layer whose output feeds that loss (-2: the input of the last layer)")
     ap.add_argument("--answer-aux-from", type=int, default=0, help="step from which the answer loss is on")
+    ap.add_argument("--bind-weight", type=float, default=0.0,
+                    help="weight of the attention supervision from each letter position to the gold option (0: off)")
+    ap.add_argument("--probe-weight", type=float, default=0.0,
+                    help="weight of the option-letter probe at the option tokens entering --bind-layer")
+    ap.add_argument("--flag-weight", type=float, default=0.0,
+                    help="weight of the gold-flag probe at the option tokens entering --bind-layer")
+    ap.add_argument("--bind-layer", type=int, default=-1, help="LLM layer whose attention is supervised")
+    ap.add_argument("--bind-head", type=int, default=0, help="attention head that is supervised")
     ap.add_argument("--curriculum-steps", type=int, default=600)
     ap.add_argument("--start-difficulty", type=float, default=0.0)
     ap.add_argument("--shuffle-from", type=float, default=0.3,
@@ -672,6 +803,11 @@ def main(argv=None) -> int:
     answer_head = torch.nn.Linear(hidden, len(ANSWER_CLASSES)).to(args.device) if args.answer_aux_weight > 0 else None
     answer_capture = LayerCapture(model, args.answer_aux_layer % n_layers) if answer_head is not None else None
     n_params = sum(p.numel() for p in model.parameters())
+    # the binding losses (probe head in its own parameter group, added after the answer head's)
+    bind = Binding(model, tok, args) if (args.bind_weight > 0 or args.probe_weight > 0 or args.flag_weight > 0) \
+        else None
+    if bind is not None:
+        bind.heads.to(args.device)
 
     step, train_seconds, history = 0, 0.0, []
     if os.path.isfile(ckpt_path) and not args.restart:
@@ -686,16 +822,23 @@ def main(argv=None) -> int:
             aux_head.load_state_dict(state["aux_head"])
         # a slim checkpoint (--slim) has no optimizer state: AdamW starts with fresh moments
         opt_state = state.get("optimizer")
-        if answer_head is not None and "answer_head" in state:
-            answer_head.load_state_dict(state["answer_head"])
-            opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
+        # optional heads join in a fixed order (answer head, binding probe), each in its own parameter group; a
+        # head that joins a run which started without it gets fresh moments, the others keep theirs
+        if bind is not None and "bind_probe" in state:          # written before the gold-flag probe existed
+            bind.probe.load_state_dict(state.pop("bind_probe"))
             if opt_state is not None:
-                opt.load_state_dict(opt_state)
-        else:
-            if opt_state is not None:
-                opt.load_state_dict(opt_state)
-            if answer_head is not None:             # joining a run that started without it: fresh moments
-                opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
+                print("note: the binding heads changed: AdamW moments start afresh")
+                opt_state = None
+        extra = [(answer_head, "answer_head"), (bind.heads if bind is not None else None, "bind_heads")]
+        for head, key in extra:
+            if head is not None and key in state:
+                head.load_state_dict(state[key])
+                opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+        for head, key in extra:
+            if head is not None and key not in state:
+                opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
         if opt_state is None:
             print("note: checkpoint without optimizer state (slim): AdamW moments start afresh")
         torch.set_rng_state(state["torch_rng"])
@@ -710,6 +853,8 @@ def main(argv=None) -> int:
         print(f"new run: size {args.size}, {n_params / 1e6:.2f} M parameters, seed {args.seed}")
         if answer_head is not None:
             opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
+        if bind is not None:
+            opt.add_param_group({"params": list(bind.heads.parameters()), "weight_decay": args.weight_decay})
 
     eval_items = make_eval_set(args)
     fixed_items = make_eval_set(args, shuffle=False) if args.eval_fixed else None
@@ -757,19 +902,21 @@ def main(argv=None) -> int:
             batch = to_device(make_batch(step, args, enc), args.device)
             t_data = time.time() - t0
             loss, stats = train_loss(model, aux_head, capture, batch, args, lm_head, lm_capture, enc.video_id,
-                                     *answer_args(step))
+                                     *answer_args(step), bind=bind)
         if args.lookup > 0 and step >= args.lookup_pretrain:
             l2, stats["lookup_letter"] = lookup_loss(model, to_device(make_lookup_batch(step, args, enc), args.device), args,
-                                                     *answer_args(step))
+                                                     *answer_args(step), bind=bind, stats=stats, prefix="lookup_")
             loss = loss + args.lookup_weight * l2
         if args.indirect > 0 and step >= args.lookup_pretrain:
             l3, stats["indirect_letter"] = lookup_loss(model, to_device(make_indirect_batch(step, args, enc),
-                                                                        args.device), args, *answer_args(step))
+                                                                        args.device), args, *answer_args(step),
+                                               bind=bind, stats=stats, prefix="indirect_")
             loss = loss + args.lookup_weight * l3
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()) +
-                                       (list(answer_head.parameters()) if answer_head is not None else []), 1.0)
+                                       (list(answer_head.parameters()) if answer_head is not None else []) +
+                                       (list(bind.heads.parameters()) if bind is not None else []), 1.0)
         opt.step()
         step += 1
         dt = time.time() - t0
@@ -790,11 +937,11 @@ def main(argv=None) -> int:
                 f.write(json.dumps(rec) + "\n")
             print(f"eval step {step} ({train_seconds / 60:.1f} train-min): {fmt_eval(r)}", flush=True)
         if step % args.ckpt_every == 0 or done:
-            save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, answer_head)
+            save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, answer_head, bind)
         if done:
             break
     capture.handle.remove()
-    for c in (lm_capture, answer_capture):
+    for c in (lm_capture, answer_capture, bind):
         if c is not None:
             c.handle.remove()
     model.eval()

@@ -206,3 +206,45 @@ def test_indirect_questions_need_the_facts(T, enc):
         assert set(stated) <= {o for _, o in options} and len(stated) >= 2
         letter = enc.tok.decode(ids[row, pos + 1:pos + 2])
         assert dict(options)[letter] == answer
+
+
+def test_option_spans_find_each_options_content(T, enc):
+    """The binding losses need, for each letter prediction, the content tokens of every option of its own question."""
+    args = T.parse_args(["--batch", "2", "--questions-per-video", "3"])
+    ids, mask, wt, pix, aux, lm_aux, answers = T.make_batch(5, args, enc)
+    tok = enc.tok
+    bind_tokens = {"options": tok.convert_tokens_to_ids("Options"), "paren": tok.convert_tokens_to_ids("("),
+                   "close": tok.convert_tokens_to_ids(")"), "newline": tok.convert_tokens_to_ids("\u010a"),
+                   "letters": enc.letter_ids}
+    rows = ids.tolist()
+    for row, pos, cls in answers.tolist():
+        spans, gold = T.option_spans(rows[row], pos, bind_tokens)
+        block = tok.decode(rows[row][:pos]).rsplit("Options:\n", 1)[1]
+        options = re.findall(r"\(([A-E])\) ([^\n]+)", block)
+        assert [tok.decode(rows[row][s[0]:s[-1] + 1]).strip() for s in spans] == [o for _, o in options]
+        assert options[gold][1] == T.ANSWER_CLASSES[cls] and "ABCDE"[gold] == tok.decode(rows[row][pos + 1])
+
+
+def test_binding_attention_is_the_models_attention(T, enc):
+    """The supervised attention mass is recomputed from the layer's own projections: it must equal what eager
+    attention reports for that head, at the letter position, on the gold option's tokens."""
+    args = T.parse_args(["--size", "xs", "--bind-weight", "1", "--probe-weight", "1", "--bind-head", "1"])
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=0, zero_residuals=False)
+    model.set_attn_implementation("eager")
+    bind = T.Binding(model, enc.tok, args)
+    ids, mask, wt, answers = T.make_lookup_batch(2, args, enc, 3)
+    out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    att = out.attentions[-1]                                        # (B, heads, L, L)
+    rows = ids.tolist()
+    want = []
+    for row, pos, _ in answers.tolist():
+        spans, gold = T.option_spans(rows[row], pos, bind.tokens)
+        want.append(float(att[row, 1, pos, spans[gold]].sum().detach()))
+    la, lp, lf, mass = bind.loss(ids, answers)
+    assert mass == pytest.approx(float(np.mean(want)), rel=1e-4)
+    assert float(la) == pytest.approx(float(np.mean([-np.log(w) for w in want])), rel=1e-4)
+    (la + lp + lf).backward()
+    assert model.model.language_model.layers[-1].self_attn.q_proj.weight.grad is not None
+    assert bind.probe.weight.grad is not None and bind.flag.weight.grad is not None
+    bind.handle.remove()
