@@ -243,7 +243,7 @@ def test_binding_attention_is_the_models_attention(T, enc):
         want.append(float(att[row, 1, pos, spans[gold]].sum().detach()))
     la, lp, lf, mass = bind.loss(ids, answers)
     assert mass == pytest.approx(float(np.mean(want)), rel=1e-4)
-    assert float(la) == pytest.approx(float(np.mean([-np.log(w) for w in want])), rel=1e-4)
+    assert la.item() == pytest.approx(float(np.mean([-np.log(w) for w in want])), rel=1e-4)
     (la + lp + lf).backward()
     assert model.model.language_model.layers[-1].self_attn.q_proj.weight.grad is not None
     assert bind.probe.weight.grad is not None and bind.flag.weight.grad is not None
