@@ -61,6 +61,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from prunevid import demo_model as D  # noqa: E402
 from prunevid import synthetic as S  # noqa: E402
 from prunevid.video import preprocess_frames  # noqa: E402
+from transformers.models.qwen2.modeling_qwen2 import rotate_half  # noqa: E402
 
 TOKENS_PER_FRAME = 49
 N_VIDEO = S.NUM_FRAMES * TOKENS_PER_FRAME + 1
@@ -461,12 +462,19 @@ def option_spans(row: list, p: int, tokens: dict):
 
 
 def _rotate(x, cos, sin):
-    h = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
+    """Rotary embedding of ``x`` (..., head_dim), as the model's attention applies it."""
+    return x * cos + rotate_half(x) * sin
+
+
+def option_tokens(tok) -> dict:
+    """The token ids ``option_spans`` reads an option block with."""
+    return {"options": tok.convert_tokens_to_ids("Options"), "paren": tok.convert_tokens_to_ids("("),
+            "close": tok.convert_tokens_to_ids(")"), "newline": tok.convert_tokens_to_ids("\u010a"),
+            "letters": [tok.convert_tokens_to_ids(c) for c in S.OPTION_LETTERS[:5]]}
 
 
 class Binding:
-    """Two training-only losses that teach the binding directly, at every position that predicts an option letter:
+    """Three training-only losses that teach the binding directly, at every position that predicts an option letter:
 
     - attention supervision: one head (``--bind-head``) of one layer (``--bind-layer``, default the last) should put
       its attention from the letter position on the gold option's content tokens (-log of that attention mass,
@@ -487,9 +495,7 @@ class Binding:
         self.probe = torch.nn.Linear(hidden, len(S.OPTION_LETTERS[:5]))
         self.flag = torch.nn.Linear(hidden, 1)
         self.heads = torch.nn.ModuleList([self.probe, self.flag])
-        self.tokens = {"options": tok.convert_tokens_to_ids("Options"), "paren": tok.convert_tokens_to_ids("("),
-                       "close": tok.convert_tokens_to_ids(")"), "newline": tok.convert_tokens_to_ids("\u010a"),
-                       "letters": [tok.convert_tokens_to_ids(c) for c in S.OPTION_LETTERS[:5]]}
+        self.tokens = option_tokens(tok)
         self.h = self.pe = None
 
     def _hook(self, module, args, kwargs):
@@ -497,7 +503,7 @@ class Binding:
         self.pe = kwargs["position_embeddings"]
 
     def loss(self, ids, answers):
-        """(attention loss, probe loss, attention mass on the gold option) over the marks ``answers`` (rows of
+        """(attention loss, letter-probe loss, flag-probe loss, attention mass on the gold option) over the marks ``answers`` (rows of
         (sequence, position predicting the letter, answer class))."""
         h, (cos, sin) = self.h, self.pe
         self.h = self.pe = None
@@ -824,11 +830,6 @@ def main(argv=None) -> int:
         opt_state = state.get("optimizer")
         # optional heads join in a fixed order (answer head, binding probe), each in its own parameter group; a
         # head that joins a run which started without it gets fresh moments, the others keep theirs
-        if bind is not None and "bind_probe" in state:          # written before the gold-flag probe existed
-            bind.probe.load_state_dict(state.pop("bind_probe"))
-            if opt_state is not None:
-                print("note: the binding heads changed: AdamW moments start afresh")
-                opt_state = None
         extra = [(answer_head, "answer_head"), (bind.heads if bind is not None else None, "bind_heads")]
         for head, key in extra:
             if head is not None and key in state:

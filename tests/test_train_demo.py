@@ -213,9 +213,7 @@ def test_option_spans_find_each_options_content(T, enc):
     args = T.parse_args(["--batch", "2", "--questions-per-video", "3"])
     ids, mask, wt, pix, aux, lm_aux, answers = T.make_batch(5, args, enc)
     tok = enc.tok
-    bind_tokens = {"options": tok.convert_tokens_to_ids("Options"), "paren": tok.convert_tokens_to_ids("("),
-                   "close": tok.convert_tokens_to_ids(")"), "newline": tok.convert_tokens_to_ids("\u010a"),
-                   "letters": enc.letter_ids}
+    bind_tokens = T.option_tokens(tok)
     rows = ids.tolist()
     for row, pos, cls in answers.tolist():
         spans, gold = T.option_spans(rows[row], pos, bind_tokens)
