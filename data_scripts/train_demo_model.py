@@ -32,6 +32,11 @@ as the user text after the video, and the assistant answer prefix ``Best option:
 - binding losses at the same positions (``--bind-weight``, ``--probe-weight``, ``--flag-weight``): one attention
   head of the last layer is told to look at the gold option's tokens, and probes on the option tokens ask for the
   option's letter and for whether it is the answer;
+- a read-out loss (``--ground-weight``): one attention head of an earlier layer (``--ground-layer``) is told to
+  look, from each letter position of a video question, at the video tokens that hold the answer (the asked-about
+  object's cells, the last frame for the scene change, the newline token for the count);
+- a per-patch position loss (``--pos-weight``): each patch's row and column read linearly from the projector
+  output, so that the features the LLM receives say where they are (motion needs it);
 - a curriculum: fewer objects, frames (``--frames-schedule``) and a fixed option order first, then the full task
   distribution, shuffled;
 - zero-initialised residual branches, bf16 autocast where the CPU has native bf16 (``--no-bf16`` otherwise),
@@ -186,10 +191,9 @@ N_LM_AUX = (1 + len(S.COLOR_NAMES), 1 + len(S.SHAPES), 5, 2, len(S.COLOR_NAMES),
 LM_AUX_IGNORE = -100
 
 
-def lm_token_labels(video: S.Video, sub: np.ndarray) -> torch.Tensor:
-    """(len(sub) * CGRID**2 + 1, len(N_LM_AUX)) long targets of the video tokens (frames ``sub``, 7 x 7 cells,
-    then the newline token), ``LM_AUX_IGNORE`` where a target is undefined (object targets on background cells).
-    "So far" means over the frames in ``sub`` up to the token's frame."""
+def cell_fractions(video: S.Video, sub: np.ndarray) -> np.ndarray:
+    """(len(sub), CGRID**2, n_tracks) float: the fraction of each 16 px cell (one video token) that each object
+    covers in frames ``sub``, objects painted in render order."""
     Z = S.FRAME_SIZE
     nT, nC = len(sub), CGRID * CGRID
     owner = np.zeros((nT, Z, Z), np.int8)
@@ -204,8 +208,16 @@ def lm_token_labels(video: S.Video, sub: np.ndarray) -> torch.Tensor:
             if xa < xb and ya < yb:
                 owner[j, ya:yb, xa:xb][m[ya - y0:yb - y0, xa - x0:xb - x0]] = k
     blocks = owner.reshape(nT, CGRID, CELL, CGRID, CELL).transpose(0, 1, 3, 2, 4).reshape(nT, nC, -1)
-    frac = np.stack([(blocks == k).mean(-1) for k in range(1, len(video.tracks) + 1)], -1) \
+    return np.stack([(blocks == k).mean(-1) for k in range(1, len(video.tracks) + 1)], -1) \
         if video.tracks else np.zeros((nT, nC, 0))
+
+
+def lm_token_labels(video: S.Video, sub: np.ndarray) -> torch.Tensor:
+    """(len(sub) * CGRID**2 + 1, len(N_LM_AUX)) long targets of the video tokens (frames ``sub``, 7 x 7 cells,
+    then the newline token), ``LM_AUX_IGNORE`` where a target is undefined (object targets on background cells).
+    "So far" means over the frames in ``sub`` up to the token's frame."""
+    nT, nC = len(sub), CGRID * CGRID
+    frac = cell_fractions(video, sub)
     lab = np.full((nT * nC + 1, len(N_LM_AUX)), LM_AUX_IGNORE, np.int64)
     scenes = [video.scenes[t] for t in sub]
     seen = np.zeros(len(video.tracks), bool)
@@ -246,6 +258,62 @@ def lm_token_labels(video: S.Video, sub: np.ndarray) -> torch.Tensor:
                 frame_lab[cells, 5] = int(first_seen[k] == latest and (first_seen[seen] < latest).any())
     lab[-1, 6:] = lab[-2, 6:]                  # the newline token sees the whole video: video-level targets
     return torch.from_numpy(lab)
+
+
+SINK = -1          # ground_tokens' mark for "no token holds it": the first token of the sequence
+
+
+def ground_tokens(video: S.Video, q: dict, sub: np.ndarray) -> list:
+    """Indices (into the video-token run: frame-major 7 x 7 cells of frames ``sub``, then the newline token) of
+    the tokens that hold the answer to question ``q`` about ``video``, by the labels ``lm_token_labels`` puts
+    there: the named object's cells (in the frames showing the asked-for colour, or its last frame for its
+    direction), the whole last frame for the scene change, the newline token for the count; ``[SINK]`` for an
+    absent object (attend to the sequence's first token: finding nothing must look different from finding a
+    near miss of the same colour or shape). Empty when the object is not visible in ``sub``."""
+    nT, nC = len(sub), CGRID * CGRID
+    frac = cell_fractions(video, sub)
+    own = (frac.max(-1) >= 0.2)[..., None] & (frac == frac.max(-1, keepdims=True)) if frac.shape[-1] else None
+
+    def cells(tr, frames=None):
+        k = next(i for i, t in enumerate(video.tracks) if t is tr)
+        js = [j for j in range(nT) if own[j, :, k].any() and (frames is None or j in frames)]
+        return [j * nC + c for j in js for c in np.flatnonzero(own[j, :, k])]
+
+    def colour_frames(tr, colour):
+        return [j for j, t in enumerate(sub) if tr.visible[t] and tr.color[t] == colour]
+
+    text, tracks = q["question"], video.tracks
+    if text.startswith("How many objects"):
+        return [nT * nC]
+    if text.startswith("How does the scene change"):
+        return list(range((nT - 1) * nC, nT * nC))
+    if text.startswith("Which direction does the "):
+        name = text[len("Which direction does the "):-len(" move?")]
+        tr = next(t for t in tracks if t.name == name)
+        c = cells(tr)
+        last = max((i // nC for i in c), default=-1)
+        return [i for i in c if i // nC == last]
+    if text.startswith("What colour is the moving object"):
+        tr = next(t for t in tracks if t.moving)
+        return cells(tr)
+    if text.startswith("What colour is the object that appears "):
+        pick = min if text.endswith("first?") else max
+        tr = pick(tracks, key=lambda t: t.first_frame)
+        return cells(tr, colour_frames(tr, tr.first_color))
+    if text.startswith("What colour does the "):
+        shape = text[len("What colour does the "):-len(" turn into?")]
+        tr = next(t for t in tracks if t.shape == shape and t.first_color != t.last_color)
+        return cells(tr, colour_frames(tr, tr.last_color))
+    if text.startswith("Is there a "):
+        colour, shape = text[len("Is there a "):-len(" in the video?")].split(" ")
+        if q["answer"] == "no":
+            return [SINK]
+        out = []
+        for tr in tracks:
+            if tr.shape == shape:
+                out += cells(tr, colour_frames(tr, colour))
+        return out
+    raise ValueError(f"no grounding rule for question {text!r}")
 
 
 class LayerCapture:
@@ -296,7 +364,7 @@ def make_batch(step: int, args, enc: Encoder):
     difficulty, p_shuffle = curriculum(vstep, args)
     sub = frame_subset(frames_at(vstep, args))
     n_video = len(sub) * TOKENS_PER_FRAME + 1
-    seqs, weights, frames, labels, lm_labels, answers = [], [], [], [], [], []
+    seqs, weights, frames, labels, lm_labels, answers, ground = [], [], [], [], [], [], []
     for _ in range(args.batch):
         s = S.sample(rng, difficulty=difficulty, shuffle=bool(rng.random() < p_shuffle), extras=True)
         qs = [s.item]
@@ -309,6 +377,12 @@ def make_batch(step: int, args, enc: Encoder):
         ids, w = enc.training_sequence(qs, s.caption if args.caption_weight > 0 else "", args.caption_weight,
                                        n_video, marks, letter_weight_at(step, args))
         answers += [(len(seqs), p, c) for p, c in marks]
+        if args.ground_weight > 0:          # (row, letter position, absolute positions of the answer's tokens)
+            start = ids.index(enc.video_id)
+            for (p, _), q in zip(marks, qs):
+                g = ground_tokens(s.video, q, sub)
+                if g:
+                    ground.append((len(seqs), p, [0 if i == SINK else start + i for i in g]))
         seqs.append(ids)
         weights.append(w)
         frames.append(s.frames[sub])
@@ -322,7 +396,8 @@ def make_batch(step: int, args, enc: Encoder):
         wt[i, :len(w)] = torch.tensor(w)
     aux = torch.stack(labels).flatten(0, 1) if labels else None      # (B*T, 196, 3)
     lm_aux = torch.stack(lm_labels) if lm_labels else None            # (B, n_video, len(N_LM_AUX))
-    return ids, mask, wt, pixels(frames), aux, lm_aux, torch.tensor(answers, dtype=torch.long).view(-1, 3)
+    return (ids, mask, wt, pixels(frames), aux, lm_aux, torch.tensor(answers, dtype=torch.long).view(-1, 3),
+            ground)
 
 
 LOOKUP_POOLS = (S.COLOR_NAMES, S.DIRECTIONS, S.NUMBERS, S.YES_NO,
@@ -466,6 +541,21 @@ def _rotate(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
+def head_keys(attn, h, cos, sin, head: int):
+    """(L, head_dim) rotated keys of attention head ``head`` of ``attn`` for one row's layer input ``h`` (L, D)."""
+    hd = attn.head_dim
+    k = attn.k_proj(h).view(h.shape[0], -1, hd)[:, head // attn.num_key_value_groups]
+    return _rotate(k, cos, sin)
+
+
+def head_log_attention(attn, keys, h, cos, sin, head: int, p: int):
+    """(p + 1,) log attention of head ``head`` from position ``p`` (its layer input ``h`` (L, D), rotary ``cos`` /
+    ``sin`` (L, head_dim)) over positions 0..p: the causal softmax the layer itself computes."""
+    q = attn.q_proj(h[p]).view(-1, attn.head_dim)[head]
+    q = _rotate(q, cos[p], sin[p])
+    return ((keys[:p + 1] @ q) * attn.scaling).float().log_softmax(0)
+
+
 def option_tokens(tok) -> dict:
     """The token ids ``option_spans`` reads an option block with."""
     return {"options": tok.convert_tokens_to_ids("Options"), "paren": tok.convert_tokens_to_ids("("),
@@ -510,21 +600,17 @@ class Binding:
         if h is None or not len(answers):
             return None
         a = self.attn
-        hd, groups = a.head_dim, a.num_key_value_groups
         rows = ids.tolist()
         att, probe_x, probe_y, flag_y, mass = [], [], [], [], []
         for b in sorted(set(answers[:, 0].tolist())):
             cb, sb = cos[min(b, cos.shape[0] - 1)], sin[min(b, sin.shape[0] - 1)]     # (L, hd); batch dim may be 1
-            k_all = a.k_proj(h[b]).view(h.shape[1], -1, hd)[:, self.head // groups]          # (L, hd)
-            k_all = _rotate(k_all, cb, sb)
+            k_all = head_keys(a, h[b], cb, sb, self.head)
             for _, p, _ in answers[answers[:, 0] == b].tolist():
                 found = option_spans(rows[b], p, self.tokens)
                 if found is None:
                     continue
                 spans, gold = found
-                q = a.q_proj(h[b, p]).view(-1, hd)[self.head]
-                q = _rotate(q, cb[p], sb[p])
-                logp = ((k_all[:p + 1] @ q) * a.scaling).float().log_softmax(0)
+                logp = head_log_attention(a, k_all, h[b], cb, sb, self.head, p)
                 lg = logp[spans[gold]].logsumexp(0)
                 att.append(-lg)
                 mass.append(lg.exp().item())
@@ -550,6 +636,41 @@ class Binding:
         if args.flag_weight > 0:
             stats[prefix + "flag"] = lf.item()
         return loss + args.bind_weight * la + args.probe_weight * lp + args.flag_weight * lf
+
+
+class Grounding:
+    """Training-only attention supervision of the video read-out: one head (``--ground-head``) of one layer
+    (``--ground-layer``) should put its attention from each letter position of a video question on the video
+    tokens that hold the answer (``ground_tokens``): -log of that attention mass, recomputed from the layer's own
+    projections like ``Binding``'s. The labels of ``lm_token_labels`` put the answer in those tokens; this loss
+    teaches the question to find them among the 785."""
+
+    def __init__(self, model, args):
+        n_layers = model.config.text_config.num_hidden_layers
+        self.attn = model.model.language_model.layers[args.ground_layer % n_layers].self_attn
+        self.head = args.ground_head
+        self.handle = self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.h = self.pe = None
+
+    def _hook(self, module, args, kwargs):
+        self.h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        self.pe = kwargs["position_embeddings"]
+
+    def loss(self, ground):
+        """(loss, mean attention mass on the answer's tokens) over ``ground`` (row, letter position, positions)."""
+        h, (cos, sin) = self.h, self.pe
+        self.h = self.pe = None
+        if h is None or not ground:
+            return None
+        out, mass = [], []
+        for b in sorted({g[0] for g in ground}):
+            cb, sb = cos[min(b, cos.shape[0] - 1)], sin[min(b, sin.shape[0] - 1)]
+            keys = head_keys(self.attn, h[b], cb, sb, self.head)
+            for _, p, pos in (g for g in ground if g[0] == b):
+                lg = head_log_attention(self.attn, keys, h[b], cb, sb, self.head, p)[pos].logsumexp(0)
+                out.append(-lg)
+                mass.append(lg.exp().item())
+        return torch.stack(out).mean(), float(np.mean(mass))
 
 
 def make_eval_set(args, shuffle: bool = True):
@@ -578,9 +699,22 @@ class AuxCapture:
         self.out = output
 
 
+def position_loss(pos_head, feats):
+    """Cross-entropy of each patch's row and column (GRID classes each) read linearly from the projector output
+    ``feats`` (B*T, GRID*GRID, D): keeps where a patch is in the features the language model receives, which
+    motion ("where is it now, where was it before") needs and the content targets alone let fade."""
+    idx = torch.arange(GRID * GRID, device=feats.device)
+    z = pos_head(feats).float()                                            # (B*T, GRID*GRID, 2*GRID)
+    rows, cols = z.split(GRID, dim=-1)
+    tgt_r, tgt_c = (idx // GRID).expand(z.shape[0], -1), (idx % GRID).expand(z.shape[0], -1)
+    return (F.cross_entropy(rows.reshape(-1, GRID), tgt_r.reshape(-1))
+            + F.cross_entropy(cols.reshape(-1, GRID), tgt_c.reshape(-1)))
+
+
 def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=None, video_id=None,
-               answer_head=None, answer_capture=None, bind=None):
-    ids, mask, wt, pix, aux, lm_aux, answers = batch
+               answer_head=None, answer_capture=None, bind=None, pos_head=None, grounding=None):
+    ids, mask, wt, pix, aux, lm_aux, answers = batch[:7]
+    ground = batch[7] if len(batch) > 7 else []
     with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
         out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix)
         logits = out.logits[:, :-1].float()
@@ -620,6 +754,16 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
             loss = loss + args.answer_aux_weight * a
     if bind is not None:
         loss = bind.add_to(loss, stats, "", ids, answers, args)
+    if grounding is not None:
+        r = grounding.loss(ground)
+        if r is not None:
+            stats["ground_mass"] = r[1]
+            loss = loss + args.ground_weight * r[0]
+    if pos_head is not None:
+        with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
+            pl = position_loss(pos_head, capture.out)
+        stats["position"] = pl.item()
+        loss = loss + args.pos_weight * pl
     capture.out = None
     return loss, stats
 
@@ -679,10 +823,12 @@ def _plain_args(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("paren_id", "letter_ids", "device_type")}
 
 
-def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, answer_head=None, bind=None):
+def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, answer_head=None, bind=None,
+                    pos_head=None):
     state = {"step": step, "model": model.state_dict(), "heads": heads.state_dict(),
              **({"answer_head": answer_head.state_dict()} if answer_head is not None else {}),
              **({"bind_heads": bind.heads.state_dict()} if bind is not None else {}),
+             **({"pos_head": pos_head.state_dict()} if pos_head is not None else {}),
              "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds,
              "args": _plain_args(args), "history": history}
     tmp = path + ".tmp"
@@ -742,6 +888,12 @@ def parse_args(argv=None):
                     help="weight of the gold-flag probe at the option tokens entering --bind-layer")
     ap.add_argument("--bind-layer", type=int, default=-1, help="LLM layer whose attention is supervised")
     ap.add_argument("--bind-head", type=int, default=0, help="attention head that is supervised")
+    ap.add_argument("--pos-weight", type=float, default=0.0,
+                    help="weight of the per-patch row/column loss on the projector output (0: off)")
+    ap.add_argument("--ground-weight", type=float, default=0.0,
+                    help="weight of the video read-out attention supervision (0: off)")
+    ap.add_argument("--ground-layer", type=int, default=-2, help="LLM layer whose read-out attention is supervised")
+    ap.add_argument("--ground-head", type=int, default=0, help="attention head that is supervised")
     ap.add_argument("--curriculum-steps", type=int, default=600)
     ap.add_argument("--start-difficulty", type=float, default=0.0)
     ap.add_argument("--shuffle-from", type=float, default=0.3,
@@ -814,6 +966,9 @@ def main(argv=None) -> int:
         else None
     if bind is not None:
         bind.heads.to(args.device)
+    grounding = Grounding(model, args) if args.ground_weight > 0 else None
+    # the position head (own parameter group, added after the binding probe's)
+    pos_head = torch.nn.Linear(hidden, 2 * GRID).to(args.device) if args.pos_weight > 0 else None
 
     step, train_seconds, history = 0, 0.0, []
     if os.path.isfile(ckpt_path) and not args.restart:
@@ -828,9 +983,10 @@ def main(argv=None) -> int:
             aux_head.load_state_dict(state["aux_head"])
         # a slim checkpoint (--slim) has no optimizer state: AdamW starts with fresh moments
         opt_state = state.get("optimizer")
-        # optional heads join in a fixed order (answer head, binding probe), each in its own parameter group; a
+        # optional heads join in a fixed order (answer head, binding probe, position head), each in its own parameter group; a
         # head that joins a run which started without it gets fresh moments, the others keep theirs
-        extra = [(answer_head, "answer_head"), (bind.heads if bind is not None else None, "bind_heads")]
+        extra = [(answer_head, "answer_head"), (bind.heads if bind is not None else None, "bind_heads"),
+                 (pos_head, "pos_head")]
         for head, key in extra:
             if head is not None and key in state:
                 head.load_state_dict(state[key])
@@ -856,6 +1012,8 @@ def main(argv=None) -> int:
             opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
         if bind is not None:
             opt.add_param_group({"params": list(bind.heads.parameters()), "weight_decay": args.weight_decay})
+        if pos_head is not None:
+            opt.add_param_group({"params": list(pos_head.parameters()), "weight_decay": args.weight_decay})
 
     eval_items = make_eval_set(args)
     fixed_items = make_eval_set(args, shuffle=False) if args.eval_fixed else None
@@ -903,7 +1061,7 @@ def main(argv=None) -> int:
             batch = to_device(make_batch(step, args, enc), args.device)
             t_data = time.time() - t0
             loss, stats = train_loss(model, aux_head, capture, batch, args, lm_head, lm_capture, enc.video_id,
-                                     *answer_args(step), bind=bind)
+                                     *answer_args(step), bind=bind, pos_head=pos_head, grounding=grounding)
         if args.lookup > 0 and step >= args.lookup_pretrain:
             l2, stats["lookup_letter"] = lookup_loss(model, to_device(make_lookup_batch(step, args, enc), args.device), args,
                                                      *answer_args(step), bind=bind, stats=stats, prefix="lookup_")
@@ -917,7 +1075,8 @@ def main(argv=None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()) +
                                        (list(answer_head.parameters()) if answer_head is not None else []) +
-                                       (list(bind.heads.parameters()) if bind is not None else []), 1.0)
+                                       (list(bind.heads.parameters()) if bind is not None else []) +
+                                       (list(pos_head.parameters()) if pos_head is not None else []), 1.0)
         opt.step()
         step += 1
         dt = time.time() - t0
@@ -938,11 +1097,12 @@ def main(argv=None) -> int:
                 f.write(json.dumps(rec) + "\n")
             print(f"eval step {step} ({train_seconds / 60:.1f} train-min): {fmt_eval(r)}", flush=True)
         if step % args.ckpt_every == 0 or done:
-            save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, answer_head, bind)
+            save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, answer_head, bind,
+                            pos_head)
         if done:
             break
     capture.handle.remove()
-    for c in (lm_capture, answer_capture, bind):
+    for c in (lm_capture, answer_capture, bind, grounding):
         if c is not None:
             c.handle.remove()
     model.eval()

@@ -1,5 +1,6 @@
 """Pieces of data_scripts/train_demo_model.py that need no training: sequences, loss masks, aux labels, batches."""
 import importlib.util
+import math
 import os
 import re
 
@@ -70,9 +71,10 @@ def test_patch_labels_follow_the_tracks(T):
 def test_batches_are_a_function_of_seed_and_step(T, enc):
     args = T.parse_args(["--batch", "2", "--seed", "4"])
     a, b, c = T.make_batch(7, args, enc), T.make_batch(7, args, enc), T.make_batch(8, args, enc)
-    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a, b))
+    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a[:7], b[:7])) and a[7] == b[7]
     assert not torch.equal(a[3], c[3])
-    ids, mask, wt, pix, aux, lm_aux, answers = a
+    ids, mask, wt, pix, aux, lm_aux, answers, ground = a
+    assert ground == []                         # the read-out supervision is off by default
     assert lm_aux is None                       # the LM-side loss is off by default
     assert pix.shape == (2, S.NUM_FRAMES, 3, S.FRAME_SIZE, S.FRAME_SIZE) and aux.shape == (2 * S.NUM_FRAMES, 196, 3)
     assert (wt[mask == 0] == 0).all() and wt.sum() > 0
@@ -107,7 +109,7 @@ def test_frames_schedule(T, enc):
     args = T.parse_args(["--batch", "1", "--frames-schedule", "4:10,8:20"])
     assert [T.frames_at(s, args) for s in (0, 9, 10, 19, 20)] == [4, 4, 8, 8, 16]
     assert T.frame_subset(4).tolist() == [0, 5, 10, 15]
-    ids, mask, wt, pix, aux, _, _ = T.make_batch(0, args, enc)
+    ids, mask, wt, pix, aux, *_ = T.make_batch(0, args, enc)
     assert pix.shape[1] == 4 and aux.shape[0] == 4
     assert (ids == enc.video_id).sum() == 4 * T.TOKENS_PER_FRAME + 1
 
@@ -178,7 +180,7 @@ def test_lm_aux_loss_trains_the_llm_layers(T, enc):
 def test_answer_marks_point_at_the_letter_predictions(T, enc):
     """The answer head reads the position whose next token is the option letter, and its class is the answer."""
     args = T.parse_args(["--batch", "2", "--questions-per-video", "3"])
-    ids, mask, wt, pix, aux, lm_aux, answers = T.make_batch(5, args, enc)
+    ids, mask, wt, pix, aux, lm_aux, answers, _ = T.make_batch(5, args, enc)
     assert len(answers) >= 2
     for row, pos, cls in answers.tolist():
         assert ids[row, pos] == enc.tok.convert_tokens_to_ids("(") and ids[row, pos + 1] in enc.letter_ids
@@ -211,7 +213,7 @@ def test_indirect_questions_need_the_facts(T, enc):
 def test_option_spans_find_each_options_content(T, enc):
     """The binding losses need, for each letter prediction, the content tokens of every option of its own question."""
     args = T.parse_args(["--batch", "2", "--questions-per-video", "3"])
-    ids, mask, wt, pix, aux, lm_aux, answers = T.make_batch(5, args, enc)
+    ids, mask, wt, pix, aux, lm_aux, answers, _ = T.make_batch(5, args, enc)
     tok = enc.tok
     bind_tokens = T.option_tokens(tok)
     rows = ids.tolist()
@@ -246,3 +248,73 @@ def test_binding_attention_is_the_models_attention(T, enc):
     assert model.model.language_model.layers[-1].self_attn.q_proj.weight.grad is not None
     assert bind.probe.weight.grad is not None and bind.flag.weight.grad is not None
     bind.handle.remove()
+
+
+def test_ground_tokens_hold_the_answer(T, enc):
+    """The read-out supervision points each question at video tokens whose LM-side labels say its answer."""
+    sub = T.frame_subset(8)
+    nC = T.CGRID ** 2
+    checked, agree = set(), []
+    for i in range(40):
+        s = S.make_item(S.TASKS[i % len(S.TASKS)], S.item_rng(3, S.TASKS[i % len(S.TASKS)], i), extras=True)
+        lab = T.lm_token_labels(s.video, sub)
+        for task, q in [(s.task, s.item)] + list(s.extra.items()):
+            g = T.ground_tokens(s.video, q, sub)
+            text, ans = q["question"], q["answer"]
+            assert all(0 <= j < lab.shape[0] or j == T.SINK for j in g) and len(set(g)) == len(g)
+            if text.startswith("How many"):
+                assert g == [lab.shape[0] - 1]
+                if lab[-1, 6] < 5:                           # the label saturates at five
+                    assert S.NUMBERS[int(lab[-1, 6]) - 1] == ans
+            elif text.startswith("How does the scene"):
+                assert g == list(range(len(sub) * nC - nC, len(sub) * nC))
+            elif text.startswith("Is there") and ans == "no":
+                assert g == [T.SINK]
+            elif g:
+                colours = {S.COLOR_NAMES[int(c) - 1] for c in lab[g, 0]}
+                if text.startswith("Which direction"):
+                    assert len({j // nC for j in g}) == 1                   # the object's last frame in ``sub``
+                    motion = lab[g, 2].tolist()
+                    agree.append(max(set(motion), key=motion.count) == S.DIRECTIONS.index(ans) + 1)
+                elif text.startswith("Is there"):
+                    assert colours == {text.split()[3]}
+                else:                                                       # a colour question: the cells show it
+                    assert colours == {ans}
+            checked.add(task)
+    assert len(checked) == 7
+    assert len(agree) >= 5 and np.mean(agree) >= 0.8      # "motion so far" in sub ~ the direction over all frames
+
+
+def test_grounding_attention_is_the_models_attention(T, enc):
+    """The read-out loss is -log of the real attention mass of the supervised head on the answer's tokens."""
+    args = T.parse_args(["--size", "xs", "--ground-weight", "1", "--ground-layer", "1", "--ground-head", "1",
+                         "--batch", "2", "--frames-schedule", "4:10"])
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", zero_residuals=False, attn_implementation="eager")
+    model.eval()
+    g = T.Grounding(model, args)
+    batch = T.make_batch(0, args, enc)
+    ids, mask, pix, ground = batch[0], batch[1], batch[3], batch[7]
+    assert ground
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix, output_attentions=True)
+        loss, mass = g.loss(ground)
+    att = out.attentions[1][:, 1]                                           # (B, L, L) of the supervised head
+    ref = [att[b, p, pos].sum().item() for b, p, pos in ground]
+    assert abs(mass - sum(ref) / len(ref)) < 1e-4
+    assert abs(loss.item() + sum(math.log(r) for r in ref) / len(ref)) < 1e-3
+    g.handle.remove()
+
+
+def test_position_loss_reads_row_and_column(T):
+    """Patch i of the projector output is at row i // GRID, column i % GRID: features that encode exactly that,
+    read by a matching head, give a loss near zero; shuffled patches do not."""
+    G = T.GRID
+    idx = torch.arange(G * G)
+    one_hot = torch.nn.functional.one_hot
+    feats = torch.cat([one_hot(idx // G, G), one_hot(idx % G, G)], -1).float()[None]     # (1, G*G, 2G)
+    head = torch.nn.Linear(2 * G, 2 * G, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(50 * torch.eye(2 * G))
+    assert T.position_loss(head, feats).item() < 1e-3
+    assert T.position_loss(head, feats[:, torch.randperm(G * G, generator=torch.Generator().manual_seed(0))]) > 1.0
