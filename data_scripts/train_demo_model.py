@@ -212,12 +212,13 @@ def cell_fractions(video: S.Video, sub: np.ndarray) -> np.ndarray:
         if video.tracks else np.zeros((nT, nC, 0))
 
 
-def lm_token_labels(video: S.Video, sub: np.ndarray) -> torch.Tensor:
+def lm_token_labels(video: S.Video, sub: np.ndarray, frac: np.ndarray = None) -> torch.Tensor:
     """(len(sub) * CGRID**2 + 1, len(N_LM_AUX)) long targets of the video tokens (frames ``sub``, 7 x 7 cells,
     then the newline token), ``LM_AUX_IGNORE`` where a target is undefined (object targets on background cells).
-    "So far" means over the frames in ``sub`` up to the token's frame."""
+    "So far" means over the frames in ``sub`` up to the token's frame. ``frac``: ``cell_fractions(video, sub)``
+    if already computed."""
     nT, nC = len(sub), CGRID * CGRID
-    frac = cell_fractions(video, sub)
+    frac = cell_fractions(video, sub) if frac is None else frac
     lab = np.full((nT * nC + 1, len(N_LM_AUX)), LM_AUX_IGNORE, np.int64)
     scenes = [video.scenes[t] for t in sub]
     seen = np.zeros(len(video.tracks), bool)
@@ -263,15 +264,16 @@ def lm_token_labels(video: S.Video, sub: np.ndarray) -> torch.Tensor:
 SINK = -1          # ground_tokens' mark for "no token holds it": the first token of the sequence
 
 
-def ground_tokens(video: S.Video, q: dict, sub: np.ndarray) -> list:
+def ground_tokens(video: S.Video, q: dict, sub: np.ndarray, frac: np.ndarray = None) -> list:
     """Indices (into the video-token run: frame-major 7 x 7 cells of frames ``sub``, then the newline token) of
     the tokens that hold the answer to question ``q`` about ``video``, by the labels ``lm_token_labels`` puts
     there: the named object's cells (in the frames showing the asked-for colour, or its last frame for its
     direction), the whole last frame for the scene change, the newline token for the count; ``[SINK]`` for an
     absent object (attend to the sequence's first token: finding nothing must look different from finding a
-    near miss of the same colour or shape). Empty when the object is not visible in ``sub``."""
+    near miss of the same colour or shape). Empty when the object is not visible in ``sub``. ``frac``:
+    ``cell_fractions(video, sub)`` if already computed."""
     nT, nC = len(sub), CGRID * CGRID
-    frac = cell_fractions(video, sub)
+    frac = cell_fractions(video, sub) if frac is None else frac
     own = (frac.max(-1) >= 0.2)[..., None] & (frac == frac.max(-1, keepdims=True)) if frac.shape[-1] else None
 
     def cells(tr, frames=None):
@@ -377,10 +379,12 @@ def make_batch(step: int, args, enc: Encoder):
         ids, w = enc.training_sequence(qs, s.caption if args.caption_weight > 0 else "", args.caption_weight,
                                        n_video, marks, letter_weight_at(step, args))
         answers += [(len(seqs), p, c) for p, c in marks]
+        # which object covers each video token: shared by the read-out targets and the per-video-token labels
+        frac = cell_fractions(s.video, sub) if (args.ground_weight > 0 or args.lm_aux_weight > 0) else None
         if args.ground_weight > 0:          # (row, letter position, absolute positions of the answer's tokens)
             start = ids.index(enc.video_id)
             for (p, _), q in zip(marks, qs):
-                g = ground_tokens(s.video, q, sub)
+                g = ground_tokens(s.video, q, sub, frac)
                 if g:
                     ground.append((len(seqs), p, [0 if i == SINK else start + i for i in g]))
         seqs.append(ids)
@@ -389,7 +393,7 @@ def make_batch(step: int, args, enc: Encoder):
         if args.aux_weight > 0:
             labels.append(patch_labels(s.video)[sub])
         if args.lm_aux_weight > 0:
-            lm_labels.append(lm_token_labels(s.video, sub))
+            lm_labels.append(lm_token_labels(s.video, sub, frac))
     ids, mask = pad_batch(seqs, enc.tok.pad_token_id)
     wt = torch.zeros(ids.shape)
     for i, w in enumerate(weights):
@@ -563,7 +567,35 @@ def option_tokens(tok) -> dict:
             "letters": [tok.convert_tokens_to_ids(c) for c in S.OPTION_LETTERS[:5]]}
 
 
-class Binding:
+class SupervisedHead:
+    """One attention head of one LLM layer whose attention a training-only loss supervises: a forward pre-hook keeps
+    the layer's input and rotary embedding, from which ``head_keys`` / ``head_log_attention`` recompute the head's
+    real attention."""
+
+    def __init__(self, model, layer: int, head: int):
+        n_layers = model.config.text_config.num_hidden_layers
+        self.attn = model.model.language_model.layers[layer % n_layers].self_attn
+        self.head = head
+        self.handle = self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.h = self.pe = None
+
+    def _hook(self, module, args, kwargs):
+        self.h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        self.pe = kwargs["position_embeddings"]
+
+    def take(self):
+        """(layer input (B, L, D), cos, sin) of the last forward, then forgotten; (None, None, None) if none."""
+        h, pe = self.h, self.pe
+        self.h = self.pe = None
+        return (None, None, None) if h is None else (h, *pe)
+
+    @staticmethod
+    def row_rotary(cos, sin, b: int):
+        """The (L, head_dim) rotary tables of batch row ``b`` (the batch dimension may be 1)."""
+        return cos[min(b, cos.shape[0] - 1)], sin[min(b, sin.shape[0] - 1)]
+
+
+class Binding(SupervisedHead):
     """Three training-only losses that teach the binding directly, at every position that predicts an option letter:
 
     - attention supervision: one head (``--bind-head``) of one layer (``--bind-layer``, default the last) should put
@@ -577,33 +609,24 @@ class Binding:
     """
 
     def __init__(self, model, tok, args):
-        n_layers = model.config.text_config.num_hidden_layers
-        self.attn = model.model.language_model.layers[args.bind_layer % n_layers].self_attn
-        self.head = args.bind_head
-        self.handle = self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        super().__init__(model, args.bind_layer, args.bind_head)
         hidden = model.config.text_config.hidden_size
         self.probe = torch.nn.Linear(hidden, len(S.OPTION_LETTERS[:5]))
         self.flag = torch.nn.Linear(hidden, 1)
         self.heads = torch.nn.ModuleList([self.probe, self.flag])
         self.tokens = option_tokens(tok)
-        self.h = self.pe = None
-
-    def _hook(self, module, args, kwargs):
-        self.h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        self.pe = kwargs["position_embeddings"]
 
     def loss(self, ids, answers):
         """(attention loss, letter-probe loss, flag-probe loss, attention mass on the gold option) over the marks ``answers`` (rows of
         (sequence, position predicting the letter, answer class))."""
-        h, (cos, sin) = self.h, self.pe
-        self.h = self.pe = None
+        h, cos, sin = self.take()
         if h is None or not len(answers):
             return None
         a = self.attn
         rows = ids.tolist()
         att, probe_x, probe_y, flag_y, mass = [], [], [], [], []
         for b in sorted(set(answers[:, 0].tolist())):
-            cb, sb = cos[min(b, cos.shape[0] - 1)], sin[min(b, sin.shape[0] - 1)]     # (L, hd); batch dim may be 1
+            cb, sb = self.row_rotary(cos, sin, b)
             k_all = head_keys(a, h[b], cb, sb, self.head)
             for _, p, _ in answers[answers[:, 0] == b].tolist():
                 found = option_spans(rows[b], p, self.tokens)
@@ -638,7 +661,7 @@ class Binding:
         return loss + args.bind_weight * la + args.probe_weight * lp + args.flag_weight * lf
 
 
-class Grounding:
+class Grounding(SupervisedHead):
     """Training-only attention supervision of the video read-out: one head (``--ground-head``) of one layer
     (``--ground-layer``) should put its attention from each letter position of a video question on the video
     tokens that hold the answer (``ground_tokens``): -log of that attention mass, recomputed from the layer's own
@@ -646,25 +669,16 @@ class Grounding:
     teaches the question to find them among the 785."""
 
     def __init__(self, model, args):
-        n_layers = model.config.text_config.num_hidden_layers
-        self.attn = model.model.language_model.layers[args.ground_layer % n_layers].self_attn
-        self.head = args.ground_head
-        self.handle = self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
-        self.h = self.pe = None
-
-    def _hook(self, module, args, kwargs):
-        self.h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        self.pe = kwargs["position_embeddings"]
+        super().__init__(model, args.ground_layer, args.ground_head)
 
     def loss(self, ground):
         """(loss, mean attention mass on the answer's tokens) over ``ground`` (row, letter position, positions)."""
-        h, (cos, sin) = self.h, self.pe
-        self.h = self.pe = None
+        h, cos, sin = self.take()
         if h is None or not ground:
             return None
         out, mass = [], []
         for b in sorted({g[0] for g in ground}):
-            cb, sb = cos[min(b, cos.shape[0] - 1)], sin[min(b, sin.shape[0] - 1)]
+            cb, sb = self.row_rotary(cos, sin, b)
             keys = head_keys(self.attn, h[b], cb, sb, self.head)
             for _, p, pos in (g for g in ground if g[0] == b):
                 lg = head_log_attention(self.attn, keys, h[b], cb, sb, self.head, p)[pos].logsumexp(0)
