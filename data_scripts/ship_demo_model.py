@@ -64,9 +64,10 @@ def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, default
     curve = "\n".join(f"| {r['step']} | {r['train_minutes']:.1f} | {100 * r['accuracy']:.1f} |" for r in log)
     ks = "\n".join(f"| {kk} | {v['accuracy']:.1f} | {100 * (v['retained_ratio'] or 0):.1f}% |"
                    for kk, v in sorted(sweep.items()) if kk.isdigit())
-    cmd = " ".join(f"--{k_.replace('_', '-')} {v}" for k_, v in a.items()
-                   if k_ in ("size", "seed", "batch", "steps", "lr", "lookup_pretrain", "lookup", "lm_aux_weight",
-                             "lm_aux_layer", "frames_schedule", "curriculum_steps", "questions_per_video") and v != "")
+    cmd = training.get("command") or " ".join(
+        f"--{k_.replace('_', '-')} {v}" for k_, v in a.items()
+        if k_ in ("size", "seed", "batch", "steps", "lr", "lookup_pretrain", "lookup", "lm_aux_weight",
+                  "lm_aux_layer", "frames_schedule", "curriculum_steps", "questions_per_video") and v != "")
     return f"""# PruneVid Kit demo model
 
 A plain `LlavaOnevisionForConditionalGeneration` (SigLIP vision tower, 2-layer MLP projector, Qwen2 LLM) trained
@@ -102,14 +103,19 @@ the earlier, cheaper layer).
 
 ## Training
 
-`python data_scripts/train_demo_model.py --out runs/demo_model {cmd}` (resumable: rerun the same command to
-continue; {training.get('step')} steps, {training.get('train_minutes')} CPU-minutes on a 2-core AVX2 CPU,
-2 threads, fp32). Recipe: text-only option look-up warm-up, then several questions per video plus a dense caption,
-an auxiliary per-patch loss on the projector output and a per-video-token loss on the hidden states of LLM layer
-{a.get('lm_aux_layer')} (both through linear heads used in training only: the shipped model is a plain
-LLaVA-OneVision), a curriculum (fewer objects and frames, fixed option order first), zero-initialised residual
-branches, AdamW with warmup and cosine decay. Held-out accuracy during training (the trainer's own scorer on
-`val` items, the option letter with the highest logit):
+Last sitting: `python data_scripts/train_demo_model.py --out runs/demo_model {cmd}` ({training.get('step')} steps,
+{training.get('train_minutes')} CPU-minutes in all on a 2-core AVX2 CPU, 2 threads, fp32). The run went through
+several sittings whose recipes differ (options joined as the diagnosis advanced); `data_scripts/README.md` (the
+trials) and `data_scripts/demo_checkpoint/README.md` (the exact sittings, in order) record how to replay it.
+Recipe: text-only option look-up warm-up, then several questions per video plus a dense caption, an auxiliary
+per-patch loss on the projector output (what each 8 px patch shows, and where it is) and a per-video-token loss on
+the hidden states of LLM layer {a.get('lm_aux_layer')} (colour, shape, motion so far, colour change, first colour,
+order of appearance, count, scenes), attention supervision of one head that copies each question's option words
+to the answer position and of one head that reads the answer's video tokens from the answer position, a
+curriculum (fewer objects and frames, fixed option order first), zero-initialised residual branches, AdamW with
+warmup and cosine decay. Every auxiliary loss goes through heads or attention maps used in training only: the
+shipped model is a plain LLaVA-OneVision. Held-out accuracy during training (the trainer's own scorer on 20
+`val` items per task, the option letter with the highest logit):
 
 | step | train-min | val accuracy % |
 |---|---|---|

@@ -318,6 +318,22 @@ def ground_tokens(video: S.Video, q: dict, sub: np.ndarray, frac: np.ndarray = N
     raise ValueError(f"no grounding rule for question {text!r}")
 
 
+def question_object(q: dict) -> tuple:
+    """(colour index, shape index) of the object question ``q`` names, ``LM_AUX_IGNORE`` for what it does not name
+    (existence and direction name both, the colour change only the shape, the other tasks no object)."""
+    text = q["question"]
+    colour = shape = LM_AUX_IGNORE
+    if text.startswith("Is there a "):
+        c, s = text[len("Is there a "):-len(" in the video?")].split(" ")
+        colour, shape = S.COLOR_NAMES.index(c), S.SHAPES.index(s)
+    elif text.startswith("Which direction does the "):
+        c, s = text[len("Which direction does the "):-len(" move?")].split(" ")
+        colour, shape = S.COLOR_NAMES.index(c), S.SHAPES.index(s)
+    elif text.startswith("What colour does the "):
+        shape = S.SHAPES.index(text[len("What colour does the "):-len(" turn into?")])
+    return colour, shape
+
+
 class LayerCapture:
     """Forward hook on one decoder layer of the language model: keeps its output hidden states."""
 
@@ -369,24 +385,27 @@ def make_batch(step: int, args, enc: Encoder):
     seqs, weights, frames, labels, lm_labels, answers, ground = [], [], [], [], [], [], []
     for _ in range(args.batch):
         s = S.sample(rng, difficulty=difficulty, shuffle=bool(rng.random() < p_shuffle), extras=True)
-        qs = [s.item]
-        extra = list(s.extra.values())
+        tq = [(s.task, s.item)]                    # (task, question) pairs
+        extra = list(s.extra.items())
         rng.shuffle(extra)
-        qs += extra[:max(args.questions_per_video - 1, 0)]
-        order = rng.permutation(len(qs))            # any task may come first, in the evaluation position
-        qs = [qs[i] for i in order]
+        tq += extra[:max(args.questions_per_video - 1, 0)]
+        order = rng.permutation(len(tq))            # any task may come first, in the evaluation position
+        tq = [tq[i] for i in order]
+        qs = [q for _, q in tq]
         marks = []
         ids, w = enc.training_sequence(qs, s.caption if args.caption_weight > 0 else "", args.caption_weight,
                                        n_video, marks, letter_weight_at(step, args))
         answers += [(len(seqs), p, c) for p, c in marks]
         # which object covers each video token: shared by the read-out targets and the per-video-token labels
         frac = cell_fractions(s.video, sub) if (args.ground_weight > 0 or args.lm_aux_weight > 0) else None
-        if args.ground_weight > 0:          # (row, letter position, absolute positions of the answer's tokens)
+        # (row, letter position, absolute positions of the answer's tokens, weight, (colour, shape) asked about)
+        if args.ground_weight > 0:
             start = ids.index(enc.video_id)
-            for (p, _), q in zip(marks, qs):
+            for (p, _), (task, q) in zip(marks, tq):
                 g = ground_tokens(s.video, q, sub, frac)
                 if g:
-                    ground.append((len(seqs), p, [0 if i == SINK else start + i for i in g]))
+                    ground.append((len(seqs), p, [0 if i == SINK else start + i for i in g],
+                                   args.ground_task_weights.get(task, 1.0), question_object(q)))
         seqs.append(ids)
         weights.append(w)
         frames.append(s.frames[sub])
@@ -666,25 +685,44 @@ class Grounding(SupervisedHead):
     (``--ground-layer``) should put its attention from each letter position of a video question on the video
     tokens that hold the answer (``ground_tokens``): -log of that attention mass, recomputed from the layer's own
     projections like ``Binding``'s. The labels of ``lm_token_labels`` put the answer in those tokens; this loss
-    teaches the question to find them among the 785."""
+    teaches the question to find them among the 785.
+
+    With ``--ground-probe-weight`` a linear probe (``probe``, training-only) must also read the colour and shape of
+    the object the question names (``question_object``) from the supervised layer's input at the letter position:
+    the head's query can only match a named object's tokens if that position holds the name."""
 
     def __init__(self, model, args):
         super().__init__(model, args.ground_layer, args.ground_head)
+        hidden = model.config.text_config.hidden_size
+        self.probe = (torch.nn.Linear(hidden, len(S.COLOR_NAMES) + len(S.SHAPES))
+                      if args.ground_probe_weight > 0 else None)
 
     def loss(self, ground):
-        """(loss, mean attention mass on the answer's tokens) over ``ground`` (row, letter position, positions)."""
+        """(loss, mean attention mass on the answer's tokens, probe loss or None) over ``ground`` (row, letter
+        position, positions, weight, (colour, shape)): the loss is the weighted mean of -log mass
+        (``--ground-task-weight``), the mass a plain mean; the probe's cross-entropy is over the named parts."""
         h, cos, sin = self.take()
         if h is None or not ground:
             return None
-        out, mass = [], []
+        out, mass, wts = [], [], []
         for b in sorted({g[0] for g in ground}):
             cb, sb = self.row_rotary(cos, sin, b)
             keys = head_keys(self.attn, h[b], cb, sb, self.head)
-            for _, p, pos in (g for g in ground if g[0] == b):
+            for _, p, pos, w, _ in (g for g in ground if g[0] == b):
                 lg = head_log_attention(self.attn, keys, h[b], cb, sb, self.head, p)[pos].logsumexp(0)
                 out.append(-lg)
                 mass.append(lg.exp().item())
-        return torch.stack(out).mean(), float(np.mean(mass))
+                wts.append(w)
+        wts = torch.tensor(wts, dtype=torch.float32, device=out[0].device)
+        probe = None
+        if self.probe is not None:
+            z = self.probe(torch.stack([h[b, p] for b, p, *_ in ground])).float()       # (n, colours + shapes)
+            tgt = torch.tensor([g[4] for g in ground], dtype=torch.long, device=z.device)  # (n, 2)
+            parts = torch.split(z, [len(S.COLOR_NAMES), len(S.SHAPES)], dim=-1)
+            ce = [F.cross_entropy(part, tgt[:, j], ignore_index=LM_AUX_IGNORE) for j, part in enumerate(parts)
+                  if (tgt[:, j] != LM_AUX_IGNORE).any()]
+            probe = sum(ce) if ce else None
+        return (torch.stack(out) * wts).sum() / wts.sum(), float(np.mean(mass)), probe
 
 
 def make_eval_set(args, shuffle: bool = True):
@@ -773,6 +811,9 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
         if r is not None:
             stats["ground_mass"] = r[1]
             loss = loss + args.ground_weight * r[0]
+            if r[2] is not None:
+                stats["ground_probe"] = r[2].item()
+                loss = loss + args.ground_probe_weight * r[2]
     if pos_head is not None:
         with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
             pl = position_loss(pos_head, capture.out)
@@ -824,6 +865,9 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+GROUND_PROBE_LR_SCALE = 10.0
+
+
 def make_optimizer(model, heads, args):
     decay, no_decay = [], []
     for mod in (model, heads):
@@ -837,12 +881,39 @@ def _plain_args(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("paren_id", "letter_ids", "device_type")}
 
 
+# options that steer a sitting, not the training itself (left out of the recorded command)
+_SITTING_OPTIONS = ("out", "minutes", "export", "slim", "eval_only", "restart", "ground_task_weights")
+
+
+def command_line(args, steps: int = None, stop_at: int = None) -> str:
+    """The training options of ``args`` that differ from the defaults, as command-line flags (the last sitting's
+    recipe, recorded in the exported model's ``training.json``); ``steps``: the planned schedule (``--export``
+    overwrites ``args.steps``), ``stop_at``: where the sitting ended if before the schedule's end."""
+    defaults = vars(parse_args([]))
+    values = dict(_plain_args(args), **({"steps": steps} if steps is not None else {}))
+    if stop_at is not None and stop_at < values["steps"]:
+        values["stop_at"] = stop_at
+    parts = []
+    for k, v in values.items():
+        if k in _SITTING_OPTIONS or defaults.get(k) == v:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            parts.append(flag if v else "--no-" + k.replace("_", "-"))
+        elif isinstance(v, list):
+            parts += [f"{flag} {x}" for x in v]
+        else:
+            parts.append(f"{flag} {v}")
+    return " ".join(parts)
+
+
 def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, answer_head=None, bind=None,
-                    pos_head=None):
+                    pos_head=None, ground_probe=None):
     state = {"step": step, "model": model.state_dict(), "heads": heads.state_dict(),
              **({"answer_head": answer_head.state_dict()} if answer_head is not None else {}),
              **({"bind_heads": bind.heads.state_dict()} if bind is not None else {}),
              **({"pos_head": pos_head.state_dict()} if pos_head is not None else {}),
+             **({"ground_probe": ground_probe.state_dict()} if ground_probe is not None else {}),
              "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds,
              "args": _plain_args(args), "history": history}
     tmp = path + ".tmp"
@@ -908,6 +979,12 @@ def parse_args(argv=None):
                     help="weight of the video read-out attention supervision (0: off)")
     ap.add_argument("--ground-layer", type=int, default=-2, help="LLM layer whose read-out attention is supervised")
     ap.add_argument("--ground-head", type=int, default=0, help="attention head that is supervised")
+    ap.add_argument("--ground-probe-weight", type=float, default=0.0,
+                    help="weight of a training-only probe that reads the named object's colour and shape at the "
+                         "letter position, from the read-out layer's input (0: off)")
+    ap.add_argument("--ground-task-weight", action="append", default=[], metavar="TASK:W",
+                    help="weight of one task's questions in the read-out loss (default 1; repeatable), e.g. "
+                         "object_existence:4 for the only task whose read-out must match colour and shape together")
     ap.add_argument("--curriculum-steps", type=int, default=600)
     ap.add_argument("--start-difficulty", type=float, default=0.0)
     ap.add_argument("--shuffle-from", type=float, default=0.3,
@@ -943,6 +1020,16 @@ def parse_args(argv=None):
     ap.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     args = ap.parse_args(argv)
     args.device_type = torch.device(args.device).type          # for torch.autocast
+    args.ground_task_weights = {}
+    for spec in args.ground_task_weight:
+        task, _, w = spec.partition(":")
+        try:
+            w = float(w)
+        except ValueError:
+            w = -1.0
+        if task not in S.TASKS or not w >= 0:
+            ap.error(f"--ground-task-weight {spec!r}: expected TASK:W with a task of {list(S.TASKS)} and W >= 0")
+        args.ground_task_weights[task] = w
     return args
 
 
@@ -981,8 +1068,9 @@ def main(argv=None) -> int:
     if bind is not None:
         bind.heads.to(args.device)
     grounding = Grounding(model, args) if args.ground_weight > 0 else None
-    # the position head (own parameter group, added after the binding probe's)
+    # the position head and the read-out probe (own parameter groups, added after the binding probe's, in this order)
     pos_head = torch.nn.Linear(hidden, 2 * GRID).to(args.device) if args.pos_weight > 0 else None
+    ground_probe = grounding.probe.to(args.device) if grounding is not None and grounding.probe is not None else None
 
     step, train_seconds, history = 0, 0.0, []
     if os.path.isfile(ckpt_path) and not args.restart:
@@ -997,10 +1085,11 @@ def main(argv=None) -> int:
             aux_head.load_state_dict(state["aux_head"])
         # a slim checkpoint (--slim) has no optimizer state: AdamW starts with fresh moments
         opt_state = state.get("optimizer")
-        # optional heads join in a fixed order (answer head, binding probe, position head), each in its own parameter group; a
-        # head that joins a run which started without it gets fresh moments, the others keep theirs
+        # optional heads join in a fixed order (answer head, binding probe, position head, read-out probe), each in
+        # its own parameter group; a head that joins a run which started without it gets fresh moments, the others
+        # keep theirs
         extra = [(answer_head, "answer_head"), (bind.heads if bind is not None else None, "bind_heads"),
-                 (pos_head, "pos_head")]
+                 (pos_head, "pos_head"), (ground_probe, "ground_probe")]
         for head, key in extra:
             if head is not None and key in state:
                 head.load_state_dict(state[key])
@@ -1028,6 +1117,15 @@ def main(argv=None) -> int:
             opt.add_param_group({"params": list(bind.heads.parameters()), "weight_decay": args.weight_decay})
         if pos_head is not None:
             opt.add_param_group({"params": list(pos_head.parameters()), "weight_decay": args.weight_decay})
+        if ground_probe is not None:
+            opt.add_param_group({"params": list(ground_probe.parameters()), "weight_decay": args.weight_decay})
+
+    if ground_probe is not None:
+        # a fresh linear read of features the LLM already has, joining late when the schedule's rate is low: it
+        # learns at GROUND_PROBE_LR_SCALE x that rate (its gradient into the LLM is the point)
+        for g in opt.param_groups:
+            if any(p is ground_probe.weight for p in g["params"]):
+                g["lr_scale"] = GROUND_PROBE_LR_SCALE
 
     eval_items = make_eval_set(args)
     fixed_items = make_eval_set(args, shuffle=False) if args.eval_fixed else None
@@ -1050,6 +1148,7 @@ def main(argv=None) -> int:
         torch.save(state, out)
         print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB, no optimizer state)")
         return 0
+    planned_steps = args.steps
     if args.export:
         args.steps = step                            # skip the loop: straight to writing <out>/model
 
@@ -1064,7 +1163,7 @@ def main(argv=None) -> int:
     while step < args.steps:
         t0 = time.time()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args)
+            g["lr"] = lr_at(step, args) * g.get("lr_scale", 1.0)
         if step < args.lookup_pretrain:              # text-only phase: learn to bind answers to option letters
             t_data = 0.0
             loss, letter = lookup_loss(model, to_device(make_lookup_batch(step, args, enc, args.lookup_pretrain_batch),
@@ -1090,7 +1189,8 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()) +
                                        (list(answer_head.parameters()) if answer_head is not None else []) +
                                        (list(bind.heads.parameters()) if bind is not None else []) +
-                                       (list(pos_head.parameters()) if pos_head is not None else []), 1.0)
+                                       (list(pos_head.parameters()) if pos_head is not None else []) +
+                                       (list(ground_probe.parameters()) if ground_probe is not None else []), 1.0)
         opt.step()
         step += 1
         dt = time.time() - t0
@@ -1112,7 +1212,7 @@ def main(argv=None) -> int:
             print(f"eval step {step} ({train_seconds / 60:.1f} train-min): {fmt_eval(r)}", flush=True)
         if step % args.ckpt_every == 0 or done:
             save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, answer_head, bind,
-                            pos_head)
+                            pos_head, ground_probe)
         if done:
             break
     capture.handle.remove()
@@ -1123,7 +1223,8 @@ def main(argv=None) -> int:
     last = history[-1] if history else {}
     save_model(os.path.join(args.out, "model"), model, tok,
                {"step": step, "train_minutes": round(train_seconds / 60, 2), "args": _plain_args(args),
-                "parameters": n_params, "last_eval": last})
+                "parameters": n_params, "last_eval": last,
+                "command": command_line(args, steps=planned_steps, stop_at=step)})
     print(f"saved {os.path.join(args.out, 'model')} at step {step}")
     return 0
 

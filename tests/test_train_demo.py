@@ -298,12 +298,43 @@ def test_grounding_attention_is_the_models_attention(T, enc):
     assert ground
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix, output_attentions=True)
-        loss, mass = g.loss(ground)
+        loss, mass, probe = g.loss(ground)
+    assert probe is None                                                    # no --ground-probe-weight
     att = out.attentions[1][:, 1]                                           # (B, L, L) of the supervised head
-    ref = [att[b, p, pos].sum().item() for b, p, pos in ground]
+    ref = [att[b, p, pos].sum().item() for b, p, pos, *_ in ground]
     assert abs(mass - sum(ref) / len(ref)) < 1e-4
     assert abs(loss.item() + sum(math.log(r) for r in ref) / len(ref)) < 1e-3
+    # a task weight re-weights that task's questions in the loss (not the reported mass)
+    heavy = [(b, p, pos, 3.0 if i % 2 else 1.0, obj) for i, (b, p, pos, _, obj) in enumerate(ground)]
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix)
+        loss_w, mass_w, _ = g.loss(heavy)
+    wsum = sum(w for *_, w, _ in heavy)
+    assert abs(mass_w - mass) < 1e-6
+    assert abs(loss_w.item() + sum(w * math.log(r) for r, (*_, w, _) in zip(ref, heavy)) / wsum) < 1e-3
     g.handle.remove()
+
+
+def test_ground_task_weight_option(T, enc):
+    args = T.parse_args(["--size", "xs", "--ground-weight", "1", "--ground-task-weight", "object_existence:4",
+                         "--batch", "4", "--frames-schedule", "4:10", "--questions-per-video", "6"])
+    assert args.ground_task_weights == {"object_existence": 4.0}
+    ground = T.make_batch(0, args, enc)[7]
+    weights = {w for *_, w, _ in ground}
+    assert weights == {1.0, 4.0}             # existence questions carry 4, the others 1
+    ids = T.make_batch(0, args, enc)[0]
+    for b, p, _, w, (colour, shape) in ground:
+        text = enc.tok.decode(ids[b, :p])
+        question = text[:text.rfind("?") + 1].rsplit("\n", 1)[-1]       # the question this letter answers
+        assert ("Is there a" in question) == (w == 4.0), question
+        # the probe's targets: the object the question names
+        named = question.split()
+        assert (colour != T.LM_AUX_IGNORE) == ("Is there a" in question or "Which direction" in question)
+        if colour != T.LM_AUX_IGNORE:
+            assert S.COLOR_NAMES[colour] in named and S.SHAPES[shape] in named
+    for bad in ("object_existence", "no_such_task:2", "object_existence:-1", "object_existence:x"):
+        with pytest.raises(SystemExit):
+            T.parse_args(["--ground-task-weight", bad])
 
 
 def test_position_loss_reads_row_and_column(T):
@@ -318,3 +349,44 @@ def test_position_loss_reads_row_and_column(T):
         head.weight.copy_(50 * torch.eye(2 * G))
     assert T.position_loss(head, feats).item() < 1e-3
     assert T.position_loss(head, feats[:, torch.randperm(G * G, generator=torch.Generator().manual_seed(0))]) > 1.0
+
+
+def test_command_line_round_trips(T):
+    """The recipe recorded in training.json parses back to the same training options."""
+    argv = ["--out", "runs/x", "--size", "s4", "--batch", "8", "--no-bf16", "--no-eval-fixed", "--minutes", "30",
+            "--frames-schedule", "4:300,8:700", "--ground-weight", "1", "--ground-task-weight", "object_existence:4",
+            "--lr", "0.001"]
+    args = T.parse_args(argv)
+    cmd = T.command_line(args)
+    assert "--minutes" not in cmd and "--out" not in cmd and "--no-bf16" in cmd
+    again = T.parse_args(cmd.split())
+    skip = set(T._SITTING_OPTIONS)
+    assert {k: v for k, v in T._plain_args(again).items() if k not in skip} == \
+        {k: v for k, v in T._plain_args(args).items() if k not in skip}
+    assert again.ground_task_weights == args.ground_task_weights
+    # an export records the planned schedule and where the sitting stopped
+    cut = T.command_line(args, steps=6800, stop_at=6450)
+    assert "--steps 6800" in cut and "--stop-at 6450" in cut
+    assert "--stop-at" not in T.command_line(args, steps=6800, stop_at=6800)
+
+
+def test_ground_probe_reads_the_named_object(T, enc):
+    """With --ground-probe-weight the read-out loss also returns the probe's cross-entropy on the named colour and
+    shape; the probe is a saved, optimised head and its gradient reaches the LLM."""
+    args = T.parse_args(["--size", "xs", "--ground-weight", "1", "--ground-probe-weight", "1", "--ground-layer", "1",
+                         "--batch", "4", "--frames-schedule", "4:10"])
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", zero_residuals=False)
+    g = T.Grounding(model, args)
+    assert g.probe is not None
+    batch = T.make_batch(0, args, enc)
+    model(input_ids=batch[0], attention_mask=batch[1], pixel_values_videos=batch[3])
+    loss, mass, probe = g.loss(batch[7])
+    assert probe is not None and torch.isfinite(probe) and probe.item() > 0
+    probe.backward()
+    assert g.probe.weight.grad.abs().sum() > 0
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    g.handle.remove()
+    assert T.question_object({"question": "How many objects appear in the video?"}) == (T.LM_AUX_IGNORE,) * 2
+    assert T.question_object({"question": "What colour does the square turn into?"}) == \
+        (T.LM_AUX_IGNORE, S.SHAPES.index("square"))
