@@ -64,10 +64,7 @@ def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, default
     curve = "\n".join(f"| {r['step']} | {r['train_minutes']:.1f} | {100 * r['accuracy']:.1f} |" for r in log)
     ks = "\n".join(f"| {kk} | {v['accuracy']:.1f} | {100 * (v['retained_ratio'] or 0):.1f}% |"
                    for kk, v in sorted(sweep.items()) if kk.isdigit())
-    cmd = training.get("command") or " ".join(
-        f"--{k_.replace('_', '-')} {v}" for k_, v in a.items()
-        if k_ in ("size", "seed", "batch", "steps", "lr", "lookup_pretrain", "lookup", "lm_aux_weight",
-                  "lm_aux_layer", "frames_schedule", "curriculum_steps", "questions_per_video") and v != "")
+    cmd = training["command"]                        # the sitting's options, recorded by train_demo_model.py
     return f"""# PruneVid Kit demo model
 
 A plain `LlavaOnevisionForConditionalGeneration` (SigLIP vision tower, 2-layer MLP projector, Qwen2 LLM) trained

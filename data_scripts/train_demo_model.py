@@ -289,9 +289,9 @@ def ground_tokens(video: S.Video, q: dict, sub: np.ndarray, frac: np.ndarray = N
         return [nT * nC]
     if text.startswith("How does the scene change"):
         return list(range((nT - 1) * nC, nT * nC))
+    colour, shape = question_object(q)
     if text.startswith("Which direction does the "):
-        name = text[len("Which direction does the "):-len(" move?")]
-        tr = next(t for t in tracks if t.name == name)
+        tr = next(t for t in tracks if t.name == f"{S.COLOR_NAMES[colour]} {S.SHAPES[shape]}")
         c = cells(tr)
         last = max((i // nC for i in c), default=-1)
         return [i for i in c if i // nC == last]
@@ -303,17 +303,15 @@ def ground_tokens(video: S.Video, q: dict, sub: np.ndarray, frac: np.ndarray = N
         tr = pick(tracks, key=lambda t: t.first_frame)
         return cells(tr, colour_frames(tr, tr.first_color))
     if text.startswith("What colour does the "):
-        shape = text[len("What colour does the "):-len(" turn into?")]
-        tr = next(t for t in tracks if t.shape == shape and t.first_color != t.last_color)
+        tr = next(t for t in tracks if t.shape == S.SHAPES[shape] and t.first_color != t.last_color)
         return cells(tr, colour_frames(tr, tr.last_color))
     if text.startswith("Is there a "):
-        colour, shape = text[len("Is there a "):-len(" in the video?")].split(" ")
         if q["answer"] == "no":
             return [SINK]
         out = []
         for tr in tracks:
-            if tr.shape == shape:
-                out += cells(tr, colour_frames(tr, colour))
+            if tr.shape == S.SHAPES[shape]:
+                out += cells(tr, colour_frames(tr, S.COLOR_NAMES[colour]))
         return out
     raise ValueError(f"no grounding rule for question {text!r}")
 
@@ -907,13 +905,10 @@ def command_line(args, steps: int = None, stop_at: int = None) -> str:
     return " ".join(parts)
 
 
-def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, answer_head=None, bind=None,
-                    pos_head=None, ground_probe=None):
+def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, optional=()):
+    """``optional``: the (head, key) pairs of the optional training-only heads (None where off)."""
     state = {"step": step, "model": model.state_dict(), "heads": heads.state_dict(),
-             **({"answer_head": answer_head.state_dict()} if answer_head is not None else {}),
-             **({"bind_heads": bind.heads.state_dict()} if bind is not None else {}),
-             **({"pos_head": pos_head.state_dict()} if pos_head is not None else {}),
-             **({"ground_probe": ground_probe.state_dict()} if ground_probe is not None else {}),
+             **{key: head.state_dict() for head, key in optional if head is not None},
              "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds,
              "args": _plain_args(args), "history": history}
     tmp = path + ".tmp"
@@ -1072,6 +1067,11 @@ def main(argv=None) -> int:
     pos_head = torch.nn.Linear(hidden, 2 * GRID).to(args.device) if args.pos_weight > 0 else None
     ground_probe = grounding.probe.to(args.device) if grounding is not None and grounding.probe is not None else None
 
+    # optional heads join in a fixed order (answer head, binding probe, position head, read-out probe), each in its
+    # own parameter group; a head that joins a run which started without it gets fresh moments, the others keep theirs
+    optional = [(answer_head, "answer_head"), (bind.heads if bind is not None else None, "bind_heads"),
+                (pos_head, "pos_head"), (ground_probe, "ground_probe")]
+
     step, train_seconds, history = 0, 0.0, []
     if os.path.isfile(ckpt_path) and not args.restart:
         state = torch.load(ckpt_path, weights_only=False, map_location="cpu")
@@ -1085,18 +1085,13 @@ def main(argv=None) -> int:
             aux_head.load_state_dict(state["aux_head"])
         # a slim checkpoint (--slim) has no optimizer state: AdamW starts with fresh moments
         opt_state = state.get("optimizer")
-        # optional heads join in a fixed order (answer head, binding probe, position head, read-out probe), each in
-        # its own parameter group; a head that joins a run which started without it gets fresh moments, the others
-        # keep theirs
-        extra = [(answer_head, "answer_head"), (bind.heads if bind is not None else None, "bind_heads"),
-                 (pos_head, "pos_head"), (ground_probe, "ground_probe")]
-        for head, key in extra:
+        for head, key in optional:
             if head is not None and key in state:
                 head.load_state_dict(state[key])
                 opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
         if opt_state is not None:
             opt.load_state_dict(opt_state)
-        for head, key in extra:
+        for head, key in optional:
             if head is not None and key not in state:
                 opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
         if opt_state is None:
@@ -1111,14 +1106,9 @@ def main(argv=None) -> int:
                    add_special_tokens=False).input_ids
         assert enc.first_turn(probe.item["question"], probe.item["candidates"]) == full
         print(f"new run: size {args.size}, {n_params / 1e6:.2f} M parameters, seed {args.seed}")
-        if answer_head is not None:
-            opt.add_param_group({"params": list(answer_head.parameters()), "weight_decay": args.weight_decay})
-        if bind is not None:
-            opt.add_param_group({"params": list(bind.heads.parameters()), "weight_decay": args.weight_decay})
-        if pos_head is not None:
-            opt.add_param_group({"params": list(pos_head.parameters()), "weight_decay": args.weight_decay})
-        if ground_probe is not None:
-            opt.add_param_group({"params": list(ground_probe.parameters()), "weight_decay": args.weight_decay})
+        for head, _ in optional:
+            if head is not None:
+                opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
 
     if ground_probe is not None:
         # a fresh linear read of features the LLM already has, joining late when the schedule's rate is low: it
@@ -1158,6 +1148,9 @@ def main(argv=None) -> int:
         answer_capture.out = None
         return (answer_head, answer_capture) if step >= args.answer_aux_from else (None, answer_capture)
 
+    # every trained parameter: the model, the always-on heads, the optional heads
+    clipped = [*model.parameters(), *heads.parameters(),
+               *(p for head, _ in optional if head is not None for p in head.parameters())]
     t_sitting = time.time()
     ema = None
     while step < args.steps:
@@ -1186,11 +1179,7 @@ def main(argv=None) -> int:
             loss = loss + args.lookup_weight * l3
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()) +
-                                       (list(answer_head.parameters()) if answer_head is not None else []) +
-                                       (list(bind.heads.parameters()) if bind is not None else []) +
-                                       (list(pos_head.parameters()) if pos_head is not None else []) +
-                                       (list(ground_probe.parameters()) if ground_probe is not None else []), 1.0)
+        torch.nn.utils.clip_grad_norm_(clipped, 1.0)
         opt.step()
         step += 1
         dt = time.time() - t0
@@ -1211,8 +1200,7 @@ def main(argv=None) -> int:
                 f.write(json.dumps(rec) + "\n")
             print(f"eval step {step} ({train_seconds / 60:.1f} train-min): {fmt_eval(r)}", flush=True)
         if step % args.ckpt_every == 0 or done:
-            save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, answer_head, bind,
-                            pos_head, ground_probe)
+            save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, optional)
         if done:
             break
     capture.handle.remove()
