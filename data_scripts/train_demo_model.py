@@ -34,7 +34,9 @@ as the user text after the video, and the assistant answer prefix ``Best option:
   option's letter and for whether it is the answer;
 - a read-out loss (``--ground-weight``): one attention head of an earlier layer (``--ground-layer``) is told to
   look, from each letter position of a video question, at the video tokens that hold the answer (the asked-about
-  object's cells, the last frame for the scene change, the newline token for the count);
+  object's cells, the last frame for the scene change, the newline token for the count), re-weighted per task with
+  ``--ground-task-weight``, with a probe (``--ground-probe-weight``) that must read the named object's colour and
+  shape at the letter position, where that head's query starts;
 - a per-patch position loss (``--pos-weight``): each patch's row and column read linearly from the projector
   output, so that the features the LLM receives say where they are (motion needs it);
 - a curriculum: fewer objects, frames (``--frames-schedule``) and a fixed option order first, then the full task
