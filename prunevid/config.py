@@ -34,6 +34,16 @@ def _check_int(name: str, value: Any, lo: int, hi: Optional[int] = None) -> int:
     return value
 
 
+POSITIONS = ("renumber", "original")
+
+
+def check_positions(value: Any) -> str:
+    """The ``positions`` option of the methods that shorten the sequence before the LLM."""
+    if value not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {value!r}")
+    return value
+
+
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -60,6 +70,11 @@ class PruneVidConfig:
       - ``retain``: matched budget (``None``: off, alpha is used as given). A target retained ratio
         (visual tokens after stage 2 / visual tokens in); alpha is then searched per video
         (``prunevid.methods.prunevid_method.alpha_for_budget``) and the achieved ratio is reported.
+      - ``positions``: ``"renumber"`` (official: the tokens entering the LLM take positions 0..N1-1 of the
+        shortened sequence) or ``"original"`` (each takes the RoPE position of its earliest input token, so a
+        token still says which frame and place it came from, and decoding continues from the unreduced length;
+        multimodal-RoPE models such as Qwen2-VL always use original positions). On the demo model the official
+        rule costs PruneVid 14 points at 25% retained (``sweeps/demo-analysis.yaml``).
       - ``seed``: the DPC-KNN density tie-break noise is drawn from a generator seeded with this value at
         every prefill, so runs are reproducible; ``None`` draws from torch's global RNG as the official code.
     """
@@ -77,6 +92,7 @@ class PruneVidConfig:
     score_reduce: str = "max"
     seed: Optional[int] = 0
     retain: Optional[float] = None
+    positions: str = "renumber"
 
     def __post_init__(self) -> None:
         self.tau = _check_number("tau", self.tau, -1.0, 1.0)
@@ -97,6 +113,7 @@ class PruneVidConfig:
             self.seed = _check_int("seed", self.seed, 0)
         if self.retain is not None:
             self.retain = _check_number("retain", self.retain, 0.0, 1.0, lo_open=True)
+        self.positions = check_positions(self.positions)
 
     @property
     def enabled(self) -> bool:

@@ -182,11 +182,15 @@ def _row(rec: dict) -> dict:
     score = metrics.get("accuracy")
     if score is None and isinstance(metrics.get("scores"), dict):
         score = metrics["scores"].get("avg")
-    hyper = {k: v for k, v in method.items() if k != "name" and k in rec["params"]}
+    extra = rec["params"].get("method_params") or {}        # named options (positions, stage1, L, ...)
+    hyper = {k: v for k, v in method.items() if k != "name" and (k in rec["params"] or k in extra)}
+    name = method.get("name", rec["params"].get("method"))
     return {"run_id": rec["run_id"], "model": cfg.get("model", rec["params"].get("model")),
             "benchmark": cfg.get("benchmark", rec["params"].get("benchmark")),
-            "method": method.get("name", rec["params"].get("method")),
+            "method": name,
             "settings": ", ".join(f"{k}={v}" for k, v in hyper.items()),
+            # one plotted line per method and named-option set (e.g. PruneVid with positions=original)
+            "variant": f"{name} ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else name,
             "retained": tokens.get("retained_ratio"), "flops": flops.get("ratio_vs_unpruned"), "score": score,
             "n": (res.get("n_samples") or {}).get("done"), "prefill_ms": (res.get("timing") or {}).get("prefill_ms"),
             "by_category": metrics.get("by_category") or {},
@@ -211,7 +215,7 @@ def _plots(rows: list, out_dir: str) -> list:
         if sub.empty:
             continue
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        sns.lineplot(data=sub.sort_values(x), x=x, y="score", hue="method", style="benchmark", marker="o", ax=ax)
+        sns.lineplot(data=sub.sort_values(x), x=x, y="score", hue="variant", style="benchmark", marker="o", ax=ax)
         ax.set_xlabel(label)
         ax.set_ylabel("score")
         fig.tight_layout()
@@ -302,6 +306,37 @@ unpruned model (achieved, not the target); FLOPs = LLM prefill FLOPs relative to
     return path
 
 
+def record(out_dir: str, dest: str, *, title: str = "sweep", description: str = "", note: str = "") -> str:
+    """Copy a finished sweep's small, reproducible part to ``dest`` (a curated, committed report): each cell's
+    ``params.json`` / ``results.json`` / ``failed.json`` (not the samples, notebooks or per-cell pages), the
+    index rebuilt there with its plots, and ``RECORD.md`` saying when, where and from which commit. Returns the
+    index path."""
+    import datetime
+    import platform
+    import shutil
+    from .results import git_hash, versions
+    src_runs = os.path.join(out_dir, "runs")
+    cells = [d for d in sorted(os.listdir(src_runs)) if os.path.isdir(os.path.join(src_runs, d))] \
+        if os.path.isdir(src_runs) else []
+    if not cells:
+        raise ValueError(f"{out_dir} holds no cells to record (run the sweep first)")
+    if os.path.isdir(dest):
+        shutil.rmtree(dest)
+    for rid in cells:
+        os.makedirs(os.path.join(dest, "runs", rid))
+        for name in ("params.json", "results.json", "failed.json"):
+            src = os.path.join(src_runs, rid, name)
+            if os.path.isfile(src):
+                shutil.copyfile(src, os.path.join(dest, "runs", rid, name))
+    index = build_index(dest, title=title, description=description)
+    with open(os.path.join(dest, "RECORD.md"), "w") as f:
+        f.write(f"# {title}: recorded run\n\n- recorded: {datetime.date.today().isoformat()}\n"
+                f"- commit: {git_hash() or 'unknown'}\n- machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+                f"{platform.system()}\n- versions: {json.dumps(versions())}\n- cells: {len(cells)} (results.json "
+                f"per cell; per-sample logs and notebooks are not kept)\n" + (f"\n{note.strip()}\n" if note else ""))
+    return index
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="run a sweep of notebook cells with papermill and build reports/<sweep>/index.html")
@@ -310,6 +345,9 @@ def add_parser(sub) -> None:
     p.add_argument("--kernel", default=None, help="Jupyter kernel (default: prunevid-kit if installed, else python3)")
     p.add_argument("--force", action="store_true", help="rerun cells whose results exist")
     p.add_argument("--index-only", action="store_true", help="only rebuild index.html from the existing runs")
+    p.add_argument("--record", metavar="DEST", default=None,
+                   help="copy the finished sweep's results (no samples or notebooks) to DEST with its index and a "
+                        "RECORD.md, for a curated, committed report (e.g. reports/demo-recorded/demo)")
     p.set_defaults(func=run)
 
 
@@ -318,6 +356,9 @@ def run(args) -> int:
     out_dir = os.path.join(args.reports, sweep["name"])
     if args.index_only:
         print(build_index(out_dir, title=sweep["name"], description=sweep.get("description", "")))
+        return 0
+    if args.record:
+        print(record(out_dir, args.record, title=sweep["name"], description=sweep.get("description", "")))
         return 0
     status = run_sweep(sweep, args.reports, kernel=args.kernel, force=args.force)
     failed = [k for k, v in status.items() if v == "failed"]

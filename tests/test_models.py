@@ -150,3 +150,101 @@ def test_qwen_patchify_matches_the_reference_processor_layout():
     ref, gh, gw = Qwen2VLImageProcessorPil().patchify(img, 14, 2, 2)     # an image = 2 identical frames
     mine, thw = patchify(torch.from_numpy(img)[None].repeat(2, 1, 1, 1))
     assert thw.tolist() == [[1, gh, gw]] and np.allclose(ref, mine.numpy())
+
+
+def _onevision_inputs(frames_seed: int = 5):
+    model, tok = build_tiny_llava_onevision()
+    lm = models.LoadedModel(model, tok, models.spec_for(model), models.VideoPreprocessing(size=112), "ov")
+    frames = (torch.rand(FRAMES, 64, 64, 3, generator=torch.Generator().manual_seed(frames_seed)) * 255)
+    inputs = video.build_inputs(lm, frames.to(torch.uint8), "what moves?", answer_prefix="Best option:(")
+    return lm, inputs
+
+
+@pytest.mark.parametrize("positions", ["renumber", "original"])
+@pytest.mark.parametrize("method,params", [("random", {"retain": 0.3}), ("vidcom2", {"retain": 0.3}),
+                                           ("dycoke", {"retain": 0.5, "decode_pruning": False})])
+def test_a_selection_equals_the_unpatched_model_on_the_kept_embeddings(method, params, positions):
+    """The patched prefill is the unpatched model run on the kept embeddings at the chosen positions: 0..N1-1
+    (official re-numbering) or the kept tokens' own indices in the full prompt (``positions="original"``)."""
+    lm, inputs = _onevision_inputs()
+    model = lm.model
+    ids = inputs["input_ids"][0]
+    placeholders = (ids == model.config.video_token_id).nonzero().squeeze(1)
+    first, n_feat = int(placeholders[0]), placeholders.numel() - 1               # the last one is the newline
+    with torch.no_grad():
+        feats = model.model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output[0]
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        embeds[0, placeholders] = feats
+        prunevid.apply(model, method=method, positions=positions, **params)
+        patched = model(**inputs).logits[0, -1]
+        kept = model._prunevid.last_reduction.kept.reshape(-1).nonzero().squeeze(1)
+        prunevid.remove(model)
+        src = torch.cat([torch.arange(first), first + kept, torch.arange(first + n_feat, ids.numel())])
+        pos = src[None] if positions == "original" else torch.arange(src.numel())[None]
+        ref = model(inputs_embeds=embeds[:, src], position_ids=pos).logits[0, -1]
+        other = model(inputs_embeds=embeds[:, src],
+                      position_ids=torch.arange(src.numel())[None] if positions == "original" else src[None])
+    torch.testing.assert_close(patched, ref)
+    assert not torch.allclose(patched, other.logits[0, -1])      # the choice of positions changes the output
+
+
+def test_original_positions_place_merged_tokens_at_their_earliest_member_and_decode_from_the_full_length():
+    from prunevid.models.video_patch import representative_sources
+    lm, inputs = _onevision_inputs()
+    model = lm.model
+    n_full = inputs["input_ids"].shape[1]
+    seen = []
+    handle = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+    try:
+        prunevid.apply(model, selected_layer=1, tau=0.0, positions="original")   # many tokens merged in time
+        with torch.no_grad():
+            out = model(**inputs, use_cache=True)
+            red = model._prunevid.last_reduction
+            feats = model.model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output[0]
+            gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    finally:
+        handle.remove()
+        prunevid.remove(model)
+    ids = inputs["input_ids"][0]
+    first = int((ids == model.config.video_token_id).nonzero()[0])
+    n_feat = feats.shape[0] - 1
+    rep = representative_sources(red, feats[:n_feat])
+    assert red.num_tokens < n_feat
+    pre, n_vis = seen[0][0], red.num_tokens
+    assert torch.equal(pre[:first], torch.arange(first))                            # text before the video
+    assert torch.equal(pre[first:first + n_vis], first + rep)                         # merged: earliest member
+    assert torch.equal(pre[first + n_vis:], torch.arange(first + n_feat, n_full))     # newline and text after
+    # generate: prefill (same as above), then each new token continues from the unreduced length
+    assert [int(p.flatten()[-1]) for p in seen[-2:]] == [n_full, n_full + 1]
+    assert gen.shape[1] == n_full + 3
+
+
+def test_original_positions_also_undo_the_reordering_of_a_stage_1_that_removes_nothing():
+    """At tau 1 and cluster_ratio 1 stage 1 removes nothing but outputs each frame's tokens in DPC-KNN centre-score
+    order; re-numbering then scrambles the frame's layout, ``positions="original"`` gives every token its own."""
+    from prunevid.models.video_patch import representative_sources
+    lm, inputs = _onevision_inputs()
+    model = lm.model
+    seen = []
+    handle = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw.get("position_ids")), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for positions in ("renumber", "original"):
+                prunevid.apply(model, tau=1.0, cluster_ratio=1.0, stage2=False, min_merge_size=0, positions=positions)
+                model(**inputs)
+        red = model._prunevid.last_reduction
+        feats = model.model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output[0]
+    finally:
+        handle.remove()
+        prunevid.remove(model)
+    n_feat = feats.shape[0] - 1
+    rep = representative_sources(red, feats[:n_feat])
+    assert red.num_tokens == n_feat and not torch.equal(rep, torch.arange(n_feat))     # a pure permutation
+    assert torch.equal(rep.sort().values, torch.arange(n_feat))
+    first = int((inputs["input_ids"][0] == model.config.video_token_id).nonzero()[0])
+    renumbered, original = seen
+    n = inputs["input_ids"].shape[1]
+    assert renumbered is None or torch.equal(renumbered[0], torch.arange(n))           # the model's own 0..N-1
+    assert torch.equal(original[0, first:first + n_feat], first + rep)

@@ -1,4 +1,5 @@
 """Sweep execution with papermill, HTML export, index page — and the index opened in a real headless browser."""
+import dataclasses
 import functools
 import http.server
 import json
@@ -10,7 +11,7 @@ import threading
 import nbformat
 import pytest
 
-from prunevid import report
+from prunevid import report, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,6 +146,12 @@ def test_shipped_sweep_files_are_valid():
         cells = report.expand_cells(sweep)
         assert cells and all(c["method"] in methods.available() for c in cells), path
         assert os.path.isfile(os.path.join(ROOT, sweep["notebook"])), path
+        for c in cells:            # the benchmark notebook's rule: named knobs the method has, then method_params
+            fields = {f.name for f in dataclasses.fields(methods.config_class(c["method"]))}
+            named = ("tau", "temporal_segment_ratio", "cluster_ratio", "selected_layer", "alpha", "retain")
+            params = {k: c[k] for k in named if c.get(k) is not None and k in fields}
+            params.update(c.get("method_params") or {})
+            runner.method_config(c["method"], params)              # unknown name / bad value: fails here
 
 
 def test_index_compares_with_unpruned_and_lists_categories(sweep_dir):
@@ -183,3 +190,33 @@ def test_demo_command_runs_a_sweep_with_an_absolute_data_root(tmp_path, capsys):
         assert params["model"] == "demo" and "not shipped" not in page
     else:           # no shipped model: the study runs on the random tiny model and says so at the top
         assert params["model"] == "tiny" and "not shipped yet" in page and "chance level" in page
+
+
+def test_rows_show_named_options_from_method_params_and_plot_them_as_their_own_line():
+    res = {"method": {"name": "prunevid", "tau": 0.8, "retain": 0.25, "positions": "original", "stage1": True},
+           "config": {"model": "m", "benchmark": "b"}, "metrics": {"accuracy": 50.0}, "tokens": {}, "flops": {}}
+    params = {"method": "prunevid", "retain": 0.25, "method_params": {"positions": "original"}}
+    row = report._row({"run_id": "r", "results": res, "params": params, "failure": None})
+    assert row["settings"] == "retain=0.25, positions=original"     # tau and stage1 were not set by the cell
+    assert row["variant"] == "prunevid (positions=original)"
+    plain = report._row({"run_id": "r", "results": res, "params": {"method": "prunevid", "retain": 0.25},
+                         "failure": None})
+    assert plain["settings"] == "retain=0.25" and plain["variant"] == "prunevid"
+
+
+def test_record_keeps_results_and_index_but_not_samples_or_pages(sweep_dir, tmp_path):
+    out, _, _ = sweep_dir
+    dest = tmp_path / "recorded"
+    (dest / "stale").mkdir(parents=True)                            # a previous record is replaced, not merged
+    index = report.record(str(out), str(dest), title="unit", description="what it shows")
+    kept = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    cells = [d.name for d in (out / "runs").iterdir() if d.is_dir()]
+    assert not (dest / "stale").exists()
+    assert {k.split("/")[1] for k in kept if k.startswith("runs/")} == set(cells)
+    assert all(k.rsplit("/", 1)[-1] in ("params.json", "results.json", "failed.json") for k in kept
+               if k.startswith("runs/"))
+    page = open(index).read()
+    assert "what it shows" in page and page.count("<tr") == (out / "index.html").read_text().count("<tr")
+    assert "commit:" in (dest / "RECORD.md").read_text()
+    with pytest.raises(ValueError, match="no cells"):
+        report.record(str(tmp_path / "empty"), str(tmp_path / "x"))

@@ -390,3 +390,18 @@ def test_ground_probe_reads_the_named_object(T, enc):
     assert T.question_object({"question": "How many objects appear in the video?"}) == (T.LM_AUX_IGNORE,) * 2
     assert T.question_object({"question": "What colour does the square turn into?"}) == \
         (T.LM_AUX_IGNORE, S.SHAPES.index("square"))
+
+
+def test_stage1_object_purity_counts_the_share_of_a_merged_group_owned_by_the_same_object():
+    path = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "stage1_object_tokens.py")
+    spec = importlib.util.spec_from_file_location("stage1_object_tokens", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    owner = torch.tensor([[1, 0, 0, 2]])                 # one frame, 4 tokens: object 1, background x2, object 2
+    assert mod.purity(torch.tensor([[0, 1, 2, 3]]), owner) == [1.0, 1.0]       # nothing merged
+    assert mod.purity(torch.tensor([[0, 0, 1, 1]]), owner) == [0.5, 0.5]       # each object averaged with bg
+    assert mod.purity(torch.tensor([[0, 1, 1, 0]]), owner) == [0.5, 0.5]       # the two objects merged
+    sample = S.make_item("moving_attribute", S.item_rng(5, "moving_attribute", 0))
+    own = mod.object_owner(sample, S.NUM_FRAMES)
+    assert own.shape == (S.NUM_FRAMES, (S.FRAME_SIZE // 16) ** 2)
+    assert set(own.unique().tolist()) <= set(range(len(sample.video.tracks) + 1)) and (own > 0).any()

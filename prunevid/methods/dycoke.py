@@ -27,7 +27,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..config import _check_bool, _check_int, _check_number
+from ..config import _check_bool, _check_int, _check_number, check_positions
 from ..llm import CachePolicy, cached_keys, rope_queries
 from ..prune import bottom_k_sorted, count_for_ratio, top_k_sorted
 from .base import ConfigMixin, Method, SequenceLayout, VideoContext, frames_reduction
@@ -42,8 +42,10 @@ class DyCokeConfig(ConfigMixin):
     decode_pruning: bool = True
     similarity_threshold: float = 0.9
     retain: Optional[float] = None
+    positions: str = "renumber"        # or "original": kept tokens keep their RoPE positions (PruneVidConfig)
 
     def __post_init__(self):
+        self.positions = check_positions(self.positions)
         self.K = _check_number("K", self.K, 0.0, 1.0)
         self.P = _check_number("P", self.P, 0.0, 1.0)
         self.L = _check_int("L", self.L, 0)

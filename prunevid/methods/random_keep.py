@@ -10,22 +10,26 @@ from typing import Optional
 
 import torch
 
-from ..config import _check_int, _check_number
+from ..config import _check_int, _check_number, check_positions
 from ..prune import count_for_ratio
 from .base import ConfigMixin, Method, Reduction, VideoContext, frames_reduction
 
 
 @dataclass
 class RandomConfig(ConfigMixin):
-    """``retain``: kept share of the visual tokens (1.0 = no-op); ``seed``: None = torch's global RNG."""
+    """``retain``: kept share of the visual tokens (1.0 = no-op); ``seed``: None = torch's global RNG;
+    ``positions``: ``"renumber"`` (default, as the pre-LLM baselines do) or ``"original"`` (kept tokens keep
+    their RoPE positions; see ``PruneVidConfig``)."""
 
     retain: float = 0.25
     seed: Optional[int] = 0
+    positions: str = "renumber"
 
     def __post_init__(self):
         self.retain = _check_number("retain", self.retain, 0.0, 1.0, lo_open=True)
         if self.seed is not None:
             self.seed = _check_int("seed", self.seed, 0)
+        self.positions = check_positions(self.positions)
 
 
 def random_keep(num_tokens: int, n_keep: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import _check_number
+from ..config import _check_number, check_positions
 from ..prune import bottom_k_sorted
 from .base import ConfigMixin, Method, VideoContext, frames_reduction
 
@@ -34,6 +34,7 @@ class VidCom2Config(ConfigMixin):
     channel_keep: float = 0.5
     temperature: float = 0.01
     alphas: tuple = ALPHAS
+    positions: str = "renumber"        # or "original": kept tokens keep their RoPE positions (PruneVidConfig)
 
     def __post_init__(self):
         self.retain = _check_number("retain", self.retain, 0.0, 1.0, lo_open=True)
@@ -42,6 +43,7 @@ class VidCom2Config(ConfigMixin):
         self.alphas = tuple(float(a) for a in self.alphas)
         if not self.alphas or min(self.alphas) <= 0:
             raise ValueError(f"alphas must be positive, got {self.alphas}")
+        self.positions = check_positions(self.positions)
 
 
 def multiscale_similarity(x: torch.Tensor, center: torch.Tensor, alphas: Sequence[float] = ALPHAS) -> torch.Tensor:

@@ -12,7 +12,9 @@ video feature. At the prefill that carries a video (``pixel_values_videos``, or 
   2. asks ``method.reduce`` for the tokens entering the LLM and shortens the sequence: the first N1
      placeholders receive them, the newline placeholder (never merged or pruned; counted as text) follows, the
      surplus placeholders are dropped; positions are re-numbered 0..N1-1 over the shortened sequence, as the
-     official PruneVid code does;
+     official PruneVid code does (``positions="original"``, an option of the pre-LLM methods, instead gives
+     every entering token the position of a representative input token — its earliest member — and decoding
+     continues from the unreduced length, as multimodal-RoPE models always do);
   3. asks ``method.plan`` for an in-LLM plan and ``method.cache_policy`` for a KV-cache policy, hands both to
      the ``LayerPruner`` and runs the language model.
 Decode steps get their inputs remapped: positions shift by the number of tokens the pre-LLM reduction removed
@@ -261,6 +263,10 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
     if mask is not None:
         new_kwargs["attention_mask"] = mask[:, keep1]
     full_pos = adapter.full_positions(self, kwargs)
+    if full_pos is None and getattr(state.config, "positions", "renumber") == "original":
+        # also when nothing was removed: a reduction may reorder (PruneVid's spatial merge outputs its clusters in
+        # centre-score order, so re-numbering would scramble a frame's layout even at cluster_ratio 1)
+        full_pos = sequence_positions(kwargs, input_ids)
     offset, next_pos = n_full - n1, n1
     if full_pos is not None:
         # Reduced tokens keep their place: each takes the position of a representative input token.
@@ -342,6 +348,18 @@ def _remap_decode(kwargs, dec):
     dec["cache_len"] += q
     dec["next_pos"] += q
     return kwargs
+
+
+def sequence_positions(kwargs: dict, input_ids: torch.Tensor) -> torch.Tensor:
+    """(1, N) 1-D position ids of the *unreduced* prompt: the caller's ``position_ids`` when given, else
+    ``cumsum(attention_mask) - 1`` (what the unpatched model uses; 0..N-1 without a mask). For the option
+    ``positions="original"`` on 1-D RoPE models, where reduced tokens keep the positions of their inputs."""
+    pos = kwargs.get("position_ids")
+    if pos is not None:
+        return pos
+    mask = kwargs.get("attention_mask")
+    mask = torch.ones_like(input_ids) if mask is None else mask.long()
+    return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
 def representative_sources(red: Reduction, inputs: torch.Tensor) -> torch.Tensor:
