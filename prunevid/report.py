@@ -214,8 +214,10 @@ def _plots(rows: list, out_dir: str) -> list:
         sub = df.dropna(subset=[x])
         if sub.empty:
             continue
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        sns.lineplot(data=sub.sort_values(x), x=x, y="score", hue="variant", style="benchmark", marker="o", ax=ax)
+        fig, ax = plt.subplots(figsize=(7.5, 3.6))
+        style = "benchmark" if sub["benchmark"].nunique() > 1 else None
+        sns.lineplot(data=sub.sort_values(x), x=x, y="score", hue="variant", style=style, marker="o", ax=ax)
+        ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False)   # beside the lines
         ax.set_xlabel(label)
         ax.set_ylabel("score")
         fig.tight_layout()
