@@ -18,6 +18,7 @@ Module tree (what ``language_layers`` and the PruneVid patch rely on, as for LLa
 from __future__ import annotations
 
 import glob
+import inspect
 import json
 import os
 import re
@@ -27,6 +28,8 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModel, GenerationMixin, LlamaModel, LlavaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
+
+_TAKES_CACHE = "cache" in inspect.signature(LlamaModel.forward).parameters
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 
@@ -151,6 +154,8 @@ class PllavaModel(PllavaPreTrainedModel):
                 raise ValueError(f"the prompt holds {int(mask.sum())} <image> placeholders, but the video gives "
                                  f"{feats.shape[0] * feats.shape[1]} features")
             inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], feats.flatten(0, 1))
+        if "past_key_values" in kwargs and _TAKES_CACHE:       # transformers >= 5.24 renamed it (old name warns)
+            kwargs["cache"] = kwargs.pop("past_key_values")
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, use_cache=use_cache, **kwargs)
 
