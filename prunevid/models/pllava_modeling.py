@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModel, GenerationMixin, LlamaModel, LlavaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
-
-_TAKES_CACHE = "cache" in inspect.signature(LlamaModel.forward).parameters
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+_TAKES_CACHE = "cache" in inspect.signature(LlamaModel.forward).parameters    # the 5.24 name of past_key_values
 
 
 class PllavaConfig(LlavaConfig):
