@@ -65,6 +65,16 @@ def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, default
     ks = "\n".join(f"| {kk} | {v['accuracy']:.1f} | {100 * (v['retained_ratio'] or 0):.1f}% |"
                    for kk, v in sorted(sweep.items()) if kk.isdigit())
     cmd = training["command"]                        # the sitting's options, recorded by train_demo_model.py
+    avg = training.get("averaged_from")              # weights averaged by data_scripts/average_checkpoints.py
+    weights = ""
+    if avg:
+        parts = ", ".join(f"step {a['step']} ({a['train_minutes']} train-min) x {a['weight']:g}" for a in avg)
+        if training.get("step") == max(x["step"] for x in avg):
+            weights = (f"Weights: the average of checkpoints of one run, {parts} (`data_scripts/average_checkpoints.py`, "
+                       f"seconds; no training after it). The latest checkpoint's ")
+        else:
+            weights = (f"Weights: trained on from the average of checkpoints of one run, {parts} "
+                       f"(`data_scripts/average_checkpoints.py`). The ")
     return f"""# PruneVid Kit demo model
 
 A plain `LlavaOnevisionForConditionalGeneration` (SigLIP vision tower, 2-layer MLP projector, Qwen2 LLM) trained
@@ -100,7 +110,7 @@ the earlier, cheaper layer).
 
 ## Training
 
-Last sitting: `python data_scripts/train_demo_model.py --out runs/demo_model {cmd}` ({training.get('step')} steps,
+{weights}{'last' if weights else 'Last'} sitting: `python data_scripts/train_demo_model.py --out runs/demo_model {cmd}` ({training.get('step')} steps,
 {training.get('train_minutes')} CPU-minutes in all on a 2-core AVX2 CPU, 2 threads, fp32). The run went through
 several sittings whose recipes differ (options joined as the diagnosis advanced); `data_scripts/README.md` (the
 trials) and `data_scripts/demo_checkpoint/README.md` (the exact sittings, in order) record how to replay it.

@@ -40,7 +40,7 @@ as the user text after the video, and the assistant answer prefix ``Best option:
 - a per-patch position loss (``--pos-weight``): each patch's row and column read linearly from the projector
   output, so that the features the LLM receives say where they are (motion needs it);
 - a curriculum: fewer objects, frames (``--frames-schedule``) and a fixed option order first, then the full task
-  distribution, shuffled;
+  distribution, shuffled; ``--task-mix`` re-weights which task's videos are drawn (uniform by default);
 - zero-initialised residual branches, bf16 autocast where the CPU has native bf16 (``--no-bf16`` otherwise),
   ``--device cuda`` on a GPU, AdamW with warmup and cosine decay.
 
@@ -384,7 +384,11 @@ def make_batch(step: int, args, enc: Encoder):
     n_video = len(sub) * TOKENS_PER_FRAME + 1
     seqs, weights, frames, labels, lm_labels, answers, ground = [], [], [], [], [], [], []
     for _ in range(args.batch):
-        s = S.sample(rng, difficulty=difficulty, shuffle=bool(rng.random() < p_shuffle), extras=True)
+        task = None                                 # uniform, drawn by S.sample (older runs replay unchanged)
+        if args.task_mix_weights:
+            p = np.array([args.task_mix_weights.get(t, 1.0) for t in S.TASKS])
+            task = S.TASKS[int(rng.choice(len(S.TASKS), p=p / p.sum()))]
+        s = S.sample(rng, task, difficulty=difficulty, shuffle=bool(rng.random() < p_shuffle), extras=True)
         tq = [(s.task, s.item)]                    # (task, question) pairs
         extra = list(s.extra.items())
         rng.shuffle(extra)
@@ -882,7 +886,8 @@ def _plain_args(args) -> dict:
 
 
 # options that steer a sitting, not the training itself (left out of the recorded command)
-_SITTING_OPTIONS = ("out", "minutes", "export", "slim", "eval_only", "restart", "ground_task_weights")
+_SITTING_OPTIONS = ("out", "minutes", "export", "slim", "eval_only", "restart", "ground_task_weights",
+                    "task_mix_weights")
 
 
 def command_line(args, steps: int = None, stop_at: int = None) -> str:
@@ -907,12 +912,15 @@ def command_line(args, steps: int = None, stop_at: int = None) -> str:
     return " ".join(parts)
 
 
-def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, optional=()):
-    """``optional``: the (head, key) pairs of the optional training-only heads (None where off)."""
+def save_checkpoint(path, model, heads, opt, step, train_seconds, args, history, optional=(), averaged_from=None):
+    """``optional``: the (head, key) pairs of the optional training-only heads (None where off);
+    ``averaged_from``: the inputs of ``average_checkpoints.py`` when the weights descend from an average."""
     state = {"step": step, "model": model.state_dict(), "heads": heads.state_dict(),
              **{key: head.state_dict() for head, key in optional if head is not None},
              "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds,
              "args": _plain_args(args), "history": history}
+    if averaged_from:
+        state["averaged_from"] = averaged_from
     tmp = path + ".tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -982,6 +990,9 @@ def parse_args(argv=None):
     ap.add_argument("--ground-task-weight", action="append", default=[], metavar="TASK:W",
                     help="weight of one task's questions in the read-out loss (default 1; repeatable), e.g. "
                          "object_existence:4 for the only task whose read-out must match colour and shape together")
+    ap.add_argument("--task-mix", action="append", default=[], metavar="TASK:W",
+                    help="sampling weight of one task's training videos (default 1, uniform; repeatable), e.g. "
+                         "moving_direction:3 for three times as many direction videos")
     ap.add_argument("--curriculum-steps", type=int, default=600)
     ap.add_argument("--start-difficulty", type=float, default=0.0)
     ap.add_argument("--shuffle-from", type=float, default=0.3,
@@ -1017,16 +1028,23 @@ def parse_args(argv=None):
     ap.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     args = ap.parse_args(argv)
     args.device_type = torch.device(args.device).type          # for torch.autocast
-    args.ground_task_weights = {}
-    for spec in args.ground_task_weight:
-        task, _, w = spec.partition(":")
-        try:
-            w = float(w)
-        except ValueError:
-            w = -1.0
-        if task not in S.TASKS or not w >= 0:
-            ap.error(f"--ground-task-weight {spec!r}: expected TASK:W with a task of {list(S.TASKS)} and W >= 0")
-        args.ground_task_weights[task] = w
+    def task_weights(specs, flag):
+        out = {}
+        for spec in specs:
+            task, _, w = spec.partition(":")
+            try:
+                w = float(w)
+            except ValueError:
+                w = -1.0
+            if task not in S.TASKS or not w >= 0:
+                ap.error(f"{flag} {spec!r}: expected TASK:W with a task of {list(S.TASKS)} and W >= 0")
+            out[task] = w
+        return out
+
+    args.ground_task_weights = task_weights(args.ground_task_weight, "--ground-task-weight")
+    args.task_mix_weights = task_weights(args.task_mix, "--task-mix")
+    if args.task_mix_weights and sum(args.task_mix_weights.get(t, 1.0) for t in S.TASKS) <= 0:
+        ap.error("--task-mix: every task has weight 0")
     return args
 
 
@@ -1074,7 +1092,7 @@ def main(argv=None) -> int:
     optional = [(answer_head, "answer_head"), (bind.heads if bind is not None else None, "bind_heads"),
                 (pos_head, "pos_head"), (ground_probe, "ground_probe")]
 
-    step, train_seconds, history = 0, 0.0, []
+    step, train_seconds, history, averaged_from = 0, 0.0, [], None
     if os.path.isfile(ckpt_path) and not args.restart:
         state = torch.load(ckpt_path, weights_only=False, map_location="cpu")
         for k in ("size", "seed", "batch", "questions_per_video"):
@@ -1100,6 +1118,7 @@ def main(argv=None) -> int:
             print("note: checkpoint without optimizer state (slim): AdamW moments start afresh")
         torch.set_rng_state(state["torch_rng"])
         step, train_seconds, history = state["step"], state["train_seconds"], state["history"]
+        averaged_from = state.get("averaged_from")          # weights made by average_checkpoints.py
         print(f"resumed from {ckpt_path} at step {step} ({train_seconds / 60:.1f} train-min)")
     else:
         # the evaluation prompt and the first turn of a training sequence are the same tokens
@@ -1202,7 +1221,8 @@ def main(argv=None) -> int:
                 f.write(json.dumps(rec) + "\n")
             print(f"eval step {step} ({train_seconds / 60:.1f} train-min): {fmt_eval(r)}", flush=True)
         if step % args.ckpt_every == 0 or done:
-            save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, optional)
+            save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, optional,
+                            averaged_from)
         if done:
             break
     capture.handle.remove()
@@ -1214,7 +1234,8 @@ def main(argv=None) -> int:
     save_model(os.path.join(args.out, "model"), model, tok,
                {"step": step, "train_minutes": round(train_seconds / 60, 2), "args": _plain_args(args),
                 "parameters": n_params, "last_eval": last,
-                "command": command_line(args, steps=planned_steps, stop_at=step)})
+                "command": command_line(args, steps=planned_steps, stop_at=step),
+                **({"averaged_from": averaged_from} if averaged_from else {})})
     print(f"saved {os.path.join(args.out, 'model')} at step {step}")
     return 0
 

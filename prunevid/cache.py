@@ -85,7 +85,11 @@ class MediaCache:
         return feats
 
 
-def model_key(name: str, dtype, preprocessing) -> str:
+def model_key(name: str, dtype, preprocessing, fingerprint: Optional[str] = None) -> str:
+    """The cached features' model: name, dtype, frame preprocessing and the weights fingerprint (other weights
+    under the same name, e.g. a re-shipped demo model, must not reuse the old features)."""
     desc = [str(name), str(dtype), getattr(preprocessing, "size", None), list(getattr(preprocessing, "mean", []) or []),
             list(getattr(preprocessing, "std", []) or [])]
+    if fingerprint is not None:
+        desc.append(fingerprint)
     return hashlib.sha256(json.dumps(desc).encode()).hexdigest()[:16]

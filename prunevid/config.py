@@ -75,6 +75,12 @@ class PruneVidConfig:
         token still says which frame and place it came from, and decoding continues from the unreduced length;
         multimodal-RoPE models such as Qwen2-VL always use original positions). On the demo model the official
         rule costs PruneVid 14 points at 25% retained (``sweeps/demo-analysis.yaml``).
+      - ``stage1_min_ratio``: with ``retain``, how the budget is split between the stages (``None``: official
+        settings for stage 1, relaxed only when stage 1 alone would fall below the target; stage 2 cuts the rest).
+        A share of the visual tokens that stage 1 must keep at least: its ``cluster_ratio`` and then ``tau`` are
+        raised along the same steps until it does, and stage 2 (alpha) takes the budget the rest of the way.
+        1.0 leaves stage 1 merging nothing. Meant for tight budgets, where the paper's stage-1 settings average
+        small objects into the background (on the demo model, ``sweeps/demo-analysis.yaml``).
       - ``seed``: the DPC-KNN density tie-break noise is drawn from a generator seeded with this value at
         every prefill, so runs are reproducible; ``None`` draws from torch's global RNG as the official code.
     """
@@ -93,6 +99,7 @@ class PruneVidConfig:
     seed: Optional[int] = 0
     retain: Optional[float] = None
     positions: str = "renumber"
+    stage1_min_ratio: Optional[float] = None
 
     def __post_init__(self) -> None:
         self.tau = _check_number("tau", self.tau, -1.0, 1.0)
@@ -114,6 +121,13 @@ class PruneVidConfig:
         if self.retain is not None:
             self.retain = _check_number("retain", self.retain, 0.0, 1.0, lo_open=True)
         self.positions = check_positions(self.positions)
+        if self.stage1_min_ratio is not None:
+            self.stage1_min_ratio = _check_number("stage1_min_ratio", self.stage1_min_ratio, 0.0, 1.0, lo_open=True)
+            if self.retain is None:
+                raise ValueError("stage1_min_ratio splits a matched budget between the stages: set retain too")
+            if not (self.stage1 and self.stage2):
+                raise ValueError("stage1_min_ratio needs both stages (stage1 and stage2 true): it moves the budget "
+                                 "from stage 1 to stage 2")
 
     @property
     def enabled(self) -> bool:

@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     d.add_argument("--data-root", default=None, help="benchmark data root (default: $PRUNEVID_DATA or ./DATAS)")
     d.add_argument("--limit", type=int, default=None, help="override the sweep's items per cell")
     d.add_argument("--kernel", default=None, help="Jupyter kernel (default: prunevid-kit if installed, else python3)")
-    d.add_argument("--force", action="store_true", help="rerun cells whose results exist")
+    d.add_argument("--force", action="store_true", help="rerun every cell from scratch (clears its folder)")
     d.set_defaults(func=run_study)
 
     p = sub.add_parser("clip", help="PruneVid end to end on one clip, step by step -> reports/clip/index.html")

@@ -24,6 +24,7 @@ import html
 import itertools
 import json
 import os
+import shutil
 import sys
 import traceback
 from typing import Optional
@@ -101,9 +102,29 @@ def export_html(executed_path: str, html_path: str) -> None:
         f.write(body)
 
 
+def _stale_weights(run_dir: str, params: dict) -> Optional[str]:
+    """Why the cell's folder holds another model's run (its recorded weights fingerprint differs from the
+    model's now: a re-shipped demo model, a retrained checkpoint), or None."""
+    path = os.path.join(run_dir, "run_config.json")
+    if not os.path.isfile(path):
+        return None
+    from .models import fingerprint_of
+    try:
+        with open(path) as f:
+            stored = json.load(f).get("weights")
+    except (OSError, ValueError):
+        return "its run_config.json is unreadable"
+    now = fingerprint_of(params.get("model"))
+    if now is not None and stored != now:
+        return f"the model's weights changed since it ran ({stored} there, {now} now)"
+    return None
+
+
 def run_sweep(sweep: dict, reports_root: str = "reports", *, kernel: Optional[str] = None, force: bool = False,
               log=print) -> dict:
-    """Execute every cell of the sweep that has no results yet; returns {run_id: "done"|"skipped"|"failed"}."""
+    """Execute every cell of the sweep that has no results yet; returns {run_id: "done"|"skipped"|"failed"}.
+    ``force`` reruns every cell from scratch (its folder is cleared first); a cell whose recorded model weights
+    differ from the model's now is rerun from scratch as well."""
     import papermill as pm
     out_dir = os.path.join(reports_root, sweep["name"])
     runs_dir = os.path.join(out_dir, "runs")
@@ -117,8 +138,14 @@ def run_sweep(sweep: dict, reports_root: str = "reports", *, kernel: Optional[st
     for i, params in enumerate(cells, 1):
         rid = cell_id(params)
         run_dir = os.path.join(runs_dir, rid)
+        stale = _stale_weights(run_dir, params)
+        if (force or stale) and os.path.isdir(run_dir):
+            # a rerun starts from nothing: the runner would otherwise resume from the old samples.jsonl
+            if stale:
+                log(f"[report] {i}/{len(cells)} {rid}: {stale}: rerunning from scratch")
+            shutil.rmtree(run_dir)
         done = os.path.isfile(os.path.join(run_dir, "results.json"))
-        if done and not force:
+        if done:
             status[rid] = "skipped"
             log(f"[report] {i}/{len(cells)} {rid}: results exist, skipped")
             continue
@@ -310,8 +337,9 @@ unpruned model (achieved, not the target); FLOPs = LLM prefill FLOPs relative to
 
 def record(out_dir: str, dest: str, *, title: str = "sweep", description: str = "", note: str = "") -> str:
     """Copy a finished sweep's small, reproducible part to ``dest`` (a curated, committed report): each cell's
-    ``params.json`` / ``results.json`` / ``failed.json`` (not the samples, notebooks or per-cell pages), the
-    index rebuilt there with its plots, and ``RECORD.md`` saying when, where and from which commit. Returns the
+    ``params.json`` / ``run_config.json`` / ``results.json`` / ``failed.json`` (not the samples, notebooks or
+    per-cell pages), the index rebuilt there with its plots, and ``RECORD.md`` saying when, where, from which commit
+    and with which model weights. Returns the
     index path."""
     import datetime
     import platform
@@ -326,14 +354,23 @@ def record(out_dir: str, dest: str, *, title: str = "sweep", description: str = 
         shutil.rmtree(dest)
     for rid in cells:
         os.makedirs(os.path.join(dest, "runs", rid))
-        for name in ("params.json", "results.json", "failed.json"):
+        for name in ("params.json", "run_config.json", "results.json", "failed.json"):
             src = os.path.join(src_runs, rid, name)
             if os.path.isfile(src):
                 shutil.copyfile(src, os.path.join(dest, "runs", rid, name))
     index = build_index(dest, title=title, description=description)
+    weights = {}                                   # model -> the weights fingerprints its cells ran with
+    for rid in cells:
+        p = os.path.join(src_runs, rid, "run_config.json")
+        if os.path.isfile(p):
+            with open(p) as f:
+                rc = json.load(f)
+            weights.setdefault(rc.get("model"), set()).add(rc.get("weights"))
+    models_line = "; ".join(f"{m}: {', '.join(sorted(map(str, w)))}" for m, w in sorted(weights.items(), key=str))
     with open(os.path.join(dest, "RECORD.md"), "w") as f:
         f.write(f"# {title}: recorded run\n\n- recorded: {datetime.date.today().isoformat()}\n"
-                f"- commit: {git_hash() or 'unknown'}\n- machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+                f"- commit: {git_hash() or 'unknown'}\n- model weights (run_config.json): {models_line or 'unknown'}\n"
+                f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, "
                 f"{platform.system()}\n- versions: {json.dumps(versions())}\n- cells: {len(cells)} (results.json "
                 f"per cell; per-sample logs and notebooks are not kept)\n" + (f"\n{note.strip()}\n" if note else ""))
     return index
@@ -345,7 +382,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sweep", required=True, help="sweep YAML file (see prunevid/report.py)")
     p.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel (default: prunevid-kit if installed, else python3)")
-    p.add_argument("--force", action="store_true", help="rerun cells whose results exist")
+    p.add_argument("--force", action="store_true", help="rerun every cell from scratch (clears its folder)")
     p.add_argument("--index-only", action="store_true", help="only rebuild index.html from the existing runs")
     p.add_argument("--record", metavar="DEST", default=None,
                    help="copy the finished sweep's results (no samples or notebooks) to DEST with its index and a "

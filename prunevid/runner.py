@@ -32,7 +32,9 @@ DEFAULT_MODEL = None
 DEFAULT_BENCHMARK = "synthetic"
 RUN_CONFIG = "run_config.json"
 # Keys of run_config.json that must match for a rerun to resume (device, data_root and limit may change).
-IDENTITY_KEYS = ("benchmark", "model", "method", "protocol", "frames", "dtype", "seed", "gen_kwargs")
+# "weights" is the model's weights fingerprint (prunevid.models.weights_fingerprint): the same name with other
+# weights (a re-shipped demo model, a retrained checkpoint) is another run.
+IDENTITY_KEYS = ("benchmark", "model", "weights", "method", "protocol", "frames", "dtype", "seed", "gen_kwargs")
 
 
 def add_parser(sub) -> None:
@@ -256,7 +258,8 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
             from transformers.modeling_outputs import BaseModelOutputWithPooling
             from .cache import model_key
             pixels = inputs.pop("pixel_values_videos")
-            feats = cache.features(key, model_key(loaded.name, loaded.model.dtype, loaded.preprocessing),
+            feats = cache.features(key, model_key(loaded.name, loaded.model.dtype, loaded.preprocessing,
+                                                  getattr(loaded, "fingerprint", None)),
                                    lambda: _encode(loaded, pixels))
             inputs["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(
                 pooler_output=feats.to(device=pixels.device, dtype=pixels.dtype))}
@@ -333,7 +336,8 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
         cfg = cfg.replace(selected_layer=min(loaded.spec.defaults.get("selected_layer", 10), n_layers // 2))
     method_info = {"name": method, **cfg.to_dict()}
 
-    identity = {"benchmark": bench.name, "model": str(model), "method": method_info, "protocol": protocol,
+    identity = {"benchmark": bench.name, "model": str(model), "weights": getattr(loaded, "fingerprint", None),
+                "method": method_info, "protocol": protocol,
                 "frames": frames, "dtype": str(dtype), "seed": seed, "gen_kwargs": gen}
     import prunevid
     prunevid.apply(loaded.model, cfg, method=method)     # a config the model rejects fails before any file
@@ -515,7 +519,8 @@ def summarize(bench, rows, total: int, *, run_id, identity, data_root, device, l
     metrics = bench.aggregate(rows)
     return results.base_results(
         run_id=run_id,
-        config={"model": identity["model"], "benchmark": identity["benchmark"], "protocol": identity["protocol"],
+        config={"model": identity["model"], "weights": identity.get("weights"), "benchmark": identity["benchmark"],
+                "protocol": identity["protocol"],
                 "data_root": os.path.abspath(data_root), "frames": identity["frames"], "dtype": identity["dtype"],
                 "device": device, "seed": identity["seed"], "limit": limit, "gen_kwargs": identity["gen_kwargs"],
                 "output_dir": output_dir},

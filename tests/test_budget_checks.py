@@ -1,4 +1,6 @@
 """Matched budgets and the divergence check."""
+import math
+
 import pytest
 import torch
 
@@ -41,6 +43,47 @@ def test_prunevid_budget_search_reports_alpha(tiny, tiny_inputs):
     b = info["budget"]
     assert b["reachable"] and b["expected_tokens"] == st["visual_tokens_stage2"] <= b["target_tokens"]
     assert 0 < b["alpha"] <= 1
+
+
+def _budget_run(model, inputs, **params):
+    prunevid.apply(model, selected_layer=1, **params)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+        return prunevid.stats(model), prunevid.patch.info(model)["budget"]
+    finally:
+        prunevid.remove(model)
+
+
+def test_stage1_min_ratio_moves_the_budget_to_stage_2(tiny, tiny_inputs):
+    model, _ = tiny
+    st0, b0 = _budget_run(model, tiny_inputs, retain=0.1)
+    n = st0["visual_tokens_in"]
+    assert st0["visual_tokens_stage1"] < 0.6 * n                # the official settings merge a lot here
+    st, b = _budget_run(model, tiny_inputs, retain=0.1, stage1_min_ratio=0.6)
+    # stage 1 keeps at least 60% (relaxed along the documented steps), stage 2 still meets the same target
+    assert st["visual_tokens_stage1"] >= 0.6 * n and b["stage1_min_tokens"] == math.ceil(0.6 * n)
+    assert (b["cluster_ratio"], b["tau"]) > (b0["cluster_ratio"], b0["tau"])
+    assert b["reachable"] and st["visual_tokens_stage2"] <= b["target_tokens"] == b0["target_tokens"]
+    assert b["alpha"] < b0["alpha"]
+    # 1.0: stage 1 merges nothing (relaxed up to tau 1, cluster_ratio 1 if need be), the whole cut is stage 2's
+    st1, b1 = _budget_run(model, tiny_inputs, retain=0.1, stage1_min_ratio=1.0)
+    assert st1["visual_tokens_stage1"] == n and b1["cluster_ratio"] == 1.0 and b1["tau"] > b0["tau"]
+    assert st1["visual_tokens_stage2"] <= b1["target_tokens"]
+    # a floor below what stage 1 keeps anyway changes nothing
+    st2, b2 = _budget_run(model, tiny_inputs, retain=0.1, stage1_min_ratio=0.01)
+    assert st2 == st0 and (b2["tau"], b2["cluster_ratio"], b2["alpha"]) == (b0["tau"], b0["cluster_ratio"], b0["alpha"])
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"stage1_min_ratio": 0.5}, "set retain"),
+    ({"stage1_min_ratio": 0.0, "retain": 0.25}, "stage1_min_ratio"),
+    ({"stage1_min_ratio": 1.5, "retain": 0.25}, "stage1_min_ratio"),
+    ({"stage1_min_ratio": 0.5, "retain": 0.25, "stage2": False}, "both stages"),
+])
+def test_stage1_min_ratio_validation(params, match):
+    with pytest.raises(ValueError, match=match):
+        prunevid.PruneVidConfig(**params)
 
 
 def test_prunevid_default_unchanged_by_budget_machinery(tiny, tiny_inputs):

@@ -11,7 +11,7 @@ import threading
 import nbformat
 import pytest
 
-from prunevid import report, runner
+from prunevid import models, report, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -213,10 +213,59 @@ def test_record_keeps_results_and_index_but_not_samples_or_pages(sweep_dir, tmp_
     cells = [d.name for d in (out / "runs").iterdir() if d.is_dir()]
     assert not (dest / "stale").exists()
     assert {k.split("/")[1] for k in kept if k.startswith("runs/")} == set(cells)
-    assert all(k.rsplit("/", 1)[-1] in ("params.json", "results.json", "failed.json") for k in kept
+    assert all(k.rsplit("/", 1)[-1] in ("params.json", "run_config.json", "results.json", "failed.json") for k in kept
                if k.startswith("runs/"))
     page = open(index).read()
     assert "what it shows" in page and page.count("<tr") == (out / "index.html").read_text().count("<tr")
     assert "commit:" in (dest / "RECORD.md").read_text()
     with pytest.raises(ValueError, match="no cells"):
         report.record(str(tmp_path / "empty"), str(tmp_path / "x"))
+
+
+RECORDING_CELL = '''
+import os
+from prunevid import models, results
+os.makedirs(output_dir, exist_ok=True)
+with open(os.path.join(output_dir, "samples.jsonl"), "a") as f:      # one line per execution into this folder
+    f.write("{}\\n")
+results.atomic_write_json(os.path.join(output_dir, "run_config.json"),
+                          {"model": model, "weights": models.fingerprint_of(model)})
+'''
+
+
+def test_sweep_reruns_cells_whose_weights_changed_and_force_starts_from_scratch(tmp_path):
+    """A cell recorded with other weights under the same model name (a re-shipped demo model) is rerun from an
+    empty folder, never resumed from the old samples; --force clears the folder too."""
+    mdir = tmp_path / "model"
+    mdir.mkdir()
+    (mdir / "config.json").write_text("{}")
+    (mdir / "model.safetensors").write_bytes(b"weights one")
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(FAKE_PARAMS)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell(RECORDING_CELL), nbformat.v4.new_code_cell(FAKE_BODY)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(tmp_path / "nb.ipynb"))
+    (tmp_path / "s.yaml").write_text(f"name: w\nnotebook: {tmp_path / 'nb.ipynb'}\ncells: [{{model: {mdir}}}]\n")
+    sweep = report.load_sweep(str(tmp_path / "s.yaml"))
+    old = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + old if old else "")
+    logs = []
+    try:
+        def run(**kw):
+            status = report.run_sweep(sweep, str(tmp_path / "reports"), log=logs.append, **kw)
+            (rid, st), = status.items()
+            lines = (tmp_path / "reports" / "w" / "runs" / rid / "samples.jsonl").read_text().count("\n")
+            return st, lines
+        assert run() == ("done", 1)
+        assert run() == ("skipped", 1)
+        (mdir / "model.safetensors").write_bytes(b"weights two")
+        assert run() == ("done", 1)                         # rerun into a cleared folder, not appended to
+        assert any("weights changed" in m for m in logs)
+        assert run() == ("skipped", 1)
+        assert run(force=True) == ("done", 1)
+        # a record names the weights its cells ran with
+        report.record(str(tmp_path / "reports" / "w"), str(tmp_path / "rec"), title="w")
+        assert f"{mdir}: {models.fingerprint_of(str(mdir))}" in (tmp_path / "rec" / "RECORD.md").read_text()
+    finally:
+        os.environ["PYTHONPATH"] = old

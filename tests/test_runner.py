@@ -157,6 +157,44 @@ def test_different_config_refused(datas, tiny, tmp_path):
         _eval(tiny, root, tmp_path / "run", "videomme", limit=1)
 
 
+def test_other_weights_under_the_same_name_are_another_run(datas, tiny, tmp_path):
+    """A re-shipped or retrained model keeps its name; its weights fingerprint tells the runs apart, so a folder
+    of the old weights is refused rather than resumed with answers of two models."""
+    import dataclasses
+    root, _ = datas
+    one, two = dataclasses.replace(tiny, fingerprint="sha256:one"), dataclasses.replace(tiny, fingerprint="sha256:two")
+    _eval(one, root, tmp_path / "run", "mvbench", limit=1)
+    assert json.loads((tmp_path / "run" / runner.RUN_CONFIG).read_text())["weights"] == "sha256:one"
+    _eval(one, root, tmp_path / "run", "mvbench", limit=2)                        # same weights: resumes
+    with pytest.raises(ValueError, match="different run.*weights.*sha256:one.*sha256:two"):
+        _eval(two, root, tmp_path / "run", "mvbench", limit=2)
+
+
+def test_weights_fingerprint_follows_the_weights_not_the_folder(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    loaded = models.load("tiny")
+    loaded.model.save_pretrained(a)
+    loaded.tokenizer.save_pretrained(a)
+    again = models.load(str(a))
+    assert again.fingerprint == models.weights_fingerprint(str(a)) == models.fingerprint_of(str(a))
+    assert again.fingerprint.startswith("sha256:") and models.load("tiny").fingerprint is None
+    import shutil
+    shutil.copytree(a, b)
+    assert models.weights_fingerprint(str(b)) == again.fingerprint          # a copy is the same model
+    import torch
+    with torch.no_grad():
+        next(loaded.model.parameters()).add_(1e-3)
+    loaded.model.save_pretrained(b)                                          # retrained: another model
+    assert models.weights_fingerprint(str(b)) != again.fingerprint
+    # hub snapshots are named by their commit; checkpoints above the size limit by their files' stat
+    snap = tmp_path / "hub" / "models--org--name" / "snapshots" / ("ab" * 20)
+    snap.mkdir(parents=True)
+    assert models.weights_fingerprint(str(snap)) == "hub:" + "ab" * 20
+    monkeypatch.setattr(models, "FULL_HASH_BYTES", 0)
+    assert models.weights_fingerprint(str(a)).startswith("stat:")
+    assert models.fingerprint_of("tiny") is None and models.fingerprint_of(str(tmp_path / "none")) is None
+
+
 def test_method_none_and_lmms_protocol(datas, tiny, tmp_path):
     root, _ = datas
     res = _eval(tiny, root, tmp_path / "run", "mvbench", method="none", protocol="lmms-eval", frames=6)

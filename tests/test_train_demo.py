@@ -405,3 +405,92 @@ def test_stage1_object_purity_counts_the_share_of_a_merged_group_owned_by_the_sa
     own = mod.object_owner(sample, S.NUM_FRAMES)
     assert own.shape == (S.NUM_FRAMES, (S.FRAME_SIZE // 16) ** 2)
     assert set(own.unique().tolist()) <= set(range(len(sample.video.tracks) + 1)) and (own > 0).any()
+
+
+@pytest.fixture(scope="module")
+def A():
+    spec = importlib.util.spec_from_file_location(
+        "average_checkpoints", os.path.join(os.path.dirname(__file__), "..", "data_scripts", "average_checkpoints.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _demo_state(enc, seed, step):
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=seed)
+    head = torch.nn.Linear(8, 3)
+    torch.nn.init.normal_(head.weight)
+    return {"step": step, "model": model.state_dict(), "heads": head.state_dict(), "train_seconds": 60.0 * step,
+            "torch_rng": torch.get_rng_state(), "args": {"size": "xs"}, "history": [{"step": step}],
+            "optimizer": {"state": {}}}
+
+
+def test_average_checkpoints_is_the_weighted_mean_and_loads_as_a_plain_model(A, enc, tmp_path):
+    a, b = _demo_state(enc, 0, 10), _demo_state(enc, 1, 20)
+    avg = A.average_checkpoints([a, b], [0.25, 0.75], ["a.pt", "b.pt"])
+    assert "optimizer" not in avg and avg["step"] == 20 and avg["history"] == b["history"]
+    assert [x["step"] for x in avg["averaged_from"]] == [10, 20] and avg["averaged_from"][0]["weight"] == 0.25
+    floats = [k for k, v in a["model"].items() if v.is_floating_point()]
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in floats)
+    for k in floats:
+        expect = (0.25 * a["model"][k].double() + 0.75 * b["model"][k].double()).to(a["model"][k].dtype)
+        assert torch.equal(avg["model"][k], expect), k
+    assert torch.allclose(avg["heads"]["weight"], 0.25 * a["heads"]["weight"] + 0.75 * b["heads"]["weight"])
+    # the averaged weights load into the plain architecture and survive save_pretrained / from_pretrained
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=2)
+    model.load_state_dict(avg["model"])
+    model.save_pretrained(tmp_path)
+    from transformers import LlavaOnevisionForConditionalGeneration
+    back = LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path)
+    for k, v in back.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    # a checkpoint averaged with itself is itself (uniform weights by default)
+    same = A.average_checkpoints([a, a])
+    assert all(torch.equal(same["model"][k], a["model"][k]) for k in a["model"])
+
+
+def test_average_checkpoints_refuses_what_cannot_be_averaged(A, enc, tmp_path):
+    a, b = _demo_state(enc, 0, 10), _demo_state(enc, 1, 20)
+    with pytest.raises(ValueError, match="at least two"):
+        A.average_checkpoints([a])
+    with pytest.raises(ValueError, match="summing to 1"):
+        A.average_checkpoints([a, b], [0.5, 0.6])
+    with pytest.raises(ValueError, match="different model sizes"):
+        A.average_checkpoints([a, dict(b, args={"size": "s4"})])
+    small = dict(b, heads={"weight": torch.zeros(2, 8), "bias": torch.zeros(2)})
+    with pytest.raises(ValueError, match="shape"):
+        A.average_checkpoints([a, small])
+    with pytest.raises(ValueError, match="heads"):
+        A.average_checkpoints([a, dict(b, pos_head={"weight": torch.zeros(1)})])
+    # the command line: a missing input is named, the output may not overwrite an input
+    torch.save(a, tmp_path / "a.pt")
+    with pytest.raises(SystemExit):
+        A.main([str(tmp_path / "a.pt"), str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")])
+    torch.save(b, tmp_path / "checkpoint.pt")
+    with pytest.raises(SystemExit):
+        A.main([str(tmp_path / "a.pt"), str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path)])
+    assert A.main([str(tmp_path / "a.pt"), str(tmp_path / "a.pt"), "--out", str(tmp_path / "o")]) == 0
+    assert torch.load(tmp_path / "o" / "checkpoint.pt", weights_only=False)["averaged_from"][1]["weight"] == 0.5
+
+
+def test_task_mix_reweights_the_training_videos(T, enc):
+    """--task-mix draws the videos' tasks with the given weights; without it the batches are the uniform draw of
+    S.sample, so earlier runs replay unchanged."""
+    plain = T.parse_args(["--batch", "4", "--size", "xs", "--questions-per-video", "1"])
+    mixed = T.parse_args(["--batch", "4", "--size", "xs", "--questions-per-video", "1",
+                          "--task-mix", "moving_direction:1", *sum((["--task-mix", f"{t}:0"] for t in S.TASKS
+                                                                    if t != "moving_direction"), [])])
+    assert mixed.task_mix_weights["moving_direction"] == 1 and "--task-mix" in T.command_line(mixed)
+    for step in range(3):
+        ids, *_ = T.make_batch(step, mixed, enc)
+        for row in ids.tolist():
+            assert "Which direction does the" in enc.tok.decode(row), step
+    ids_plain = T.make_batch(1, plain, enc)[0]
+    again = T.make_batch(1, T.parse_args(["--batch", "4", "--size", "xs", "--questions-per-video", "1"]), enc)[0]
+    assert torch.equal(ids_plain, again)
+    questions = {enc.tok.decode(r).split("Question:")[1][:20] for r in ids_plain.tolist()}
+    assert len(questions) > 1                                 # uniform: not all one task
+    with pytest.raises(SystemExit):
+        T.parse_args(["--task-mix", "moving_direction"])
+    with pytest.raises(SystemExit):
+        T.parse_args([*sum((["--task-mix", f"{t}:0"] for t in S.TASKS), [])])

@@ -7,10 +7,13 @@ kept count ``sum_i floor(alpha S_i) + W_i floor(alpha D_i)`` stays at or below `
 target (alpha = 1 cannot reach it), stage 1 is re-run with ``cluster_ratio`` raised along
 ``CLUSTER_RATIO_STEPS`` and then, at cluster_ratio 1, ``tau`` raised along ``TAU_STEPS`` (fewer static
 locations), taking the first setting whose stage-1 output reaches the target; alpha is then searched on it.
+With ``stage1_min_ratio`` (a named option; None by default) stage 1 is relaxed the same way until it keeps at
+least that share of the visual tokens (or the target, if larger), so stage 2 carries more of the cut.
 The settings used are in ``prunevid.patch.info(model)["budget"]``; the achieved ratio is always in the stats.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -84,13 +87,16 @@ class PruneVidMethod(Method):
         if retain is None:
             return red
         target = int(retain * n_frames * per_frame + 1e-9)
+        # what stage 1 must keep: the target (official), or more where stage1_min_ratio moves budget to stage 2
+        min_ratio = getattr(cfg, "stage1_min_ratio", None)
+        floor = target if min_ratio is None else max(target, math.ceil(min_ratio * n_frames * per_frame - 1e-9))
         tau, cluster_ratio = cfg.tau, cfg.cluster_ratio
-        if cfg.stage1 and red.num_tokens < target:          # stage 1 alone is below the target: merge less
+        if cfg.stage1 and red.num_tokens < floor:           # stage 1 keeps too few: merge less
             trials = [(cfg.tau, c) for c in CLUSTER_RATIO_STEPS if c > cfg.cluster_ratio]
             trials += [(t, 1.0) for t in TAU_STEPS if t > cfg.tau]
             for tau, cluster_ratio in trials:
                 red = self._stage1(frames, video, tau, cluster_ratio, self._fresh_generator(video))
-                if red.num_tokens >= target:
+                if red.num_tokens >= floor:
                     break
         if cfg.stage2:
             alpha, kept, ok = alpha_for_budget(red.static_sizes, red.dynamic_sizes, red.window_sizes, target)
@@ -100,7 +106,7 @@ class PruneVidMethod(Method):
         note = None if ok else ("stage 1 keeps fewer tokens than the target even at tau=1, cluster_ratio=1"
                                 if kept < target else "the smallest alpha keeps more than the target")
         red.info["budget"] = {"target_ratio": retain, "target_tokens": target, "alpha": alpha, "tau": tau,
-                              "cluster_ratio": cluster_ratio, "expected_tokens": kept, "reachable": ok,
+                              "cluster_ratio": cluster_ratio, "stage1_min_tokens": floor, "expected_tokens": kept, "reachable": ok,
                               "note": note}
         return red
 

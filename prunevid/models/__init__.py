@@ -5,9 +5,11 @@ Adding a model = one file in this folder (``ARCHITECTURES``, ``DEFAULTS``, ``lan
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Optional
@@ -117,6 +119,55 @@ class LoadedModel:
     spec: ModelSpec
     preprocessing: VideoPreprocessing
     name: str
+    # which weights these are (``weights_fingerprint``); None for the kit's tiny models, built from code and a seed
+    fingerprint: Optional[str] = None
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Up to this many bytes of weight files are hashed in full; larger checkpoints get a file-stat fingerprint.
+FULL_HASH_BYTES = 4 << 30
+_HUB_SNAPSHOT = re.compile(r"[/\\]snapshots[/\\]([0-9a-f]{40})[/\\]?$")
+
+
+def weights_fingerprint(path: str) -> str:
+    """Which weights a checkpoint folder holds, so a run folder can tell that its model changed (a re-shipped
+    demo model, a retrained checkpoint under the same name) and refuse to resume or reuse cached features.
+
+    - a hub snapshot (``.../snapshots/<commit>/``): ``hub:<commit>``, free;
+    - otherwise, up to ``FULL_HASH_BYTES`` of weight files: ``sha256:`` of config.json and every weight file's
+      content (the demo model: 5 MB, milliseconds);
+    - larger local checkpoints: ``stat:`` hash of each weight file's name, size and modification time (reading
+      tens of GB at every run would cost minutes; a copy of the same files reads as a different model, which is
+      refused, never silently mixed)."""
+    m = _HUB_SNAPSHOT.search(os.path.abspath(path))
+    if m:
+        return "hub:" + m.group(1)
+    names = sorted(n for n in os.listdir(path) if n.endswith(WEIGHT_SUFFIXES) or n == "config.json")
+    files = [os.path.join(path, n) for n in names]
+    h = hashlib.sha256()
+    if sum(os.path.getsize(f) for f in files) <= FULL_HASH_BYTES:
+        for name, f in zip(names, files):
+            h.update(name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        return "sha256:" + h.hexdigest()[:32]
+    for name, f in zip(names, files):
+        st = os.stat(f)
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return "stat:" + h.hexdigest()[:32]
+
+
+def fingerprint_of(name_or_path: Optional[str]) -> Optional[str]:
+    """The fingerprint ``load(name_or_path)`` would record, without loading: None for the tiny models, for hub
+    ids (resolved only when loaded) and for names that resolve to nothing here."""
+    name = name_or_path or default_model()
+    if name in TINY_MODELS:
+        return None
+    path = DEMO_MODEL_DIR if name == "demo" else name
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    return weights_fingerprint(path)
 
 
 def _dtype(dtype) -> torch.dtype:
@@ -184,7 +235,7 @@ def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementatio
         with open(template) as f:
             tokenizer.chat_template = json.load(f)["chat_template"]
     return LoadedModel(model, tokenizer, with_kit_defaults(spec_for(model), path), preprocessing_from_dir(path, config),
-                       name_or_path)
+                       name_or_path, weights_fingerprint(path))
 
 
 def _load_pllava(path, name, dtype, device, attn_implementation, lora_alpha) -> LoadedModel:
@@ -203,4 +254,4 @@ def _load_pllava(path, name, dtype, device, attn_implementation, lora_alpha) -> 
             cfg = json.load(f)
         pre.mean = tuple(cfg.get("image_mean", pre.mean))
         pre.std = tuple(cfg.get("image_std", pre.std))
-    return LoadedModel(model, tokenizer, spec_for(model), pre, name)
+    return LoadedModel(model, tokenizer, spec_for(model), pre, name, weights_fingerprint(path))
