@@ -25,7 +25,12 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-STATE_DICT_KEYS = ("model", "heads", "aux_head", "answer_head", "bind_heads", "pos_head", "ground_probe")
+
+
+def _is_state_dict(value) -> bool:
+    """The model's and every training-only head's weights are the checkpoint's dicts of tensors (whatever heads a
+    run has); optimizer state, RNG state, arguments and history are not."""
+    return isinstance(value, dict) and bool(value) and all(isinstance(t, torch.Tensor) for t in value.values())
 
 
 def average_state_dicts(dicts: Sequence[Dict[str, torch.Tensor]], weights: Sequence[float]) -> Dict[str, torch.Tensor]:
@@ -62,12 +67,13 @@ def average_checkpoints(states: Sequence[dict], weights: Optional[Sequence[float
     size = {s.get("args", {}).get("size") for s in states}
     if len(size) > 1:
         raise ValueError(f"checkpoints of different model sizes cannot be averaged: {sorted(map(str, size))}")
-    parts = [k for k in STATE_DICT_KEYS if k in states[0]]
+    parts = sorted(k for k, v in states[0].items() if k != "optimizer" and _is_state_dict(v))
     for i, s in enumerate(states):
-        if [k for k in STATE_DICT_KEYS if k in s] != parts:
-            raise ValueError(f"input {i} has heads {[k for k in STATE_DICT_KEYS if k in s]}, input 0 has {parts}")
+        has = sorted(k for k, v in s.items() if k != "optimizer" and _is_state_dict(v))
+        if has != parts:
+            raise ValueError(f"input {i} has heads {has}, input 0 has {parts}")
     latest = max(range(len(states)), key=lambda i: states[i]["step"])
-    out = {k: v for k, v in states[latest].items() if k not in STATE_DICT_KEYS and k != "optimizer"}
+    out = {k: v for k, v in states[latest].items() if k not in parts and k != "optimizer"}
     for k in parts:
         out[k] = average_state_dicts([s[k] for s in states], weights)
     paths = list(paths) if paths is not None else [None] * len(states)

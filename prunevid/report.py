@@ -102,9 +102,10 @@ def export_html(executed_path: str, html_path: str) -> None:
         f.write(body)
 
 
-def _stale_weights(run_dir: str, params: dict) -> Optional[str]:
+def _stale_weights(run_dir: str, params: dict, fingerprints: dict) -> Optional[str]:
     """Why the cell's folder holds another model's run (its recorded weights fingerprint differs from the
-    model's now: a re-shipped demo model, a retrained checkpoint), or None."""
+    model's now: a re-shipped demo model, a retrained checkpoint), or None. ``fingerprints`` memoises
+    ``fingerprint_of`` per model for the sweep (a local checkpoint is hashed once, not once per cell)."""
     path = os.path.join(run_dir, "run_config.json")
     if not os.path.isfile(path):
         return None
@@ -114,7 +115,10 @@ def _stale_weights(run_dir: str, params: dict) -> Optional[str]:
             stored = json.load(f).get("weights")
     except (OSError, ValueError):
         return "its run_config.json is unreadable"
-    now = fingerprint_of(params.get("model"))
+    model = params.get("model")
+    if model not in fingerprints:
+        fingerprints[model] = fingerprint_of(model)
+    now = fingerprints[model]
     if now is not None and stored != now:
         return f"the model's weights changed since it ran ({stored} there, {now} now)"
     return None
@@ -135,10 +139,11 @@ def run_sweep(sweep: dict, reports_root: str = "reports", *, kernel: Optional[st
     kernel = kernel or sweep.get("kernel") or _kernel()
     status = {}
     cells = expand_cells(sweep)
+    fingerprints = {}
     for i, params in enumerate(cells, 1):
         rid = cell_id(params)
         run_dir = os.path.join(runs_dir, rid)
-        stale = _stale_weights(run_dir, params)
+        stale = _stale_weights(run_dir, params, fingerprints)
         if (force or stale) and os.path.isdir(run_dir):
             # a rerun starts from nothing: the runner would otherwise resume from the old samples.jsonl
             if stale:
@@ -352,20 +357,18 @@ def record(out_dir: str, dest: str, *, title: str = "sweep", description: str = 
         raise ValueError(f"{out_dir} holds no cells to record (run the sweep first)")
     if os.path.isdir(dest):
         shutil.rmtree(dest)
+    weights = {}                                   # model -> the weights fingerprints its cells ran with
     for rid in cells:
         os.makedirs(os.path.join(dest, "runs", rid))
         for name in ("params.json", "run_config.json", "results.json", "failed.json"):
             src = os.path.join(src_runs, rid, name)
             if os.path.isfile(src):
                 shutil.copyfile(src, os.path.join(dest, "runs", rid, name))
+                if name == "run_config.json":
+                    with open(src) as f:
+                        rc = json.load(f)
+                    weights.setdefault(rc.get("model"), set()).add(rc.get("weights"))
     index = build_index(dest, title=title, description=description)
-    weights = {}                                   # model -> the weights fingerprints its cells ran with
-    for rid in cells:
-        p = os.path.join(src_runs, rid, "run_config.json")
-        if os.path.isfile(p):
-            with open(p) as f:
-                rc = json.load(f)
-            weights.setdefault(rc.get("model"), set()).add(rc.get("weights"))
     models_line = "; ".join(f"{m}: {', '.join(sorted(map(str, w)))}" for m, w in sorted(weights.items(), key=str))
     with open(os.path.join(dest, "RECORD.md"), "w") as f:
         f.write(f"# {title}: recorded run\n\n- recorded: {datetime.date.today().isoformat()}\n"
