@@ -56,7 +56,7 @@ def verdict(ev: dict) -> str:
             f"above chance): worst task {worst:+.1f} points vs chance")
 
 
-def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, defaults: dict, seconds: float) -> str:
+def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, defaults: dict, seconds=None) -> str:
     a = training.get("args", {})
     rows = "\n".join(f"| {t} | {ev['by_category'][t]:.1f} | {100 * S.CHANCE[t]:.1f} | "
                      f"{ev['by_category'][t] - 100 * S.CHANCE[t]:+.1f} |" for t in S.TASKS)
@@ -75,6 +75,11 @@ def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, default
         else:
             weights = (f"Weights: trained on from the average of checkpoints of one run, {parts} "
                        f"(`data_scripts/average_checkpoints.py`). The ")
+    track = ""
+    if a.get("track_weight", 0) > 0:
+        track = (f" of one head of LLM layer {a.get('track_layer')} that follows each object from its later tokens back"
+                 " to its first frame (with the motion target weighted and each patch's row and column also asked for as"
+                 " one direction per axis),")
     return f"""# PruneVid Kit demo model
 
 A plain `LlavaOnevisionForConditionalGeneration` (SigLIP vision tower, 2-layer MLP projector, Qwen2 LLM) trained
@@ -118,7 +123,7 @@ Recipe: text-only option look-up warm-up, then several questions per video plus 
 per-patch loss on the projector output (what each 8 px patch shows, and where it is) and a per-video-token loss on
 the hidden states of LLM layer {a.get('lm_aux_layer')} (colour, shape, motion so far, colour change, first colour,
 order of appearance, count, scenes), attention supervision of one head that copies each question's option words
-to the answer position and of one head that reads the answer's video tokens from the answer position, a
+to the answer position and of one head that reads the answer's video tokens from the answer position,{track} a
 curriculum (fewer objects and frames, fixed option order first), zero-initialised residual branches, AdamW with
 warmup and cosine decay. Every auxiliary loss goes through heads or attention maps used in training only: the
 shipped model is a plain LLaVA-OneVision. Held-out accuracy during training (the trainer's own scorer on 20
@@ -128,8 +133,51 @@ shipped model is a plain LLaVA-OneVision. Held-out accuracy during training (the
 |---|---|---|
 {curve}
 
-Shipped by `data_scripts/ship_demo_model.py` in {seconds / 60:.1f} min.
+Shipped by `data_scripts/ship_demo_model.py`{f" in {seconds / 60:.1f} min" if seconds is not None else ""}.
 """
+
+
+def read_log(run: str) -> list:
+    path = os.path.join(run, "log.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_card(args, card: str):
+    if args.notes:
+        with open(args.notes) as f:
+            card += "\n" + f.read().strip() + "\n"
+    with open(os.path.join(args.dest, "README.md"), "w") as f:
+        f.write(card)
+
+
+def write_card_only(args, src: str) -> int:
+    """``--card-only``: the card and training log again, from the shipped record; refuses other weights."""
+    def same(a, b):
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()
+
+    shipped = os.path.join(args.dest, "model.safetensors")
+    for name in ("eval.json", "training.json", models.KIT_DEFAULTS_FILE, "model.safetensors"):
+        if not os.path.isfile(os.path.join(args.dest, name)):
+            raise SystemExit(f"--card-only: {args.dest} has no {name}: ship the model first")
+    if not same(os.path.join(src, "model.safetensors"), shipped):
+        raise SystemExit(f"--card-only: the weights in {src} are not the ones shipped in {args.dest}: ship them")
+    with open(os.path.join(args.dest, "eval.json")) as f:
+        record = json.load(f)
+    with open(os.path.join(args.dest, "training.json")) as f:
+        training = json.load(f)
+    with open(os.path.join(args.dest, models.KIT_DEFAULTS_FILE)) as f:
+        defaults = json.load(f)
+    log = read_log(args.run)
+    if log:
+        shutil.copy2(os.path.join(args.run, "log.jsonl"), os.path.join(args.dest, "training_log.jsonl"))
+    write_card(args, model_card(training, log, record["test"], record["layer_sweep_val"], record["selected_layer"],
+                                defaults, record.get("ship_seconds")))
+    print(f"[ship] {args.dest}: model card rewritten from eval.json")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -140,11 +188,16 @@ def main(argv=None) -> int:
     ap.add_argument("--retain", type=float, default=0.25, help="budget of the layer sweep")
     ap.add_argument("--layer", type=int, default=None, help="skip the sweep and ship this selected_layer")
     ap.add_argument("--notes", default=None, help="markdown file appended to the model card (findings, limits)")
+    ap.add_argument("--card-only", action="store_true",
+                    help="rewrite the model card and training log of the model already shipped from --run, from its "
+                         "eval.json (no evaluation; e.g. after editing --notes)")
     args = ap.parse_args(argv)
     t0 = time.time()
     src = os.path.join(args.run, "model")
     if not os.path.isfile(os.path.join(src, "model.safetensors")):
         raise SystemExit(f"no trained model in {src} (run data_scripts/train_demo_model.py --out {args.run})")
+    if args.card_only:
+        return write_card_only(args, src)
     data_root = os.path.abspath(args.data_root or runner.default_data_root())
     os.makedirs(args.dest, exist_ok=True)
     for name in os.listdir(args.dest):
@@ -155,10 +208,8 @@ def main(argv=None) -> int:
             shutil.copy2(os.path.join(src, name), args.dest)
     with open(os.path.join(src, "training.json")) as f:
         training = json.load(f)
-    log = []
-    if os.path.isfile(os.path.join(args.run, "log.jsonl")):
-        with open(os.path.join(args.run, "log.jsonl")) as f:
-            log = [json.loads(line) for line in f if line.strip()]
+    log = read_log(args.run)
+    if log:
         shutil.copy2(os.path.join(args.run, "log.jsonl"), os.path.join(args.dest, "training_log.jsonl"))
     n_layers = models.load(args.dest).model.config.text_config.num_hidden_layers
     defaults = {"protocol": "official", "frames": S.NUM_FRAMES, "tokens_per_frame": 49,
@@ -183,15 +234,12 @@ def main(argv=None) -> int:
     print(f"[ship] selected_layer {defaults['selected_layer']}; evaluating the test split ...", flush=True)
     ev = evaluate(args.dest, "synthetic", data_root, os.path.join(work, "test-none"))
     record = {"test": ev, "chance": {t: 100 * c for t, c in S.CHANCE.items()}, "layer_sweep_val": sweep,
-              "selected_layer": defaults["selected_layer"], "verdict": verdict(ev)}
+              "selected_layer": defaults["selected_layer"], "verdict": verdict(ev),
+              "ship_seconds": round(time.time() - t0, 1)}
     with open(os.path.join(args.dest, "eval.json"), "w") as f:
         json.dump(record, f, indent=1)
     card = model_card(training, log, ev, sweep, defaults["selected_layer"], defaults, time.time() - t0)
-    if args.notes:
-        with open(args.notes) as f:
-            card += "\n" + f.read().strip() + "\n"
-    with open(os.path.join(args.dest, "README.md"), "w") as f:
-        f.write(card)
+    write_card(args, card)
     shutil.rmtree(work, ignore_errors=True)
     print(f"[ship] {args.dest}: test accuracy {ev['accuracy']:.1f}% ({verdict(ev)}); "
           f"selected_layer {defaults['selected_layer']}")

@@ -38,7 +38,13 @@ as the user text after the video, and the assistant answer prefix ``Best option:
   ``--ground-task-weight``, with a probe (``--ground-probe-weight``) that must read the named object's colour and
   shape at the letter position, where that head's query starts;
 - a per-patch position loss (``--pos-weight``): each patch's row and column read linearly from the projector
-  output, so that the features the LLM receives say where they are (motion needs it);
+  output, so that the features the LLM receives say where they are (motion needs it); ``--pos-ordinal-weight``
+  asks for them as one direction per axis (a regression), so that a displacement is a linear difference;
+- a tracking loss (``--track-weight``): one attention head (``--track-layer``, ``--track-head``) is told to look,
+  from every video token an object holds after its first frame, at that object's tokens in its first frame, with
+  a probe (``--track-probe-weight``) that must read where those were from the layer's output; ``--motion-weight``
+  weighs "motion so far" among the per-video-token targets (moving direction compares where an object is with
+  where it was);
 - a curriculum: fewer objects, frames (``--frames-schedule``) and a fixed option order first, then the full task
   distribution, shuffled; ``--task-mix`` re-weights which task's videos are drawn (uniform by default);
 - zero-initialised residual branches, bf16 autocast where the CPU has native bf16 (``--no-bf16`` otherwise),
@@ -191,6 +197,7 @@ CGRID = S.FRAME_SIZE // CELL
 #   appeared latest so far, number of objects seen so far, first scene, scene changed so far
 N_LM_AUX = (1 + len(S.COLOR_NAMES), 1 + len(S.SHAPES), 5, 2, len(S.COLOR_NAMES), 2, 6, len(S.SCENE_NAMES), 2)
 LM_AUX_IGNORE = -100
+LM_AUX_MOTION = 2                     # index of "motion so far" among the targets (``--motion-weight``)
 
 
 def cell_fractions(video: S.Video, sub: np.ndarray) -> np.ndarray:
@@ -318,6 +325,29 @@ def ground_tokens(video: S.Video, q: dict, sub: np.ndarray, frac: np.ndarray = N
     raise ValueError(f"no grounding rule for question {text!r}")
 
 
+def track_tokens(video: S.Video, sub: np.ndarray, frac: np.ndarray = None) -> list:
+    """[(query index, [target indices], (row, column) of the target cells' centre)] into the video-token run
+    (frame-major 7 x 7 cells of frames ``sub``): every cell an object holds in a frame after the first frame of
+    ``sub`` that shows it, paired with that object's cells in that first frame, where "motion so far" (the label of
+    ``lm_token_labels``) starts. The centre (rounded mean cell row and column) is what the track probe reads.
+    ``frac``: ``cell_fractions(video, sub)`` if already computed."""
+    nT, nC = len(sub), CGRID * CGRID
+    frac = cell_fractions(video, sub) if frac is None else frac
+    if not frac.shape[-1]:
+        return []
+    own = (frac.max(-1) >= 0.2)[..., None] & (frac == frac.max(-1, keepdims=True))      # (nT, nC, objects)
+    out = []
+    for k in range(own.shape[-1]):
+        frames = [j for j in range(nT) if own[j, :, k].any()]
+        if len(frames) < 2:
+            continue
+        first = np.flatnonzero(own[frames[0], :, k])
+        targets = [frames[0] * nC + int(c) for c in first]
+        centre = (int(round(float(np.mean(first // CGRID)))), int(round(float(np.mean(first % CGRID)))))
+        out += [(j * nC + int(c), targets, centre) for j in frames[1:] for c in np.flatnonzero(own[j, :, k])]
+    return out
+
+
 def question_object(q: dict) -> tuple:
     """(colour index, shape index) of the object question ``q`` names, ``LM_AUX_IGNORE`` for what it does not name
     (existence and direction name both, the colour change only the shape, the other tasks no object)."""
@@ -382,7 +412,7 @@ def make_batch(step: int, args, enc: Encoder):
     difficulty, p_shuffle = curriculum(vstep, args)
     sub = frame_subset(frames_at(vstep, args))
     n_video = len(sub) * TOKENS_PER_FRAME + 1
-    seqs, weights, frames, labels, lm_labels, answers, ground = [], [], [], [], [], [], []
+    seqs, weights, frames, labels, lm_labels, answers, ground, track = [], [], [], [], [], [], [], []
     for _ in range(args.batch):
         task = None                                 # uniform, drawn by S.sample (older runs replay unchanged)
         if args.task_mix_weights:
@@ -401,7 +431,8 @@ def make_batch(step: int, args, enc: Encoder):
                                        n_video, marks, letter_weight_at(step, args))
         answers += [(len(seqs), p, c) for p, c in marks]
         # which object covers each video token: shared by the read-out targets and the per-video-token labels
-        frac = cell_fractions(s.video, sub) if (args.ground_weight > 0 or args.lm_aux_weight > 0) else None
+        frac = (cell_fractions(s.video, sub)
+                if (args.ground_weight > 0 or args.lm_aux_weight > 0 or args.track_weight > 0) else None)
         # (row, letter position, absolute positions of the answer's tokens, weight, (colour, shape) asked about)
         if args.ground_weight > 0:
             start = ids.index(enc.video_id)
@@ -410,6 +441,14 @@ def make_batch(step: int, args, enc: Encoder):
                 if g:
                     ground.append((len(seqs), p, [0 if i == SINK else start + i for i in g],
                                    args.ground_task_weights.get(task, 1.0), question_object(q)))
+        if args.track_weight > 0:
+            start = ids.index(enc.video_id)
+            tt = track_tokens(s.video, sub, frac)
+            if len(tt) > args.track_queries:       # a random subset bounds the cost (the stream stays seeded)
+                tt = [tt[i] for i in sorted(rng.choice(len(tt), args.track_queries, replace=False))]
+            if tt:
+                track.append((len(seqs), [start + i for i, _, _ in tt], [[start + j for j in g] for _, g, _ in tt],
+                              [c for _, _, c in tt]))
         seqs.append(ids)
         weights.append(w)
         frames.append(s.frames[sub])
@@ -424,7 +463,7 @@ def make_batch(step: int, args, enc: Encoder):
     aux = torch.stack(labels).flatten(0, 1) if labels else None      # (B*T, 196, 3)
     lm_aux = torch.stack(lm_labels) if lm_labels else None            # (B, n_video, len(N_LM_AUX))
     return (ids, mask, wt, pixels(frames), aux, lm_aux, torch.tensor(answers, dtype=torch.long).view(-1, 3),
-            ground)
+            ground, track)
 
 
 LOOKUP_POOLS = (S.COLOR_NAMES, S.DIRECTIONS, S.NUMBERS, S.YES_NO,
@@ -729,6 +768,63 @@ class Grounding(SupervisedHead):
         return (torch.stack(out) * wts).sum() / wts.sum(), float(np.mean(mass)), probe
 
 
+class Tracking(SupervisedHead):
+    """Training-only supervision of object tracking across frames, for "motion so far" (the moving-direction
+    task): one head (``--track-head``) of one layer (``--track-layer``) should put its attention, from every
+    video token an object holds after its first frame, on that object's tokens in its first frame (``track_tokens``;
+    -log of that mass, recomputed from the layer's own projections like ``Binding``'s). With
+    ``--track-probe-weight`` a linear probe (``probe``, training-only) must read the row and column of that first
+    position from the layer's output at the same token: what the head's value must bring, so that the token holds
+    where its object was next to where it is (the position loss keeps the latter in the features)."""
+
+    def __init__(self, model, args):
+        super().__init__(model, args.track_layer, args.track_head)
+        hidden = model.config.text_config.hidden_size
+        self.probe = torch.nn.Linear(hidden, 2 * CGRID) if args.track_probe_weight > 0 else None
+        self.out = LayerCapture(model, args.track_layer) if self.probe is not None else None
+
+    def remove(self):
+        self.handle.remove()
+        if self.out is not None:
+            self.out.handle.remove()
+
+    def loss(self, track):
+        """(attention loss, mean attention mass on the first frame's cells, probe loss or None) over ``track``
+        (row, query positions, [target positions per query], [(row, column) per query])."""
+        h, cos, sin = self.take()
+        out_h = self.out.out if self.out is not None else None
+        if self.out is not None:
+            self.out.out = None
+        if h is None or not track:
+            return None
+        a, hd = self.attn, self.attn.head_dim
+        losses, feats, centres = [], [], []
+        for b, qpos, targets, cells in track:
+            cb, sb = self.row_rotary(cos, sin, b)
+            keys = head_keys(a, h[b], cb, sb, self.head)                                  # (L, hd)
+            qi = torch.tensor(qpos, device=h.device)
+            q = a.q_proj(h[b, qi]).view(len(qpos), -1, hd)[:, self.head]                   # (n, hd)
+            q = _rotate(q, cb[qi], sb[qi])
+            scores = ((q @ keys.T) * a.scaling).float()                                    # (n, L)
+            causal = torch.arange(keys.shape[0], device=h.device)[None, :] > qi[:, None]
+            logp = scores.masked_fill(causal, float("-inf")).log_softmax(-1)
+            on = torch.zeros_like(causal)
+            for i, t in enumerate(targets):
+                on[i, t] = True
+            losses.append(-logp.masked_fill(~on, float("-inf")).logsumexp(-1))
+            if out_h is not None:
+                feats.append(out_h[b, qi])
+                centres += cells
+        lg = torch.cat(losses)
+        probe = None
+        if feats:
+            z = self.probe(torch.cat(feats)).float()
+            rows, cols = z.split(CGRID, dim=-1)
+            tgt = torch.tensor(centres, dtype=torch.long, device=z.device)
+            probe = F.cross_entropy(rows, tgt[:, 0]) + F.cross_entropy(cols, tgt[:, 1])
+        return lg.mean(), float((-lg.detach()).exp().mean()), probe
+
+
 def make_eval_set(args, shuffle: bool = True):
     """Held-out items from the ``val`` seed; ``shuffle=False`` gives the same videos and answers with the
     options in canonical order (the curriculum's easy format, for diagnosis)."""
@@ -767,10 +863,22 @@ def position_loss(pos_head, feats):
             + F.cross_entropy(cols.reshape(-1, GRID), tgt_c.reshape(-1)))
 
 
+def ordinal_position_loss(head, feats):
+    """Mean squared error of each patch's row and column, scaled to [-1, 1], read linearly from the projector
+    output ``feats`` (B*T, GRID*GRID, D): position as one direction per axis, so that where an object moved is a
+    linear difference of two tokens' features (the categorical ``position_loss`` lets each row be any direction)."""
+    idx = torch.arange(GRID * GRID, device=feats.device)
+    tgt = torch.stack([idx // GRID, idx % GRID], -1).float() * (2.0 / (GRID - 1)) - 1.0       # (GRID*GRID, 2)
+    z = head(feats).float()                                                                  # (B*T, GRID*GRID, 2)
+    return F.mse_loss(z, tgt.expand_as(z))
+
+
 def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=None, video_id=None,
-               answer_head=None, answer_capture=None, bind=None, pos_head=None, grounding=None):
+               answer_head=None, answer_capture=None, bind=None, pos_head=None, grounding=None, tracking=None,
+               pos_ord_head=None):
     ids, mask, wt, pix, aux, lm_aux, answers = batch[:7]
     ground = batch[7] if len(batch) > 7 else []
+    track = batch[8] if len(batch) > 8 else []
     with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
         out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix)
         logits = out.logits[:, :-1].float()
@@ -798,7 +906,7 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
             z = lm_head(h).float()
         parts = torch.split(z, list(N_LM_AUX), dim=-1)
         la = [F.cross_entropy(p.reshape(-1, p.shape[-1]), lm_aux[..., j].reshape(-1), ignore_index=LM_AUX_IGNORE)
-              for j, p in enumerate(parts)]
+              * (args.motion_weight if j == LM_AUX_MOTION else 1.0) for j, p in enumerate(parts)]
         la = sum(x for x in la if torch.isfinite(x))
         stats["lm_aux"] = float(la.detach())
         loss = loss + args.lm_aux_weight * la
@@ -818,11 +926,24 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
             if r[2] is not None:
                 stats["ground_probe"] = r[2].item()
                 loss = loss + args.ground_probe_weight * r[2]
+    if tracking is not None:
+        r = tracking.loss(track)
+        if r is not None:
+            stats["track_mass"] = r[1]
+            loss = loss + args.track_weight * r[0]
+            if r[2] is not None:
+                stats["track_probe"] = r[2].item()
+                loss = loss + args.track_probe_weight * r[2]
     if pos_head is not None:
         with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
             pl = position_loss(pos_head, capture.out)
         stats["position"] = pl.item()
         loss = loss + args.pos_weight * pl
+    if pos_ord_head is not None:
+        with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
+            po = ordinal_position_loss(pos_ord_head, capture.out)
+        stats["position_ordinal"] = po.item()
+        loss = loss + args.pos_ordinal_weight * po
     capture.out = None
     return loss, stats
 
@@ -990,6 +1111,17 @@ def parse_args(argv=None):
     ap.add_argument("--ground-task-weight", action="append", default=[], metavar="TASK:W",
                     help="weight of one task's questions in the read-out loss (default 1; repeatable), e.g. "
                          "object_existence:4 for the only task whose read-out must match colour and shape together")
+    ap.add_argument("--pos-ordinal-weight", type=float, default=0.0,
+                    help="weight of the per-patch ordinal position loss (row and column as one direction each)")
+    ap.add_argument("--track-weight", type=float, default=0.0,
+                    help="weight of the tracking loss: one head attends from an object's later tokens to its first frame")
+    ap.add_argument("--track-layer", type=int, default=0, help="LLM layer whose tracking attention is supervised")
+    ap.add_argument("--track-head", type=int, default=0, help="attention head that is supervised")
+    ap.add_argument("--track-queries", type=int, default=48, help="tracked tokens per sequence (a random subset)")
+    ap.add_argument("--track-probe-weight", type=float, default=0.0,
+                    help="weight of the probe that reads the object's first cell from the tracking layer's output")
+    ap.add_argument("--motion-weight", type=float, default=1.0,
+                    help="weight of 'motion so far' among the per-video-token targets (--lm-aux-weight)")
     ap.add_argument("--task-mix", action="append", default=[], metavar="TASK:W",
                     help="sampling weight of one task's training videos (default 1, uniform; repeatable), e.g. "
                          "moving_direction:3 for three times as many direction videos")
@@ -1086,11 +1218,21 @@ def main(argv=None) -> int:
     # the position head and the read-out probe (own parameter groups, added after the binding probe's, in this order)
     pos_head = torch.nn.Linear(hidden, 2 * GRID).to(args.device) if args.pos_weight > 0 else None
     ground_probe = grounding.probe.to(args.device) if grounding is not None and grounding.probe is not None else None
+    tracking = Tracking(model, args) if args.track_weight > 0 else None
+    track_probe = tracking.probe.to(args.device) if tracking is not None and tracking.probe is not None else None
+    pos_ord_head = torch.nn.Linear(hidden, 2).to(args.device) if args.pos_ordinal_weight > 0 else None
+    if pos_ord_head is not None:
+        # zero: the loss starts at the targets' variance, not at a random read of large features that would take
+        # over the clipped gradient of a trained model
+        torch.nn.init.zeros_(pos_ord_head.weight)
+        torch.nn.init.zeros_(pos_ord_head.bias)
 
-    # optional heads join in a fixed order (answer head, binding probe, position head, read-out probe), each in its
-    # own parameter group; a head that joins a run which started without it gets fresh moments, the others keep theirs
+    # optional heads join in a fixed order (answer head, binding probe, position head, read-out probe, track probe,
+    # ordinal position head), each in its own parameter group; a head that joins a run which started without it
+    # gets fresh moments, the others keep theirs
     optional = [(answer_head, "answer_head"), (bind.heads if bind is not None else None, "bind_heads"),
-                (pos_head, "pos_head"), (ground_probe, "ground_probe")]
+                (pos_head, "pos_head"), (ground_probe, "ground_probe"), (track_probe, "track_probe"),
+                (pos_ord_head, "pos_ord_head")]
 
     step, train_seconds, history, averaged_from = 0, 0.0, [], None
     if os.path.isfile(ckpt_path) and not args.restart:
@@ -1131,11 +1273,13 @@ def main(argv=None) -> int:
             if head is not None:
                 opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
 
-    if ground_probe is not None:
+    for late in (ground_probe, track_probe, pos_ord_head):
+        if late is None:
+            continue
         # a fresh linear read of features the LLM already has, joining late when the schedule's rate is low: it
         # learns at GROUND_PROBE_LR_SCALE x that rate (its gradient into the LLM is the point)
         for g in opt.param_groups:
-            if any(p is ground_probe.weight for p in g["params"]):
+            if any(p is late.weight for p in g["params"]):
                 g["lr_scale"] = GROUND_PROBE_LR_SCALE
 
     eval_items = make_eval_set(args)
@@ -1188,7 +1332,8 @@ def main(argv=None) -> int:
             batch = to_device(make_batch(step, args, enc), args.device)
             t_data = time.time() - t0
             loss, stats = train_loss(model, aux_head, capture, batch, args, lm_head, lm_capture, enc.video_id,
-                                     *answer_args(step), bind=bind, pos_head=pos_head, grounding=grounding)
+                                     *answer_args(step), bind=bind, pos_head=pos_head, grounding=grounding,
+                                     tracking=tracking, pos_ord_head=pos_ord_head)
         if args.lookup > 0 and step >= args.lookup_pretrain:
             l2, stats["lookup_letter"] = lookup_loss(model, to_device(make_lookup_batch(step, args, enc), args.device), args,
                                                      *answer_args(step), bind=bind, stats=stats, prefix="lookup_")
@@ -1229,6 +1374,8 @@ def main(argv=None) -> int:
     for c in (lm_capture, answer_capture, bind, grounding):
         if c is not None:
             c.handle.remove()
+    if tracking is not None:
+        tracking.remove()
     model.eval()
     last = history[-1] if history else {}
     save_model(os.path.join(args.out, "model"), model, tok,

@@ -71,10 +71,10 @@ def test_patch_labels_follow_the_tracks(T):
 def test_batches_are_a_function_of_seed_and_step(T, enc):
     args = T.parse_args(["--batch", "2", "--seed", "4"])
     a, b, c = T.make_batch(7, args, enc), T.make_batch(7, args, enc), T.make_batch(8, args, enc)
-    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a[:7], b[:7])) and a[7] == b[7]
+    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a[:7], b[:7])) and a[7:] == b[7:]
     assert not torch.equal(a[3], c[3])
-    ids, mask, wt, pix, aux, lm_aux, answers, ground = a
-    assert ground == []                         # the read-out supervision is off by default
+    ids, mask, wt, pix, aux, lm_aux, answers, ground, track = a
+    assert ground == [] and track == []         # the read-out and tracking supervision are off by default
     assert lm_aux is None                       # the LM-side loss is off by default
     assert pix.shape == (2, S.NUM_FRAMES, 3, S.FRAME_SIZE, S.FRAME_SIZE) and aux.shape == (2 * S.NUM_FRAMES, 196, 3)
     assert (wt[mask == 0] == 0).all() and wt.sum() > 0
@@ -180,7 +180,7 @@ def test_lm_aux_loss_trains_the_llm_layers(T, enc):
 def test_answer_marks_point_at_the_letter_predictions(T, enc):
     """The answer head reads the position whose next token is the option letter, and its class is the answer."""
     args = T.parse_args(["--batch", "2", "--questions-per-video", "3"])
-    ids, mask, wt, pix, aux, lm_aux, answers, _ = T.make_batch(5, args, enc)
+    ids, mask, wt, pix, aux, lm_aux, answers, *_ = T.make_batch(5, args, enc)
     assert len(answers) >= 2
     for row, pos, cls in answers.tolist():
         assert ids[row, pos] == enc.tok.convert_tokens_to_ids("(") and ids[row, pos + 1] in enc.letter_ids
@@ -213,7 +213,7 @@ def test_indirect_questions_need_the_facts(T, enc):
 def test_option_spans_find_each_options_content(T, enc):
     """The binding losses need, for each letter prediction, the content tokens of every option of its own question."""
     args = T.parse_args(["--batch", "2", "--questions-per-video", "3"])
-    ids, mask, wt, pix, aux, lm_aux, answers, _ = T.make_batch(5, args, enc)
+    ids, mask, wt, pix, aux, lm_aux, answers, *_ = T.make_batch(5, args, enc)
     tok = enc.tok
     bind_tokens = T.option_tokens(tok)
     rows = ids.tolist()
@@ -494,3 +494,136 @@ def test_task_mix_reweights_the_training_videos(T, enc):
         T.parse_args(["--task-mix", "moving_direction"])
     with pytest.raises(SystemExit):
         T.parse_args([*sum((["--task-mix", f"{t}:0"] for t in S.TASKS), [])])
+
+
+def test_track_tokens_pair_each_later_cell_with_the_objects_first_cells(T):
+    """Every tracked token is an object's cell after its first frame; its targets are that object's cells in its
+    first frame (same object by the LM-side labels), and the probe's centre is where those cells are."""
+    sub = T.frame_subset(8)
+    nC = T.CGRID ** 2
+    n, motion_agree = 0, []
+    for i in range(12):
+        task = ("moving_direction", "state_change", "appearance_order")[i % 3]
+        s = S.make_item(task, S.item_rng(5, task, i))
+        lab = T.lm_token_labels(s.video, sub)
+        for q, targets, (r, c) in T.track_tokens(s.video, sub):
+            n += 1
+            frames = {j // nC for j in targets}
+            assert len(frames) == 1 and q // nC > frames.pop() and q not in targets
+            assert {int(lab[j, 1]) for j in targets} == {int(lab[q, 1])} != {0}          # same shape, an object
+            assert abs(r - np.mean([(j % nC) // T.CGRID for j in targets])) <= 0.5
+            assert abs(c - np.mean([j % T.CGRID for j in targets])) <= 0.5
+            m = int(lab[q, 2])
+            if m in (1, 2):                        # left / right so far: the query's column moved that way
+                motion_agree.append((q % T.CGRID - c > 0) == (m == 2) or q % T.CGRID == c)
+    assert n > 100 and np.mean(motion_agree) > 0.9
+    still = S.make_item("object_count", S.item_rng(5, "object_count", 0)).video
+    for q, targets, _ in T.track_tokens(still, sub):
+        assert q // nC > targets[0] // nC
+
+
+def test_tracking_attention_is_the_models_attention(T, enc):
+    """The tracking loss is -log of the real attention mass of the supervised head from each tracked token on its
+    object's first cells; the probe is a trained head whose gradient reaches the LLM; off by default."""
+    assert T.make_batch(0, T.parse_args(["--size", "xs", "--batch", "2", "--frames-schedule", "4:10"]), enc)[8] == []
+    args = T.parse_args(["--size", "xs", "--track-weight", "1", "--track-layer", "1", "--track-head", "1",
+                         "--track-probe-weight", "1", "--track-queries", "5", "--batch", "2",
+                         "--frames-schedule", "4:10"])
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", zero_residuals=False, attn_implementation="eager")
+    tr = T.Tracking(model, args)
+    batch = T.make_batch(0, args, enc)
+    ids, mask, pix, track = batch[0], batch[1], batch[3], batch[8]
+    assert track and all(len(q) <= 5 and len(q) == len(g) == len(c) for _, q, g, c in track)
+    out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix, output_attentions=True)
+    loss, mass, probe = tr.loss(track)
+    att = out.attentions[1][:, 1].detach()                                 # (B, L, L) of the supervised head
+    ref = [att[b, p, g].sum().item() for b, qs, gs, _ in track for p, g in zip(qs, gs)]
+    assert abs(mass - sum(ref) / len(ref)) < 1e-4
+    assert abs(loss.item() + sum(math.log(r) for r in ref) / len(ref)) < 1e-3
+    (loss + probe).backward()
+    assert tr.probe.weight.grad.abs().sum() > 0
+    assert model.model.language_model.layers[1].self_attn.k_proj.weight.grad.abs().sum() > 0
+    tr.remove()
+    assert tr.take() == (None, None, None)
+
+
+def test_motion_weight_scales_only_the_motion_target(T, enc):
+    args = T.parse_args(["--size", "xs", "--lm-aux-weight", "1", "--lm-aux-layer", "0", "--batch", "2",
+                         "--frames-schedule", "4:10", "--no-bf16"])
+    args.paren_id, args.letter_ids = enc.tok.convert_tokens_to_ids("("), enc.letter_ids
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", zero_residuals=False)
+    model.eval()
+    hidden = model.config.text_config.hidden_size
+    aux_head = torch.nn.Linear(hidden, sum(T.N_AUX))
+    lm_head = torch.nn.Linear(hidden, sum(T.N_LM_AUX))
+    batch = T.make_batch(0, args, enc)
+    got = {}
+    for w in (1.0, 3.0):
+        args.motion_weight = w
+        capture, lm_capture = T.AuxCapture(model), T.LayerCapture(model, 0)
+        with torch.no_grad():
+            _, stats = T.train_loss(model, aux_head, capture, batch, args, lm_head, lm_capture, enc.video_id)
+        got[w] = stats["lm_aux"]
+        capture.handle.remove()
+        lm_capture.handle.remove()
+    # the motion cross-entropy itself, from the same hidden states
+    lm_capture = T.LayerCapture(model, 0)
+    with torch.no_grad():
+        model(input_ids=batch[0], attention_mask=batch[1], pixel_values_videos=batch[3])
+        lab = batch[5]
+        hs = lm_capture.out[batch[0] == enc.video_id].view(lab.shape[0], lab.shape[1], -1)
+        z = torch.split(lm_head(hs), list(T.N_LM_AUX), dim=-1)[T.LM_AUX_MOTION]
+        ce = torch.nn.functional.cross_entropy(z.reshape(-1, 5), lab[..., T.LM_AUX_MOTION].reshape(-1),
+                                               ignore_index=T.LM_AUX_IGNORE).item()
+    lm_capture.handle.remove()
+    assert ce > 0 and abs((got[3.0] - got[1.0]) - 2 * ce) < 1e-3 * max(1.0, ce)
+
+
+def test_ordinal_position_loss_wants_one_direction_per_axis(T):
+    """Row and column as two scalars in [-1, 1]: features that hold exactly those give zero loss; the categorical
+    code of position_loss (one direction per row) read by the same 2-output head does not."""
+    G = T.GRID
+    idx = torch.arange(G * G)
+    ordinal = (torch.stack([idx // G, idx % G], -1).float() * (2.0 / (G - 1)) - 1.0)[None]     # (1, G*G, 2)
+    head = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+    assert T.ordinal_position_loss(head, ordinal).item() < 1e-10
+    assert T.ordinal_position_loss(head, ordinal.flip(-1)).item() > 0.1
+
+
+_SHIP = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "ship_demo_model.py")
+
+
+def test_ship_card_only_rewrites_the_card_of_the_shipped_weights_and_refuses_others(enc, tmp_path):
+    """--card-only rebuilds the model card (notes appended, numbers from eval.json) and the training log without
+    evaluating; weights other than the shipped ones are refused."""
+    import json as _json
+    import shutil
+
+    from prunevid import models
+    if not os.path.isfile(os.path.join(models.DEMO_MODEL_DIR, "eval.json")):
+        pytest.skip("no shipped demo model")
+    spec = importlib.util.spec_from_file_location("ship_demo_model", _SHIP)
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    dest, run = tmp_path / "dest", tmp_path / "run"
+    shutil.copytree(models.DEMO_MODEL_DIR, dest)
+    (run / "model").mkdir(parents=True)
+    for name in ("model.safetensors", "training.json"):
+        shutil.copy2(dest / name, run / "model" / name)
+    (run / "log.jsonl").write_text(_json.dumps({"step": 10, "train_minutes": 1.0, "accuracy": 0.5}) + "\n")
+    (tmp_path / "notes.md").write_text("## Hand-written\n\nA note.\n")
+    (dest / "README.md").write_text("old card\n")
+    assert ship.main(["--run", str(run), "--dest", str(dest), "--card-only", "--notes", str(tmp_path / "notes.md")]) == 0
+    card = (dest / "README.md").read_text()
+    with open(dest / "eval.json") as f:
+        acc = _json.load(f)["test"]["accuracy"]
+    assert f"**{acc:.1f}%**" in card and card.rstrip().endswith("A note.") and "| 10 | 1.0 | 50.0 |" in card
+    assert (dest / "training_log.jsonl").read_text() == (run / "log.jsonl").read_text()
+    with open(run / "model" / "model.safetensors", "ab") as f:
+        f.write(b"0")
+    with pytest.raises(SystemExit, match="not the ones shipped"):
+        ship.main(["--run", str(run), "--dest", str(dest), "--card-only"])
