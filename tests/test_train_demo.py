@@ -1,8 +1,10 @@
 """Pieces of data_scripts/train_demo_model.py that need no training: sequences, loss masks, aux labels, batches."""
 import importlib.util
+import json
 import math
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -600,9 +602,6 @@ _SHIP = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "ship_demo
 def test_ship_card_only_rewrites_the_card_of_the_shipped_weights_and_refuses_others(enc, tmp_path):
     """--card-only rebuilds the model card (notes appended, numbers from eval.json) and the training log without
     evaluating; weights other than the shipped ones are refused."""
-    import json as _json
-    import shutil
-
     from prunevid import models
     if not os.path.isfile(os.path.join(models.DEMO_MODEL_DIR, "eval.json")):
         pytest.skip("no shipped demo model")
@@ -614,13 +613,13 @@ def test_ship_card_only_rewrites_the_card_of_the_shipped_weights_and_refuses_oth
     (run / "model").mkdir(parents=True)
     for name in ("model.safetensors", "training.json"):
         shutil.copy2(dest / name, run / "model" / name)
-    (run / "log.jsonl").write_text(_json.dumps({"step": 10, "train_minutes": 1.0, "accuracy": 0.5}) + "\n")
+    (run / "log.jsonl").write_text(json.dumps({"step": 10, "train_minutes": 1.0, "accuracy": 0.5}) + "\n")
     (tmp_path / "notes.md").write_text("## Hand-written\n\nA note.\n")
     (dest / "README.md").write_text("old card\n")
     assert ship.main(["--run", str(run), "--dest", str(dest), "--card-only", "--notes", str(tmp_path / "notes.md")]) == 0
     card = (dest / "README.md").read_text()
     with open(dest / "eval.json") as f:
-        acc = _json.load(f)["test"]["accuracy"]
+        acc = json.load(f)["test"]["accuracy"]
     assert f"**{acc:.1f}%**" in card and card.rstrip().endswith("A note.") and "| 10 | 1.0 | 50.0 |" in card
     assert (dest / "training_log.jsonl").read_text() == (run / "log.jsonl").read_text()
     with open(run / "model" / "model.safetensors", "ab") as f:
