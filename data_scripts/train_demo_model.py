@@ -873,6 +873,19 @@ def ordinal_position_loss(head, feats):
     return F.mse_loss(z, tgt.expand_as(z))
 
 
+def add_attention_loss(loss, stats, name, r, weight, probe_weight):
+    """``loss`` plus a supervised head's (attention loss, mass, probe loss or None) ``r`` (None: nothing), weighted;
+    the mass and the probe loss go to ``stats`` as ``<name>_mass`` / ``<name>_probe``."""
+    if r is None:
+        return loss
+    stats[f"{name}_mass"] = r[1]
+    loss = loss + weight * r[0]
+    if r[2] is not None:
+        stats[f"{name}_probe"] = r[2].item()
+        loss = loss + probe_weight * r[2]
+    return loss
+
+
 def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=None, video_id=None,
                answer_head=None, answer_capture=None, bind=None, pos_head=None, grounding=None, tracking=None,
                pos_ord_head=None):
@@ -919,21 +932,11 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
     if bind is not None:
         loss = bind.add_to(loss, stats, "", ids, answers, args)
     if grounding is not None:
-        r = grounding.loss(ground)
-        if r is not None:
-            stats["ground_mass"] = r[1]
-            loss = loss + args.ground_weight * r[0]
-            if r[2] is not None:
-                stats["ground_probe"] = r[2].item()
-                loss = loss + args.ground_probe_weight * r[2]
+        loss = add_attention_loss(loss, stats, "ground", grounding.loss(ground), args.ground_weight,
+                                  args.ground_probe_weight)
     if tracking is not None:
-        r = tracking.loss(track)
-        if r is not None:
-            stats["track_mass"] = r[1]
-            loss = loss + args.track_weight * r[0]
-            if r[2] is not None:
-                stats["track_probe"] = r[2].item()
-                loss = loss + args.track_probe_weight * r[2]
+        loss = add_attention_loss(loss, stats, "track", tracking.loss(track), args.track_weight,
+                                  args.track_probe_weight)
     if pos_head is not None:
         with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
             pl = position_loss(pos_head, capture.out)
