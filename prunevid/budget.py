@@ -10,10 +10,17 @@ random        ``retain`` (its own knob)
 fastv         ``retain``: R = 1 - retain (tokens after layer K; layers 0..K-1 still see all tokens)
 visionzip     ``retain`` (per-frame share, its own knob)
 vidcom2       ``retain`` (R_RATIO, its own knob)
-dycoke        ``retain``: K = 1 - (4 retain - 1)/3; **unreachable below 0.25** (a window's first frame stays)
-prumerge+     ``retain`` as ``plus_ratio`` (the IQR outliers may already exceed it: then reported)
+dycoke        ``retain``: per video, the largest count n of each compared frame of its temporal merging that
+              keeps <= target (K = 1 - (n + 0.5)/P); **unreachable below whole/F**, the share of the frames
+              it keeps whole (9/32 at 32 frames, 5/16 at 16, 3/8 at 8): reported per video
+              (``prunevid.methods.dycoke``)
+prumerge+     ``retain``: the kit's fixed-count option (outliers + evenly spaced samples up to floor(retain P)
+              per frame; the outliers may already exceed it: then reported). Upstream's default, the adaptive
+              stride, has no budget knob
 prumerge      **unreachable**: the kept count is adaptive (IQR outliers)
-lookm         ``retain`` as its KV budget; the prefill keeps 100% of the tokens (FLOPs 1.00x)
+lookm         ``retain`` as its KV budget: the cache keeps the text plus floor(retain x N_v) visual entries, split
+              between heavy hitters and the recent window as hh_ratio : recent_ratio (upstream's 1:1); the
+              prefill keeps 100% of the tokens (FLOPs 1.00x)
 none          unreachable below 1
 ============  ==========================================================================================
 
@@ -40,11 +47,12 @@ def budget_params(method: str, retain: float) -> tuple:
         raise ValueError(f"retain must be in (0, 1], got {retain}")
     if method in UNREACHABLE and not (method == "none" and retain == 1.0):
         return None, UNREACHABLE[method]
-    if method == "dycoke" and retain < 0.25 - 1e-9:
-        return None, "DyCoke cannot retain less than 25%: the first frame of every 4-frame window stays whole"
     if method == "none":
         return {}, None
     note = "KV-cache budget: the prefill runs on all tokens (FLOPs 1.00x)" if method == "lookm" else None
+    if method == "prumerge+":
+        note = ("PruMerge+ at a budget uses the kit's fixed-count option (retain=), not upstream's adaptive "
+                "stride rule")
     return {"retain": retain}, note
 
 

@@ -196,7 +196,8 @@ class CachePolicy:
         return None
 
     def kept_positions(self) -> Optional[torch.Tensor]:
-        """Prefill positions (LLM-input terms) still in the last layer's cache, if the policy cut it."""
+        """Prefill positions (LLM-input terms) still in the last layer's cache, if the policy cut it: (T',), or
+        (H_kv, T') when each KV head keeps its own entries (Look-M; the same count per head)."""
         return None
 
 

@@ -74,9 +74,9 @@ def test_visionzip_dominant_and_contextual():
     out, labels = visionzip.visionzip_frame(tokens, importance, keys, n_dominant=2, n_contextual=2)
     # dominant: tokens 1 and 3 (raster order); remaining 0,2,4,5,6,7 -> step 3 -> targets 0 and 5
     assert out[:2, 0].tolist() == [1.0, 3.0]
-    # keys: 2, 4, 6 are like target 0; 7 is like target 5
-    assert out[2, 0].item() == pytest.approx((0 + 2 + 4 + 6) / 4)
-    assert out[3, 0].item() == pytest.approx((5 + 7) / 2)
+    # keys: 2, 4, 6 are like target 0; 7 is like target 5; contextual = target + mean(assigned) (upstream)
+    assert out[2, 0].item() == pytest.approx(0 + (2 + 4 + 6) / 3)
+    assert out[3, 0].item() == pytest.approx(5 + 7 / 1)
     assert labels.tolist() == [2, 0, 2, 1, 2, 3, 2, 3]
     assert visionzip.split_counts(49, 54 / 64) == (41, 8)
     assert visionzip.split_counts(12, 54 / 64) == (10, 2)
@@ -84,7 +84,8 @@ def test_visionzip_dominant_and_contextual():
 
 # -- DyCoke ----------------------------------------------------------------------------------------------------
 def test_dycoke_window_pairs():
-    assert dycoke.ttm_pairs(8) == [(1, 0), (2, 0), (3, 2), (5, 4), (6, 4), (7, 6)]
+    # upstream's pass 2 runs over range(0, F - 4, 4): at 8 frames only the first window's frame 2 is compared
+    assert dycoke.ttm_pairs(8) == [(1, 0), (2, 0), (3, 2), (5, 4), (7, 6)]
     assert dycoke.ttm_pairs(6) == [(1, 0), (2, 0), (3, 2), (5, 4)]
 
 
@@ -96,22 +97,21 @@ def test_dycoke_ttm_keeps_least_similar_tokens():
     frames[2, 0] = -f0[0]                 # frame 2 differs from frame 0 at position 0
     frames[3] = frames[2]
     frames[3, 3] = -f0[3]                 # frame 3 differs from frame 2 at position 3
-    kept = dycoke.dycoke_ttm_keep(frames, merge_ratio=0.75, window=4)      # keep floor(0.25 * 4) = 1
+    kept = dycoke.dycoke_ttm_keep(frames, merge_ratio=0.75)                 # keep int(0.25 * 4) = 1
     assert kept[0].all()
     assert kept[1].nonzero().squeeze(1).tolist() == [2]
-    assert kept[2].nonzero().squeeze(1).tolist() == [0]
+    assert kept[2].all()                  # 4 frames: upstream's pass 2 (range(0, 0, 4)) compares no frame 2
     assert kept[3].nonzero().squeeze(1).tolist() == [3]
 
 
 def test_dycoke_retention_and_budget():
     frames = torch.randn(8, 196, 4)
     kept = dycoke.dycoke_ttm_keep(frames, 0.7)
-    assert int(kept.sum()) == 2 * (196 + 3 * 58)                             # (1 + 3 * 0.3) / 4 ~ 47.5 %
-    cfg = dycoke.DyCokeConfig(retain=0.25)
-    assert cfg.merge_ratio == pytest.approx(1.0)
-    assert dycoke.DyCokeConfig(retain=0.475).merge_ratio == pytest.approx(0.7)
-    with pytest.raises(ValueError, match="at least"):
-        dycoke.DyCokeConfig(retain=0.1)
+    assert int(kept.sum()) == 3 * 196 + 5 * 58                              # frames 0, 4, 6 whole: 56 %
+    # the least it keeps is whole / F = 3/8 here (K = 1): checked per video, not by the config
+    assert dycoke.merge_ratio_for_retain(0.375, 8, 196)[1:] == (0, True)
+    assert dycoke.merge_ratio_for_retain(0.25, 8, 196)[1:] == (0, False)
+    assert dycoke.DyCokeConfig(retain=0.1).retain == 0.1
 
 
 def test_dycoke_reselection_rule():
@@ -149,30 +149,35 @@ def test_prumerge_iqr_threshold():
     q1, q3 = np.percentile(x.numpy(), [25, 75])
     expected = (x.numpy() > q3 + 1.5 * (q3 - q1)).nonzero()[0].tolist()
     assert prumerge.iqr_outliers(x).nonzero().squeeze(1).tolist() == expected == [7, 9]
-    assert prumerge.iqr_outliers(torch.ones(5)).nonzero().squeeze(1).tolist() == [0]   # no outlier: top-1
+    assert prumerge.iqr_outliers(torch.ones(5)).nonzero().squeeze(1).tolist() == []    # no outlier: none (upstream)
 
 
 def test_prumerge_plus_spatial_samples_and_merge():
-    kept = torch.zeros(8, dtype=torch.bool)
-    kept[7] = True
-    plus = prumerge.spatial_samples(kept, 3)
-    assert plus.nonzero().squeeze(1).tolist() == [0, 6, 7]                 # evenly spaced over 0..6, plus 7
+    # the kit's fixed-count option (retain=): evenly spaced over the unselected 0..6 until 3 are kept
+    plus = prumerge.spatial_samples(torch.tensor([7]), 8, 1 / 8, n_total=3)
+    assert plus.tolist() == [0, 6]
+    # upstream's adaptive stride: ratio 1/8 -> int(int(8) / 3) = 2 -> arange(0, 7, 2), 7 already selected
+    assert prumerge.spatial_samples(torch.tensor([7]), 8, 1 / 8).tolist() == [0, 2, 4, 6]
     tokens = torch.eye(4)
     imp = torch.tensor([0.5, 0.1, 0.2, 0.2])
     keys = torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.1, 1]])
     kept = torch.tensor([True, False, True, False])
     out = prumerge.knn_merge(tokens, imp, keys, kept, k_neighbors=1, summary_token=True)
-    # token 0 absorbs token 1 (weight 0.1), token 2 absorbs token 3 (weight 0.2), summary = mean of 1 and 3
+    # token 0 absorbs token 1 (weight 0.1), token 2 absorbs token 3 (weight 0.2), summary = 0.1 x1 + 0.2 x3 (a sum)
     torch.testing.assert_close(out[0], torch.tensor([1.0, 0.1, 0, 0]))
     torch.testing.assert_close(out[1], torch.tensor([0, 0, 1.0, 0.2]))
-    torch.testing.assert_close(out[2], torch.tensor([0, 1 / 3, 0, 2 / 3]))
+    torch.testing.assert_close(out[2], torch.tensor([0, 0.1, 0, 0.2]))
 
 
 # -- Look-M ----------------------------------------------------------------------------------------------------
 def test_lookm_keep_rule():
+    # one head, nothing protected (the kit's ratios_of="visual" rule on the visual scores)
     scores = torch.tensor([5.0, 0.0, 4.0, 1.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     # recent window: the last 2 visual entries (8, 9); heavy hitters: top 2 of the others (4, 0)
     assert lookm.lookm_keep(scores, n_heavy=2, n_recent=2).sort().values.tolist() == [0, 4, 8, 9]
+    # upstream's text prior: protected entries 1 and 3 stay and, outside the window, use up heavy-hitter slots
+    protected = torch.tensor([False, True, False, True] + [False] * 6)
+    assert lookm.lookm_keep(scores, n_heavy=3, n_recent=2, protected=protected).tolist() == [1, 3, 4, 8, 9]
 
 
 def test_lookm_pivotal_and_average_merge():
@@ -180,17 +185,24 @@ def test_lookm_pivotal_and_average_merge():
     values = torch.tensor([[[1.0], [2.0], [3.0], [5.0]]])
     kept, evicted = torch.tensor([0, 1]), torch.tensor([2, 3])               # both evicted resemble entry 0
     k, v = lookm.merge_evicted(keys, values, kept, evicted, "pivotal", block=1)
-    assert v[0, :, 0].tolist() == [pytest.approx((1 + 4) / 2), 2.0]          # (kept + mean(3, 5)) / 2
+    # upstream: scatter_reduce(mean, include_self) of (x_e + x_kept)/2: mean(1, (3+1)/2, (5+1)/2)
+    assert v[0, :, 0].tolist() == [pytest.approx(2.0), 2.0]
     k, v = lookm.merge_evicted(keys, values, kept, evicted, "average")
-    assert v[0, :, 0].tolist() == [pytest.approx(3.0), 2.0]                  # mean(1, 3, 5)
+    # best cosines 0.9939 (entry 2) and 1.0 (entry 3), mean 0.997: only entry 3 is merged: mean(1, 5)
+    assert v[0, :, 0].tolist() == [pytest.approx(3.0), 2.0]
     k, v = lookm.merge_evicted(keys, values, kept, evicted, "none")
     assert v[0, :, 0].tolist() == [1.0, 2.0]
 
 
 def test_lookm_budget_ratios():
-    assert lookm.LookMConfig().ratios == (0.1, 0.1)
-    assert lookm.LookMConfig(retain=0.25).ratios == pytest.approx((0.15, 0.1))
-    assert lookm.LookMConfig(retain=0.05).ratios == pytest.approx((0.0, 0.05))
+    # 100 entries, 80 visual, 20 text: upstream int(N x ratio) of the whole sequence
+    assert lookm.LookMConfig().sizes(100, 80) == (10, 10)
+    # retain: 20 text + floor(retain x 80) visual entries, split 1:1 as hh_ratio : recent_ratio
+    assert lookm.LookMConfig(retain=0.25).sizes(100, 80) == (20, 20)
+    assert lookm.LookMConfig(retain=0.05).sizes(100, 80) == (12, 12)
+    # the kit's earlier rule, now the named option: ratios of the visual entries
+    assert lookm.LookMConfig(ratios_of="visual").sizes(100, 80) == (8, 8)
+    assert lookm.LookMConfig(ratios_of="visual", retain=0.25).sizes(100, 80) == (10, 10)
 
 
 # -- PruneVid budget search ------------------------------------------------------------------------------------

@@ -177,7 +177,8 @@ def test_a_selection_equals_the_unpatched_model_on_the_kept_embeddings(method, p
         embeds[0, placeholders] = feats
         prunevid.apply(model, method=method, positions=positions, **params)
         patched = model(**inputs).logits[0, -1]
-        kept = model._prunevid.last_reduction.kept.reshape(-1).nonzero().squeeze(1)
+        red = model._prunevid.last_reduction
+        kept = red.info.get("sources", red.kept.reshape(-1).nonzero().squeeze(1))   # DyCoke: its own order
         prunevid.remove(model)
         src = torch.cat([torch.arange(first), first + kept, torch.arange(first + n_feat, ids.numel())])
         pos = src[None] if positions == "original" else torch.arange(src.numel())[None]

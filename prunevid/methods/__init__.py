@@ -51,7 +51,8 @@ def build(method: str, config) -> Method:
 def kept_map(model):
     """(F, P) bool for the last prefill of a patched model: which input visual tokens survive as themselves or
     inside a kept merged token, after every stage (pre-LLM reduction, in-LLM pruning, a cache policy that cut
-    the cache). For drawing what each method keeps on the frames. ``None`` before any prefill."""
+    the cache; with a per-KV-head cut (Look-M) a token is kept when any KV head keeps it). For drawing what each
+    method keeps on the frames. ``None`` before any prefill."""
     import torch
 
     state = getattr(model, "_prunevid", None)
@@ -76,7 +77,9 @@ def kept_map(model):
         rows = keep[(keep >= plan.visual_start) & (keep < plan.visual_start + plan.visual_len)] - plan.visual_start
     policy = state.pruner.policy if state.pruner is not None else None
     if policy is not None and policy.kept_positions() is not None and rows is None:
-        pos = policy.kept_positions().cpu()
+        # (T',) or (H_kv, T') where each KV head keeps its own entries (Look-M): a token counts as kept
+        # when at least one KV head still holds it
+        pos = policy.kept_positions().cpu().reshape(-1).unique()
         start = getattr(policy, "visual", slice(0, 0)).start
         stop = getattr(policy, "visual", slice(0, 0)).stop
         rows = pos[(pos >= start) & (pos < stop)] - start

@@ -43,7 +43,8 @@ class VideoContext:
     grid: Tuple[int, int]                              # (h, w) with h * w = P, raster order inside a frame
     generator: Optional[torch.Generator] = None        # seeded per prefill where the config has a seed
     importance: Optional[torch.Tensor] = None          # (F, P) attention each patch receives (vision tower)
-    keys: Optional[torch.Tensor] = None                # (F, P, Dk) vision keys, mean over heads, pooled
+    keys: Optional[torch.Tensor] = None                # (F, P, Dk) vision keys, pooled: as the method asks
+                                                       # (VisionZip: mean over heads; PruMerge: full key vectors)
 
     @property
     def num_frames(self) -> int:

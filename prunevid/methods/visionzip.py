@@ -1,15 +1,24 @@
-"""``visionzip``: VisionZip (Yang et al., CVPR'25), SigLIP variant, per frame, before the LLM.
+"""``visionzip``: VisionZip (Yang et al., CVPR'25), per frame, before the LLM.
 
-Per frame with P tokens and ``n = floor(retain x P)`` kept (``dominant_share`` of them dominant):
-  1. dominant tokens: the top ``round(n x dominant_share)`` by the attention each patch receives in the
-     vision tower's last layer — the kit's adaptation for CLS-less SigLIP (HoliTom's port rule: the mean over
-     heads and queries, pooled to the 2x-pooled grid; VisionZip itself uses CLS attention on CLIP);
-  2. contextual tokens: of the remaining tokens (raster order) ``n - n_dominant`` evenly spaced targets
-     (every ``max(1, R // n_ctx)``-th), every other remaining token joins its most similar target by cosine
-     similarity of the vision keys (mean over heads, pooled) and each contextual token is the mean of its
-     members.
+Upstream: dvlab-research/VisionZip ``visionzip/clip_encoder.py`` ``CLIPVisionTower_VisionZip.forward`` (CLIP,
+LLaVA-1.5) and HoliTom's LLaVA-OneVision port (cokeshao/HoliTom ``visionzip/llava_arch.py``, SigLIP, per frame
+on the pooled features). Per frame with P tokens and ``n = floor(retain x P)`` kept:
+  1. counts (``split_counts``): ``int(n x dominant_share)`` dominant, the rest contextual (HoliTom:
+     ``dominant_num = int(SPATIAL_TOKENS * DOMINANT_RATIO)``, 54/64);
+  2. dominant tokens: the top ``n_dominant`` by importance, output in raster order. The importance comes from
+     the vision layer whose output the projector reads (``prunevid.models.video_patch``): on CLIP towers
+     (LLaVA-NeXT-Video, PLLaVA) the CLS row of its attention summed over heads, as upstream; on SigLIP
+     (LLaVA-OneVision), which has no CLS token, the attention each patch receives, mean over heads and queries
+     (HoliTom's port; the kit's documented adaptation). Both pooled to the per-frame grid like the features.
+     Upstream keeps the CLS token itself among the dominant ones; the video models' features carry no CLS token,
+     so all ``n_dominant`` are patches here;
+  3. contextual tokens: of the remaining tokens (raster order) ``n_contextual`` evenly spaced targets (every
+     ``max(1, R // n_contextual)``-th), every other remaining token is assigned to its most similar target by
+     cosine similarity of the same layer's keys (mean over heads, pooled), and each contextual token is
+     ``target + mean(assigned tokens)`` (upstream's ``target_hidden + aggregated_hidden``; a target with none
+     assigned stays itself).
 Output per frame: the dominant tokens in raster order, then the contextual tokens in target order.
-Defaults: ``retain=0.25`` (HoliTom's 25% setting, 49-50 of 196 per frame) with the 54/64 dominant share.
+Defaults: ``retain=0.25`` (HoliTom's 25% setting, 49 of 196 per frame: 41 dominant + 8 contextual).
 """
 from __future__ import annotations
 
@@ -34,8 +43,9 @@ class VisionZipConfig(ConfigMixin):
 
 
 def split_counts(n_keep: int, dominant_share: float) -> tuple:
-    """(dominant, contextual) token counts for ``n_keep`` kept tokens of a frame."""
-    n_dom = min(n_keep, int(round(n_keep * dominant_share)))
+    """(dominant, contextual) token counts for ``n_keep`` kept tokens of a frame: ``int(n_keep x share)``
+    dominant, as HoliTom's port (changed from ``round``: 20 x 54/64 = 16.875 gives 16 dominant, not 17)."""
+    n_dom = min(n_keep, int(n_keep * dominant_share))
     return n_dom, n_keep - n_dom
 
 
@@ -43,7 +53,9 @@ def visionzip_frame(tokens: torch.Tensor, importance: torch.Tensor, keys: torch.
                     n_contextual: int):
     """One frame: (P, C) tokens, (P,) importance, (P, Dk) keys -> (out (n_dom + n_ctx, C), labels (P,)).
 
-    ``labels[j]`` is the output row token ``j`` went into (every token of a frame is represented).
+    Contextual token = target + mean of the non-target tokens assigned to it (upstream's rule; before this
+    change the kit averaged the target together with them). ``labels[j]`` is the output row token ``j`` went
+    into (every token of a frame is represented).
     """
     p = tokens.shape[0]
     dominant = top_k_sorted(importance.float(), n_dominant)
@@ -58,18 +70,16 @@ def visionzip_frame(tokens: torch.Tensor, importance: torch.Tensor, keys: torch.
         pick = torch.arange(0, remaining.numel(), step, device=tokens.device)[:n_contextual]
         targets = remaining[pick]
         others = remaining[~torch.isin(remaining, targets)]
-        kn = F.normalize(keys.float(), dim=-1)
-        assign = torch.arange(targets.numel(), device=tokens.device)
-        members = targets
+        merged = tokens[targets].float()
+        labels[targets] = dominant.numel() + torch.arange(targets.numel(), device=tokens.device)
         if others.numel() > 0:
-            nearest = (kn[others] @ kn[targets].T).argmax(dim=1)          # (n_others,)
-            assign = torch.cat([assign, nearest])
-            members = torch.cat([targets, others])
-        sums = torch.zeros(targets.numel(), tokens.shape[1], dtype=torch.float32, device=tokens.device)
-        sums.index_add_(0, assign, tokens[members].float())
-        counts = torch.bincount(assign, minlength=targets.numel()).to(sums.dtype)
-        out.append((sums / counts[:, None]).to(tokens.dtype))
-        labels[members] = dominant.numel() + assign
+            kn = F.normalize(keys.float(), dim=-1)
+            nearest = (kn[others] @ kn[targets].T).argmax(dim=1)          # (n_others,) index into targets
+            sums = torch.zeros_like(merged).index_add_(0, nearest, tokens[others].float())
+            counts = torch.bincount(nearest, minlength=targets.numel()).clamp_min(1).to(sums.dtype)
+            merged = merged + sums / counts[:, None]
+            labels[others] = dominant.numel() + nearest
+        out.append(merged.to(tokens.dtype))
     return torch.cat(out), labels
 
 
@@ -77,6 +87,11 @@ class VisionZipMethod(Method):
     name = "visionzip"
     config_class = VisionZipConfig
     needs_vision_attention = True
+    # the vision signals (prunevid.models.video_patch.method_probe): the feature layer's CLS attention summed
+    # over heads (CLIP) and its keys averaged over heads, upstream's ``metric``
+    vision_layer_offset = 0
+    vision_cls_score = "heads_sum"
+    vision_keys = "head_mean"
 
     @property
     def enabled(self) -> bool:

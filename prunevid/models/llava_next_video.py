@@ -2,7 +2,9 @@
 
 Model-specific facts only; the machinery is ``prunevid.models.video_patch``. Features: CLIP layer -2 without
 CLS, ``vision_resampler`` (2x2 pooling: 144 tokens per 336 px frame), projector; no newline; one ``<video>``
-placeholder per feature. The vision attention for VisionZip/PruMerge is pooled with the same stride (average).
+placeholder per feature. The vision attention for VisionZip/PruMerge (CLIP has a CLS token: the CLS rules of
+``video_patch.VisionAttentionProbe``; PruMerge reads the last layer, after the feature layer -2) is pooled with
+the same stride (average).
 """
 from __future__ import annotations
 

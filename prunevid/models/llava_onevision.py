@@ -5,7 +5,9 @@ video features come from ``get_video_features`` (SigLIP, projector, bilinear 2x 
 384 px frame) followed by one learned ``image_newline``; the prompt holds one ``<video>`` placeholder per
 feature; the decoder layers are ``model.model.language_model.layers``. Methods that need the vision tower's
 attention get it from the SigLIP layer whose output the projector reads, pooled by the model's own
-``apply_pooling``.
+``apply_pooling``. SigLIP has no CLS token, so the importance is the attention each patch receives (mean over
+heads and queries); its feature layer (-1) is the last one, so PruMerge's "layer after the feature layer" is
+not there and the feature layer serves (``video_patch.vision_layer_index``).
 """
 from __future__ import annotations
 

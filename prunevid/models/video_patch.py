@@ -301,7 +301,10 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
 
     kept_seq = keep1 if plan is None or plan.keep is None else keep1[plan.keep.to(keep1.device)]
     if policy is not None and policy.kept_positions() is not None:
-        kept_seq = keep1[policy.kept_positions().to(keep1.device)]
+        kp = policy.kept_positions()
+        # per-KV-head caches (Look-M, (H_kv, T')): the mask columns follow head 0's slots; text entries sit in
+        # the same slots in every head and visual slots hold real (unmasked) tokens, so any head gives the mask
+        kept_seq = keep1[(kp[0] if kp.dim() == 2 else kp).to(keep1.device)]
     stats["visual_tokens_stage2"] = plan.kept_visual if plan is not None and plan.keep is not None else n_vis
     stats["text_tokens"] = n1 - n_vis
     out_cache = getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
@@ -316,6 +319,7 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
     state.stats = finish_stats(stats)
     state.info = dict(red.info)
     state.info.pop("merge", None)
+    state.info.pop("sources", None)                        # a tensor, on the reduction (representative_sources)
     if policy is not None and policy.info is not None:
         state.info.update(policy.info)                     # the policy keeps updating it during decoding
         policy.info = state.info
@@ -367,8 +371,8 @@ def representative_sources(red: Reduction, inputs: torch.Tensor) -> torch.Tensor
 
     ``inputs`` (F * P, C) are the tokens the reduction saw. PruneVid's merged tokens (provenance in
     ``info["merge"].assignment``) take their earliest member in (frame, raster) order; a selection that outputs
-    its kept inputs unchanged and in order takes their indices (checked). Other reductions cannot be placed and
-    raise.
+    its kept inputs unchanged, in order or in the order of ``info["sources"]`` (flat input indices), takes
+    their indices (checked). Other reductions cannot be placed and raise.
     """
     merge = red.info.get("merge")
     n_out, n_in = red.num_tokens, inputs.shape[0]
@@ -378,6 +382,8 @@ def representative_sources(red: Reduction, inputs: torch.Tensor) -> torch.Tensor
         rep = torch.full((n_out,), flat.numel(), dtype=torch.long, device=flat.device)
         return rep.scatter_reduce(0, flat, idx, reduce="amin")
     candidates = []
+    if red.info.get("sources") is not None:   # a selection in its own order (DyCoke: by similarity)
+        candidates.append(red.info["sources"].to(inputs.device))
     if red.kept is not None and int(red.kept.sum()) == n_out:
         candidates.append(red.kept.reshape(-1).nonzero().squeeze(1).to(inputs.device))
     if n_out == n_in:
@@ -392,30 +398,52 @@ def representative_sources(red: Reduction, inputs: torch.Tensor) -> torch.Tensor
 # ------------------------------------------------------------------------------------------------ vision probe
 class VisionAttentionProbe:
     """Forward pre-hook on one vision attention module, for this instance and one call only. From that layer's
-    own q/k (SDPA keeps running; nothing is eager) it computes, per frame, the attention each patch receives
-    averaged over heads and queries (block-wise column sums) and the keys averaged over heads. The kit's
-    adaptation for CLS-less SigLIP (the rule of HoliTom's VisionZip port): PruMerge/VisionZip use CLS attention
-    on CLIP."""
+    own q/k (SDPA keeps running; nothing is eager) it computes, per frame of Np tokens:
 
-    def __init__(self, attn, block: int = 256):
-        self.attn, self.block = attn, block
+    * ``importance`` (F, Np) float32, by ``rule``:
+      ``"cls_heads_sum"``: the CLS row of the per-head attention, summed over heads (VisionZip,
+      dvlab-research/VisionZip ``visionzip/clip_encoder.py`` ``CLIPVisionTower_VisionZip.forward``:
+      ``attn_weights[:, :, 0, 1:].sum(dim=1)``); ``"cls_full"``: the CLS row of one softmax over the *full*
+      q/k vectors (heads concatenated) scaled by D^-1/2 (PruMerge, 42Shawn/LLaVA-PruMerge
+      ``llava/model/multimodal_encoder/clip_encoder.py`` ``token_prune_merge_advanced``); ``"received"``
+      (towers without a CLS token, SigLIP): the attention each token receives, mean over heads and queries
+      (block-wise column sums; HoliTom's VisionZip port, the kit's adaptation for PruMerge). Column 0 of the CLS
+      rules is the CLS token itself; the adapters drop it with the CLS feature.
+    * ``keys`` (F, Np, d): ``"head_mean"`` the keys averaged over heads, d = D/H (VisionZip's ``metric``);
+      ``"full"`` the ``k_proj`` output, d = D (PruMerge's ``desired_layer_k``).
+    """
+
+    RULES = ("received", "cls_heads_sum", "cls_full")
+
+    def __init__(self, attn, block: int = 256, *, rule: str = "received", keys: str = "head_mean",
+                 layer_index: Optional[int] = None):
+        if rule not in self.RULES or keys not in ("head_mean", "full"):
+            raise ValueError(f"unknown vision probe rule {rule!r} / keys {keys!r}")
+        self.attn, self.block, self.rule, self.key_rule, self.layer_index = attn, block, rule, keys, layer_index
         self.importance = self.keys = None
         self.handle = attn.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
         from ..prune import attention_column_sums
         h = args[0] if args else kwargs["hidden_states"]               # (frames, Np, D), layer-normed
-        n_frames, n_patches, _ = h.shape
+        n_frames, n_patches, dim = h.shape
         heads = getattr(module, "num_heads", None) or module.config.num_attention_heads
         scale = getattr(module, "scale", None) or getattr(module, "scaling")
         with torch.no_grad():
             imp, keys = [], []
             for f in range(n_frames):
-                q = module.q_proj(h[f]).view(n_patches, heads, -1).transpose(0, 1)     # (H, Np, d)
-                k = module.k_proj(h[f]).view(n_patches, heads, -1).transpose(0, 1)
-                sums = attention_column_sums(q, k, scaling=scale, block=self.block)   # (H, Np)
-                imp.append(sums.sum(0) / (heads * n_patches))
-                keys.append(k.mean(0))
+                qf, kf = module.q_proj(h[f]), module.k_proj(h[f])                       # (Np, D)
+                q = qf.view(n_patches, heads, -1).transpose(0, 1)                       # (H, Np, d)
+                k = kf.view(n_patches, heads, -1).transpose(0, 1)
+                if self.rule == "cls_heads_sum":
+                    logits = torch.matmul(q[:, :1].float(), k.float().transpose(-1, -2)) * scale     # (H, 1, Np)
+                    imp.append(logits.softmax(-1)[:, 0].sum(0))
+                elif self.rule == "cls_full":                     # one "head" of width D, as upstream's q @ k.T
+                    imp.append((kf.float() @ qf[0].float() * dim ** -0.5).softmax(-1))
+                else:
+                    sums = attention_column_sums(q, k, scaling=scale, block=self.block)   # (H, Np)
+                    imp.append(sums.sum(0) / (heads * n_patches))
+                keys.append(k.mean(0) if self.key_rule == "head_mean" else kf)
             self.importance = torch.stack(imp)                           # (F, Np) float32
             self.keys = torch.stack(keys)                                # (F, Np, d)
         return None
@@ -423,19 +451,55 @@ class VisionAttentionProbe:
     def remove(self):
         self.handle.remove()
 
+    def record(self) -> dict:
+        """What ``state.vision`` keeps of this call (the rule and layer say which signal the method got)."""
+        return {"importance": self.importance, "keys": self.keys, "rule": self.rule, "keys_rule": self.key_rule,
+                "layer": self.layer_index}
 
-def vision_layer(tower, feature_layer):
-    """The vision encoder layer whose output ``hidden_states[feature_layer]`` is."""
+
+def _encoder_layers(tower):
     tower = getattr(tower, "vision_model", tower)                  # the HF vision model wraps or is the transformer
-    layers = tower.encoder.layers
+    return tower.encoder.layers
+
+
+def tower_has_cls(tower) -> bool:
+    """Whether the vision tower prepends a CLS token (CLIP's ``class_embedding``; SigLIP has none)."""
+    emb = getattr(getattr(tower, "vision_model", tower), "embeddings", None)
+    return getattr(emb, "class_embedding", None) is not None
+
+
+def vision_layer_index(tower, feature_layer, offset: int = 0) -> int:
+    """0-based index of the vision encoder layer whose output ``hidden_states[feature_layer]`` is, plus
+    ``offset`` (1: the layer after the feature layer, PruMerge's); where that layer does not exist (SigLIP's
+    feature layer -1 is the last one) the feature layer itself."""
+    layers = _encoder_layers(tower)
     if not isinstance(feature_layer, int):
         raise NotImplementedError("vision attention for several vision_feature_layers is not supported")
-    return layers[feature_layer] if feature_layer < 0 else layers[feature_layer - 1]
+    idx = len(layers) + feature_layer if feature_layer < 0 else feature_layer - 1
+    if not 0 <= idx < len(layers):
+        raise ValueError(f"vision_feature_layer {feature_layer} is not the output of an encoder layer")
+    return idx + offset if 0 <= idx + offset < len(layers) else idx
 
 
-def probe_call(fn, attn_module, *args, **kwargs):
-    """Run ``fn(*args, **kwargs)`` with a ``VisionAttentionProbe`` on ``attn_module``; (result, probe)."""
-    probe = VisionAttentionProbe(attn_module)
+def vision_layer(tower, feature_layer, offset: int = 0):
+    """The vision encoder layer whose output ``hidden_states[feature_layer]`` is (``offset``: see
+    ``vision_layer_index``)."""
+    return _encoder_layers(tower)[vision_layer_index(tower, feature_layer, offset)]
+
+
+def method_probe(tower, feature_layer, method) -> VisionAttentionProbe:
+    """The probe ``method``'s rule asks for, attached to ``tower``: its class attributes
+    ``vision_layer_offset`` (0 feature layer, 1 the layer after it), ``vision_cls_score`` (``"heads_sum"`` /
+    ``"full"``, used where the tower has a CLS token; otherwise the attention received) and ``vision_keys``
+    (``"head_mean"`` / ``"full"``)."""
+    idx = vision_layer_index(tower, feature_layer, getattr(method, "vision_layer_offset", 0))
+    rule = "cls_" + getattr(method, "vision_cls_score", "heads_sum") if tower_has_cls(tower) else "received"
+    return VisionAttentionProbe(_encoder_layers(tower)[idx].self_attn, rule=rule,
+                                keys=getattr(method, "vision_keys", "head_mean"), layer_index=idx)
+
+
+def probe_call(fn, probe: VisionAttentionProbe, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` with ``probe`` attached (``method_probe``), then detach it; (result, probe)."""
     try:
         return fn(*args, **kwargs), probe
     finally:
@@ -454,8 +518,8 @@ def probing_get_video_features(parent):
         layer = kwargs.get("vision_feature_layer", args[0] if args else None)
         if layer is None:
             layer = self.config.vision_feature_layer
-        out, probe = probe_call(parent.get_video_features, vision_layer(self.vision_tower, layer).self_attn,
+        out, probe = probe_call(parent.get_video_features, method_probe(self.vision_tower, layer, state.impl),
                                 self, pixel_values_videos, *args, **kwargs)
-        state.vision = {"features": out.pooler_output, "importance": probe.importance, "keys": probe.keys}
+        state.vision = {"features": out.pooler_output, **probe.record()}
         return out
     return get_video_features
