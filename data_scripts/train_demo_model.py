@@ -121,8 +121,8 @@ class Encoder:
         w = [0.0] * len(ids)
         for k, q in enumerate(questions):
             if k > 0:
-                p = self.ids("<|im_start|>user\n" + S.mvbench_question(q["question"], q["candidates"]) +
-                             "<|im_end|>\n<|im_start|>assistant\n" + S.MVBENCH_ANSWER_PREFIX)
+                p = self.ids("<|im_start|>user\n" + S.synthetic_question(q["question"], q["candidates"]) +
+                             "<|im_end|>\n<|im_start|>assistant\n" + S.SYNTHETIC_ANSWER_PREFIX)
                 ids += p
                 w += [0.0] * len(p)
             a = self.answer(q)
@@ -492,8 +492,8 @@ def text_qa_batch(rows, step: int, args, enc: Encoder):
     seqs, weights, answers = [], [], []
     for context, q in rows:
         p = enc.ids("<|im_start|>user\n" + (context + "\n" if context else "") +
-                    S.mvbench_question(q["question"], q["candidates"]) +
-                    "<|im_end|>\n<|im_start|>assistant\n" + S.MVBENCH_ANSWER_PREFIX)
+                    S.synthetic_question(q["question"], q["candidates"]) +
+                    "<|im_end|>\n<|im_start|>assistant\n" + S.SYNTHETIC_ANSWER_PREFIX)
         a = enc.answer(q)
         answers.append((len(seqs), len(p) - 1, ANSWER_CLASSES.index(q["answer"])))
         seqs.append(p + a)

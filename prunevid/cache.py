@@ -50,17 +50,33 @@ class MediaCache:
         return hashlib.sha256(json.dumps(desc).encode()).hexdigest()[:32]
 
     def frames(self, key: str, load: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Cached frames; a clip that was short when decoded (``video.ShortClipWarning``) keeps a ``.short``
+        note beside its file and warns again on every hit, so a cached run counts it as a fresh one does."""
+        import warnings
+        from .video import ShortClipWarning
         path = os.path.join(self.root, "frames", key[:2], key + ".npy")
+        note = path[:-len(".npy")] + ".short"
         if os.path.exists(path):
             try:
                 arr = np.load(path)
                 self.hits["frames"] += 1
+                if os.path.exists(note):
+                    with open(note) as f:
+                        warnings.warn(f.read(), ShortClipWarning, stacklevel=2)
                 return torch.from_numpy(arr)
             except (OSError, ValueError):
                 pass   # a torn file: decode again
-        frames = load()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ShortClipWarning)
+            frames = load()
+        short = [w for w in caught if issubclass(w.category, ShortClipWarning)]
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self.misses["frames"] += 1
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if short:
+            with open(note, "w") as f:
+                f.write(str(short[0].message))
         tmp = path + f".{os.getpid()}.part"
         with open(tmp, "wb") as f:
             np.save(f, frames.numpy())

@@ -112,10 +112,10 @@ def build_demo_model(tokenizer=None, size: str = "s", *, seed: int = 0, zero_res
 def render_prompt(tokenizer, question: str, candidates: List[str], *, num_video_tokens: Optional[int] = None) -> str:
     """The official MVBench prompt in the chat template: system turn, user turn with the video and the question
     block, then the assistant answer prefix ``Best option:(``."""
-    from .synthetic import MVBENCH_ANSWER_PREFIX, MVBENCH_SYSTEM, mvbench_question
+    from .synthetic import SYNTHETIC_ANSWER_PREFIX, SYNTHETIC_SYSTEM, synthetic_question
     from .video import build_prompt
-    prompt = build_prompt(tokenizer, mvbench_question(question, candidates), system=MVBENCH_SYSTEM,
-                          answer_prefix=MVBENCH_ANSWER_PREFIX)
+    prompt = build_prompt(tokenizer, synthetic_question(question, candidates), system=SYNTHETIC_SYSTEM,
+                          answer_prefix=SYNTHETIC_ANSWER_PREFIX)
     if num_video_tokens is not None:
         prompt = prompt.replace("<video>", "<video>" * num_video_tokens)
     return prompt

@@ -5,9 +5,12 @@ The run folder (``--output-dir``) holds
     dtype, seed, generation settings); a rerun with a different definition into the same folder is refused;
   - ``samples.jsonl``: one line per finished item, appended and flushed as it finishes (the resume log: a
     rerun skips the ids already there, so a crash or Ctrl-C loses at most the item in flight);
-  - ``results.json``: written atomically when every item of the run is done (schema: ``interfaces.md``);
+  - ``results.json``: written atomically when every item of the run is done (schema: ``interfaces.md``), or as
+    an interim file marked ``"complete": false`` when SIGINT/SIGTERM stops the run;
+  - ``run.lock``: the running process (a second run into the folder is refused; ``results.RunLock``);
   - ``submission.json`` for EgoSchema (``{q_uid: answer index}``, the official upload format).
 
+What a run folder guarantees (one row per id, locking, interruption): ``docs/run-folders.md``.
 A missing or corrupt video becomes an error row (counted, scored wrong) and the run goes on. Before each
 item torch is seeded with ``--seed``, so a resumed run gives the same answers as an uninterrupted one.
 Generation is greedy with EOS stopping; prefill and per-token decode times are measured per item.
@@ -34,7 +37,10 @@ RUN_CONFIG = "run_config.json"
 # Keys of run_config.json that must match for a rerun to resume (device, data_root and limit may change).
 # "weights" is the model's weights fingerprint (prunevid.models.weights_fingerprint): the same name with other
 # weights (a re-shipped demo model, a retrained checkpoint) is another run.
-IDENTITY_KEYS = ("benchmark", "model", "weights", "method", "protocol", "frames", "dtype", "seed", "gen_kwargs")
+# "selected_layer" and "lora_alpha" (PLLaVA) are model settings a benchmark default may change (PLLaVA on VCG: 5 and
+# 4); "protocol_options" the named departures from the official evaluation code (benchmarks.ProtocolOptions).
+IDENTITY_KEYS = ("benchmark", "model", "weights", "method", "protocol", "protocol_options", "frames", "dtype", "seed",
+                 "gen_kwargs", "selected_layer", "lora_alpha")
 
 
 def add_parser(sub) -> None:
@@ -56,7 +62,15 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N items (quick runs; default: all)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per video (default: 16 for --protocol official, 32 for lmms-eval)")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    p.add_argument("--dtype", default=None,
+                   help="float32 | bfloat16 | float16 (default: bfloat16 for real checkpoints under --protocol official, "
+                        "as upstream; float32 for the demo and tiny models and otherwise)")
+    p.add_argument("--lora-alpha", type=float, default=None,
+                   help="PLLaVA's LoRA alpha (default: 4 on vcgbench, 14 elsewhere, as PruneVid's scripts/eval.sh)")
+    p.add_argument("--protocol-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a named departure from the official evaluation code, repeatable: answer_parse=last_prefix, "
+                        "stop_rule=eos, judge_parse=tolerant, consistency_labels=matched, short_clips=error "
+                        "(default: upstream's behaviour for each; docs/fidelity.md)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="torch seed set before every item (default: 0)")
     p.add_argument("--protocol", default=None, choices=list(benchmarks.PROTOCOLS),
@@ -74,16 +88,14 @@ def run(args) -> int:
     res = evaluate(benchmark=args.benchmark, model=args.model, method=args.method, data_root=args.data_root,
                    output_dir=args.output_dir, limit=args.limit, frames=args.frames, dtype=args.dtype,
                    device=args.device, seed=args.seed, protocol=args.protocol, params=parse_set(args.set),
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, lora_alpha=args.lora_alpha,
+                   protocol_options=parse_set(args.protocol_option, flag="--protocol-option"))
     if dist_info()[0] != 0:
         return 0            # rank 0 reports
-    m = res["metrics"]
-    n = res["n_samples"]
-    summary = (f"accuracy {m['accuracy']:.2f}%" if m.get("accuracy") is not None else
-               f"scores {m.get('scores')}" if m.get("scores") else "no score (see results.json)")
-    print(f"[eval] {res['config']['benchmark']} / {res['config']['model']} / {res['method']['name']}: {summary}; "
-          f"{n['done']}/{n['total']} done, {n['errors']} errors, {n['unparsed']} unparsed -> "
-          f"{res['config']['output_dir']}/results.json")
+    out = res["config"]["output_dir"]        # the unpruned score on the same items, when a `none` run lies beside
+    ref = results.unpruned_reference(out, results.RunWriter(out).read_samples(),
+                                     [k for k in IDENTITY_KEYS if k not in ("method", "selected_layer")])
+    print(results.eval_summary(res, ref))
     return 0
 
 
@@ -141,10 +153,23 @@ def _eos_ids(loaded) -> set:
     return ids
 
 
+def keywords_stop(tokenizer, keywords=("###", "USER")):
+    """Upstream's ``KeywordsStoppingCriteria`` (``tasks/eval/model_utils.py``) as a ``stop(tokens)`` test: it is not
+    consulted on the first generated token (its first call only records the prompt length) and then stops when
+    EVERY keyword is in the decoded generated text (``skip_special_tokens``) — both, not either."""
+    def stop(tokens) -> bool:
+        if len(tokens) < 2:
+            return False
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        return all(k in text for k in keywords)
+    return stop
+
+
 @torch.no_grad()
-def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set):
+def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set, stop=None):
     """Greedy decoding with our own loop (prefill call, then one call per token on the returned cache), so
-    prefill and decode are timed apart and the patched prefill path is the one that runs.
+    prefill and decode are timed apart and the patched prefill path is the one that runs. ``stop(tokens)``
+    (optional) ends the generation after a token, as a transformers stopping criterion would (the token kept).
 
     Returns (new token ids, prefill stats of the patch, prefill ms, decode ms per token).
     """
@@ -167,7 +192,7 @@ def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set):
         if tok in eos_ids:
             break
         tokens.append(tok)
-        if len(tokens) >= max_new_tokens:
+        if len(tokens) >= max_new_tokens or (stop is not None and stop(tokens)):
             break
         out = model(input_ids=nxt, cache=cache, use_cache=True, logits_to_keep=1)
         cache = getattr(out, "cache", None)
@@ -226,11 +251,38 @@ def _encode(loaded, pixels: torch.Tensor) -> torch.Tensor:
     return out.pooler_output
 
 
-def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids: set, seed: int,
-             cache=None, method: str = "prunevid") -> dict:
-    """One item -> one samples.jsonl row. ``cache``: a ``prunevid.cache.MediaCache`` (or None)."""
+def _load_clip(bench, item, frames: int, protocol: str, cache):
+    """(frames, short): the item's clip, and whether it had fewer frames than asked (sampled with repeated
+    indices, ``video.ShortClipWarning``). Under ``short_clips="error"`` a short clip raises instead."""
+    import warnings
     from . import video
     from .benchmarks.base import PROTOCOL_SAMPLING
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", video.ShortClipWarning)
+        if cache is not None:
+            key = cache.frames_key(item, frames, PROTOCOL_SAMPLING[protocol])
+            clip = cache.frames(key, lambda: bench.frames(item, frames, protocol))
+        else:
+            key, clip = None, bench.frames(item, frames, protocol)
+    short = [w for w in caught if issubclass(w.category, video.ShortClipWarning)]
+    for w in caught:
+        if not issubclass(w.category, video.ShortClipWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if short and bench.options.short_clips == "error":
+        raise video.VideoError(str(short[0].message))
+    if short:
+        warnings.warn(str(short[0].message), video.ShortClipWarning, stacklevel=2)
+    return clip, key, bool(short)
+
+
+def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids: set, seed: int,
+             cache=None, method: str = "prunevid") -> dict:
+    """One item -> one samples.jsonl row. ``cache``: a ``prunevid.cache.MediaCache`` (or None).
+
+    The row records the exact ``prompt`` text the model received (the rendered template, the video placeholder
+    written once; ``prompt2`` for VCG's second consistency question) and ``short_clip`` when the clip had
+    fewer frames than asked."""
+    from . import video
     torch.manual_seed(seed)
     row = {"id": item.id, "category": item.category, "prediction": None, "parsed": None,
            "answer": item.answer_letter if bench.multiple_choice else item.answer, "correct": None, "error": None}
@@ -239,20 +291,20 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     if bench.multiple_choice and row["answer"] is not None:
         row["correct"] = False
     t0 = time.perf_counter()
-    key = None
     try:
-        if cache is not None:
-            key = cache.frames_key(item, frames, PROTOCOL_SAMPLING[protocol])
-            clip = cache.frames(key, lambda: bench.frames(item, frames, protocol))
-        else:
-            clip = bench.frames(item, frames, protocol)
+        clip, key, short = _load_clip(bench, item, frames, protocol, cache)
     except Exception as e:   # missing / corrupt / too short: recorded, the run goes on
         row["error"] = _frames_error(e)
         row["unparsed"] = False
         row["time_s"] = time.perf_counter() - t0
         return row
-    preds, prefill, decode, n_new, stats = [], [], [], 0, {}
+    if short:
+        row["short_clip"] = True
+    stop = keywords_stop(loaded.tokenizer) if bench.stops_on_keywords(protocol) else None
+    preds, raws, prefill, decode, n_new, stats = [], [], [], [], 0, {}
     for i, prompt in enumerate(bench.prompts(item, protocol)):
+        row["prompt" if i == 0 else f"prompt{i + 1}"] = video.build_prompt(
+            loaded.tokenizer, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix)
         inputs = video.build_inputs(loaded, clip, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix)
         if cache is not None and uses_feature_cache(method) and _takes_encoded_video(loaded.model, inputs):
             from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -263,8 +315,9 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
                                    lambda: _encode(loaded, pixels))
             inputs["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(
                 pooler_output=feats.to(device=pixels.device, dtype=pixels.dtype))}
-        toks, st, p_ms, d_ms = greedy_generate(loaded.model, inputs, gen["max_new_tokens"], eos_ids)
-        preds.append(loaded.tokenizer.decode(toks, skip_special_tokens=True))
+        toks, st, p_ms, d_ms = greedy_generate(loaded.model, inputs, gen["max_new_tokens"], eos_ids, stop=stop)
+        raws.append(loaded.tokenizer.decode(toks, skip_special_tokens=True))
+        preds.append(bench.answer_text(raws[-1], protocol))
         prefill.append(p_ms)
         if d_ms is not None:
             decode.append(d_ms)
@@ -273,6 +326,10 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
             stats = st
     score = bench.score(item, preds, protocol)
     row.update(prediction=preds[0], parsed=score.parsed, correct=score.correct, unparsed=score.unparsed)
+    if score.fallback:
+        row["fallback_parsed"] = True
+    if raws[0] != preds[0]:
+        row["raw_prediction"] = raws[0]            # the generated text, before the protocol's answer extraction
     if len(preds) > 1:
         row["prediction2"] = preds[1]
     row.update({k: stats.get(k) for k in _stats_keys() + ("flops_prefill", "flops_ratio")})
@@ -293,19 +350,24 @@ TOKEN_KEYS = ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2"
 # ---------------------------------------------------------------------------------------------------------
 def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAULT_MODEL, method: str = "prunevid",
              data_root: Optional[str] = None, output_dir: Optional[str] = None, limit: Optional[int] = None,
-             frames: Optional[int] = None, dtype: str = "float32", device: str = "cpu", seed: int = 0,
+             frames: Optional[int] = None, dtype: Optional[str] = None, device: str = "cpu", seed: int = 0,
              protocol: Optional[str] = None, params: Optional[dict] = None, progress: bool = True,
-             loaded=None) -> dict:
+             loaded=None, lora_alpha: Optional[float] = None, protocol_options: Optional[dict] = None) -> dict:
     """Run (or resume) one evaluation and return the results dict also written to ``results.json``.
 
     ``loaded`` may be a ``prunevid.models.LoadedModel`` already in memory (tests, notebooks); ``model`` then
-    only names it in the results.
+    only names it in the results. Settings not given are resolved before the model is loaded: the protocol
+    (the model's default), the dtype (``models.default_dtype``), PLLaVA's ``lora_alpha`` and the stage-2 layer
+    (the model's per-benchmark default, ``models.benchmark_defaults``).
     """
     params = dict(params or {})
+    from .cli import check_device
+    check_device(device)                                 # --device cuda without CUDA: one line, before any work
     if model is None:
         from .models import default_model
         model = default_model()
     bench = benchmarks.get(benchmark)
+    bench.options = benchmarks.ProtocolOptions.from_dict(protocol_options)   # unknown / bad option: before any work
     cfg = method_config(method, params)                  # unknown method / hyperparameter: before any work
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
@@ -322,38 +384,69 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
         if str(device).startswith("cuda") and ":" not in str(device):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"   # one GPU per rank
 
+    from . import models
+    # the model's registry defaults decide what was not given (LLaVA-OneVision: lmms-eval; PLLaVA: official), read
+    # before loading so the dtype and PLLaVA's LoRA alpha are part of the load
+    peek = models.peek_defaults(model) if loaded is None else {**loaded.spec.defaults, "kit_model": True}
+    protocol = check_protocol(protocol or peek.get("protocol") or "official")
+    defaults = models.benchmark_defaults(peek, bench.name)
+    if dtype is None:
+        dtype = str(loaded.model.dtype).replace("torch.", "") if loaded is not None else \
+            models.default_dtype(peek, protocol)
+    is_pllava = peek.get("arch") == "pllava" or (loaded is not None and hasattr(loaded.model, "set_lora_alpha"))
+    if lora_alpha is not None and peek and not is_pllava:
+        raise ValueError("--lora-alpha applies to PLLaVA checkpoints only")
+    if is_pllava and lora_alpha is None:
+        lora_alpha = defaults.get("lora_alpha", 14)
     if loaded is None:
-        from . import models
-        loaded = models.load(model, dtype=dtype, device=device)
-    # the model's registry defaults decide what was not given (LLaVA-OneVision: lmms-eval; PLLaVA: official)
-    protocol = check_protocol(protocol or loaded.spec.defaults.get("protocol") or "official")
+        loaded = models.load(model, dtype=dtype, device=device, lora_alpha=lora_alpha)
+        defaults = models.benchmark_defaults(loaded.spec.defaults, bench.name)
+        # a hub id is only known once downloaded: decide what the peek could not
+        is_pllava = hasattr(loaded.model, "set_lora_alpha")
+        if lora_alpha is not None and not is_pllava:
+            raise ValueError("--lora-alpha applies to PLLaVA checkpoints only")
+        if is_pllava and lora_alpha is None:
+            lora_alpha = defaults.get("lora_alpha", 14)
+    restore_alpha = None
+    if is_pllava:
+        restore_alpha = loaded.model.config.lora_alpha          # a model passed in is given back as it came
+        loaded.model.set_lora_alpha(lora_alpha)
     frames = frames or bench.default_frames(protocol)
     gen = bench.gen_kwargs(protocol)
     output_dir = output_dir or os.path.join("runs", f"{bench.name}-{os.path.basename(str(model).rstrip('/'))}-"
                                                        f"{method}-{protocol}")
     if "selected_layer" in {f.name for f in dataclasses.fields(cfg)} and "selected_layer" not in params:
         n_layers = len(loaded.spec.module.language_layers(loaded.model))
-        cfg = cfg.replace(selected_layer=min(loaded.spec.defaults.get("selected_layer", 10), n_layers // 2))
+        cfg = cfg.replace(selected_layer=min(defaults.get("selected_layer", 10), n_layers // 2))
     method_info = {"name": method, **cfg.to_dict()}
 
     identity = {"benchmark": bench.name, "model": str(model), "weights": getattr(loaded, "fingerprint", None),
-                "method": method_info, "protocol": protocol,
-                "frames": frames, "dtype": str(dtype), "seed": seed, "gen_kwargs": gen}
+                "method": method_info, "protocol": protocol, "protocol_options": bench.options.to_dict(),
+                "frames": frames, "dtype": str(dtype), "seed": seed, "gen_kwargs": gen,
+                "selected_layer": getattr(cfg, "selected_layer", None), "lora_alpha": lora_alpha}
     import prunevid
     prunevid.apply(loaded.model, cfg, method=method)     # a config the model rejects fails before any file
+    lock = results.RunLock(output_dir)                   # taken by rank 0 in _run, before anything is written
     try:
+        check_method_supported(loaded.model, method)     # e.g. VisionZip on Qwen2-VL: before the folder exists
         return _run(bench, items, loaded, identity, output_dir=output_dir, data_root=data_root, device=device,
-                    limit=limit, progress=progress, rank=rank, world=world)
+                    limit=limit, progress=progress, rank=rank, world=world, lock=lock)
     finally:
+        lock.release()
         prunevid.remove(loaded.model)
+        if restore_alpha is not None:
+            loaded.model.set_lora_alpha(restore_alpha)
 
 
-def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit, progress, rank, world) -> dict:
+def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit, progress, rank, world,
+         lock=None) -> dict:
     method, protocol, frames = identity["method"]["name"], identity["protocol"], identity["frames"]
     gen, seed = identity["gen_kwargs"], identity["seed"]
     run_id = problem = done = None
     if rank == 0:
         try:
+            if lock is not None:     # a second run into this folder is refused here, naming the holder
+                lock.acquire()
             stored = check_run_folder(output_dir, identity)
             run_id = stored["run_id"] if stored else results.new_run_id(bench.name)
             if stored is None:
@@ -388,13 +481,19 @@ def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit
             bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{bench.name}/{method}",
                        unit="item", file=sys.stderr, dynamic_ncols=True)
     try:
-        for item in todo:
-            row = run_item(bench, item, loaded, protocol, frames, gen, eos, seed, cache=media_cache, method=method)
-            writer.append_sample(row)
-            if bar is not None:
-                bar.update(1)
-                if row.get("error"):
-                    bar.write(f"[eval] {item.id}: {row['error']}")
+        with results.sigterm_as_interrupt():
+            for item in todo:
+                row = run_item(bench, item, loaded, protocol, frames, gen, eos, seed, cache=media_cache, method=method)
+                writer.append_sample(row)
+                if bar is not None:
+                    bar.update(1)
+                    if row.get("error"):
+                        bar.write(f"[eval] {item.id}: {row['error']}")
+    except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM: an interim results.json, then one line (results.Interrupted)
+        if bar is not None:
+            bar.close()
+        raise _interrupted(e, bench, items, run_id=run_id, identity=identity, output_dir=output_dir,
+                           data_root=data_root, device=device, limit=limit, rank=rank, t_start=t_start) from None
     finally:
         if bar is not None:
             bar.close()
@@ -410,11 +509,12 @@ def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit
     rows = [r for r in writer.read_samples() if r["id"] in wanted]
     judge_info = None
     if not bench.multiple_choice:
-        rows, judge_info = _judge(rows, items, output_dir)
+        rows, judge_info = _judge(rows, items, output_dir, bench.options)
     res = summarize(bench, rows, len(items), run_id=run_id, identity=identity, data_root=data_root, device=device,
                     limit=limit, output_dir=output_dir, session_s=time.perf_counter() - t_start)
     if judge_info is not None:
         res["metrics"]["judge"] = judge_info
+    res.update(results.status_fields(rows, complete=True))
     writer.write_results(res)
     if bench.name.startswith("egoschema"):
         from .benchmarks.egoschema import submission
@@ -459,14 +559,57 @@ def _shard_paths(output_dir: str) -> list:
     return sorted(glob.glob(os.path.join(output_dir, "samples.rank*.jsonl")))
 
 
-def all_done_ids(output_dir: str) -> set:
-    """Ids logged in samples.jsonl or in any rank's shard (left by an interrupted multi-process run)."""
-    done = results.RunWriter(output_dir).done_ids()
-    for path in _shard_paths(output_dir):
+def logged_rows(output_dir: str, warn=None) -> dict:
+    """{id: row} of samples.jsonl and every rank's shard (one row per id, ``RunWriter.read_samples``); what a
+    log's reading skipped or de-duplicated is passed to ``warn`` as one line per file."""
+    rows = {}
+    for path in [os.path.join(output_dir, "samples.jsonl")] + _shard_paths(output_dir):
         w = results.RunWriter(output_dir)
         w.samples_path = path
-        done |= w.done_ids()
-    return done
+        for row in w.read_samples():
+            rows.setdefault(row["id"], row)
+        if warn is not None and w.problems():
+            warn(w.problems())
+    return rows
+
+
+def all_done_ids(output_dir: str) -> set:
+    """Ids logged in samples.jsonl or in any rank's shard (left by an interrupted multi-process run); damaged
+    or duplicated lines are reported on stderr."""
+    return set(logged_rows(output_dir, warn=lambda m: print(f"[eval] warning: {m}", file=sys.stderr, flush=True)))
+
+
+def _interrupted(exc, bench, items, *, run_id, identity, output_dir, data_root, device, limit, rank, t_start):
+    """SIGINT / SIGTERM while items run: rank 0 writes an interim results.json (``"complete": false``) from what
+    is logged (samples.jsonl and every shard, read without merging: other ranks may still be writing) and
+    returns the ``results.Interrupted`` whose text is the one line to print."""
+    sig = results.signal_name(exc)
+    if rank != 0:
+        return results.Interrupted("", sig)
+    wanted = {it.id for it in items}
+    rows = [r for i, r in logged_rows(output_dir).items() if i in wanted]
+    res = summarize(bench, rows, len(items), run_id=run_id, identity=identity, data_root=data_root, device=device,
+                    limit=limit, output_dir=output_dir, session_s=time.perf_counter() - t_start)
+    res.update(results.status_fields(rows, complete=False))
+    res["interrupted"] = {"signal": sig, "hint": results.RESUME_HINT}
+    results.RunWriter(output_dir).write_results(res)
+    return results.Interrupted(results.interrupted_message(len(rows), len(items)), sig)
+
+
+def check_method_supported(model, method: str) -> None:
+    """A method the patched model cannot run is a one-line error before the run folder is created, not a
+    failure on the first item: one that needs the vision tower's attention (VisionZip, PruMerge) on a model
+    whose adapter does not extract it (Qwen2-VL's windowed encoder)."""
+    from .models.video_patch import VideoModelAdapter
+    impl = getattr(getattr(model, "_prunevid", None), "impl", None)
+    if impl is None or not getattr(impl, "needs_vision_attention", False) or not getattr(impl, "enabled", True):
+        return
+    for module in model.modules():
+        adapter = module.__dict__.get("_prunevid_adapter")
+        if adapter is not None and type(adapter).vision_attention is VideoModelAdapter.vision_attention:
+            raise ValueError(f"method {method!r} needs the vision tower's attention, which the kit does not extract "
+                             f"from {type(model).__name__}; use a method that does not (fastv, prunevid, vidcom2, "
+                             f"dycoke, random, lookm) or another model")
 
 
 def merge_shards(output_dir: str) -> int:
@@ -487,17 +630,21 @@ def merge_shards(output_dir: str) -> int:
     return n
 
 
-def _judge(rows, items, output_dir):
+def _judge(rows, items, output_dir, options=None):
     """VCG: score the rows with the LLM judge when ``PRUNEVID_JUDGE_BASE_URL`` is set (replies cached in
     ``OUTPUT_DIR/judge_cache.jsonl``); without it the predictions are kept and ``metrics.scores`` is None."""
     from .benchmarks.vcg_judge import Judge, judge_rows
-    judge = Judge.from_env(cache_path=os.path.join(output_dir, "judge_cache.jsonl"))
+    from .benchmarks.base import ProtocolOptions
+    options = options or ProtocolOptions()
+    judge = Judge.from_env(cache_path=os.path.join(output_dir, "judge_cache.jsonl"), parse=options.judge_parse,
+                           consistency_labels=options.consistency_labels)
     if judge is None:
         return rows, {"status": "not run: set PRUNEVID_JUDGE_BASE_URL (and PRUNEVID_JUDGE_MODEL, OPENAI_API_KEY) "
                                 "and rerun the same command to score"}
     rows = judge_rows(judge, rows, {it.id: it for it in items})
     return rows, {"status": "done", "model": judge.model, "endpoint": judge.url, "calls": judge.calls,
-                  "failures": judge.failures}
+                  "failures": judge.failures, "fallback_parsed": judge.fallback_parsed,
+                  "parse": options.judge_parse, "consistency_labels": options.consistency_labels}
 
 
 def _flops_summary(rows):
@@ -520,13 +667,17 @@ def summarize(bench, rows, total: int, *, run_id, identity, data_root, device, l
     return results.base_results(
         run_id=run_id,
         config={"model": identity["model"], "weights": identity.get("weights"), "benchmark": identity["benchmark"],
-                "protocol": identity["protocol"],
+                "protocol": identity["protocol"], "protocol_options": identity.get("protocol_options"),
+                "selected_layer": identity.get("selected_layer"), "lora_alpha": identity.get("lora_alpha"),
                 "data_root": os.path.abspath(data_root), "frames": identity["frames"], "dtype": identity["dtype"],
                 "device": device, "seed": identity["seed"], "limit": limit, "gen_kwargs": identity["gen_kwargs"],
                 "output_dir": output_dir},
         method=identity["method"],
         n_samples={"total": total, "done": len(rows), "errors": sum(1 for r in rows if r.get("error")),
                    "unparsed": sum(1 for r in rows if r.get("unparsed"))},
+        counts={"short_clips": sum(1 for r in rows if r.get("short_clip")),
+                "fallback_parsed": sum(1 for r in rows if r.get("fallback_parsed"))
+                + sum(int((r.get("judge") or {}).get("fallback_parsed", 0)) for r in rows)},
         metrics=metrics,
         tokens=results.mean_stats([r for r in rows if not r.get("error")], TOKEN_KEYS),
         flops=_flops_summary(rows),

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -49,7 +50,6 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .benchmarks import base as _bench_base
-from .benchmarks import mvbench as _mvbench
 
 GENERATOR_VERSION = 1
 NUM_FRAMES = 16
@@ -77,17 +77,22 @@ NUM_OPTIONS = {"moving_direction": 4, "moving_attribute": 4, "object_count": 4, 
                "state_change": 5, "scene_transition": 3, "object_existence": 2}
 CHANCE = {t: 1.0 / n for t, n in NUM_OPTIONS.items()}
 
-# The official MVBench prompt pieces (VideoChat2 / PLLaVA ``eval_mvbench``), used by the training script and by
-# anything that wants to render the protocol exactly; defined once, in the benchmark definitions.
-MVBENCH_SYSTEM = _mvbench.SYSTEM
-MVBENCH_POST_PROMPT = _bench_base.OFFICIAL_POST_PROMPT
-MVBENCH_ANSWER_PREFIX = _bench_base.OFFICIAL_ANSWER_PREFIX
+# The synthetic benchmark's prompt, frozen: the demo model was trained on this text, an earlier reading of the
+# official MVBench prompt. The official text (``benchmarks.mvbench.SYSTEM`` + ``official_user_query``) has a
+# newline after the system text and a space before the post prompt; changing the synthetic prompt would change
+# what the shipped model was trained on, so it keeps its own name and stays as it is.
+SYNTHETIC_SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and "
+                    "movement of objects, and the action and pose of persons. Based on your observations, select the "
+                    "best option that accurately addresses the question.")
+SYNTHETIC_POST_PROMPT = "\nOnly give the best option."
+SYNTHETIC_ANSWER_PREFIX = _bench_base.OFFICIAL_ANSWER_PREFIX
 OPTION_LETTERS = "ABCDEFG"
 
 
-def mvbench_question(question: str, candidates: List[str]) -> str:
-    """The official ``qa_template`` (right-stripped) plus the post-query prompt: the user text of a turn."""
-    return _bench_base.official_question_block(question, candidates) + MVBENCH_POST_PROMPT
+def synthetic_question(question: str, candidates: List[str]) -> str:
+    """The official ``qa_template`` (right-stripped) with the post prompt appended directly (no space): the
+    frozen user text of the synthetic benchmark."""
+    return _bench_base.official_question_block(question, candidates) + SYNTHETIC_POST_PROMPT
 
 
 def mvbench_answer(candidates: List[str], answer: str) -> str:
@@ -717,6 +722,13 @@ def ensure_split(root: str, split: str = "test", **kwargs) -> str:
         if (meta.get("seed"), meta.get("n_per_task"), meta.get("generator_version")) == (
                 want_seed, want_n, GENERATOR_VERSION):
             return out
+    # the first use writes into the data root (./DATAS by default): say what and where, once
+    n = DEFAULT_N_PER_TASK.get(split, 50) if kwargs.get("n_per_task") is None else int(kwargs["n_per_task"])
+    tasks = kwargs.get("tasks", TASKS)
+    message = (f"generating the synthetic benchmark's {split} split ({n * len(tasks)} short mp4 clips and their "
+               f"questions, about {max(1, round(0.05 * n * len(tasks)))} MB) into {os.path.abspath(out)}: done once, "
+               f"reused by later runs; --data-root or $PRUNEVID_DATA puts it elsewhere")
+    (kwargs.get("log") or (lambda m: print(f"[data] {m}", file=sys.stderr, flush=True)))(message)
     write_split(root, split, **kwargs)
     return out
 
@@ -742,7 +754,7 @@ def frames_tensor(samples: List[Sample]):
 
 def vocabulary_strings() -> List[str]:
     """Every fixed string the benchmark and its prompts can produce (for building a closed vocabulary)."""
-    words = [MVBENCH_SYSTEM, MVBENCH_POST_PROMPT, MVBENCH_ANSWER_PREFIX, "Question: Options:", "Describe the video.",
+    words = [SYNTHETIC_SYSTEM, SYNTHETIC_POST_PROMPT, SYNTHETIC_ANSWER_PREFIX, "Question: Options:", "Describe the video.",
              "Which direction does the move? What colour is the moving object? How many objects are in the video?",
              "What colour is the object that appears first? last? What colour does the turn into?",
              "How does the scene change? Is there a in the video?",

@@ -19,6 +19,16 @@ import torch
 import torch.nn.functional as F
 
 
+class ShortClipWarning(UserWarning):
+    """A clip (or its bound) holds fewer frames than asked: the sampler repeats frame indices, as upstream's
+    ``get_index`` and lmms-eval's ``np.linspace`` do. The runner counts such items (``counts.short_clips``)."""
+
+
+def _warn_short(msg: str) -> None:
+    import warnings
+    warnings.warn(msg, ShortClipWarning, stacklevel=3)
+
+
 class VideoError(ValueError):
     """A video that cannot be used: unreadable, corrupt, or too short for the frames asked for."""
 
@@ -85,8 +95,8 @@ def load_video(path: str, num_frames: int, *, bound: Optional[Tuple[float, float
     """Decode ``num_frames`` frames of a video file -> (T, H, W, 3) uint8 RGB.
 
     ``sampling``: ``"middle"`` (official segment midpoints, honours ``bound``) or ``"linspace"`` (lmms-eval).
-    Raises ``FileNotFoundError`` for a missing file and ``VideoError`` for an unreadable one or one with
-    fewer decodable frames than asked.
+    Raises ``FileNotFoundError`` for a missing file and ``VideoError`` for an unreadable one; a clip with fewer
+    frames than asked is sampled with repeated indices (as upstream) and warns ``ShortClipWarning``.
     """
     _check_file(path)
     if os.path.isdir(path):
@@ -97,16 +107,18 @@ def load_video(path: str, num_frames: int, *, bound: Optional[Tuple[float, float
     except ImportError:
         arr, fps = _read_with_pyav(path)
         total, reader = arr.shape[0], "av"
-    if total < num_frames:
-        raise VideoError(f"{path} has {total} decodable frames, fewer than the {num_frames} asked for")
+    if total < 1:
+        raise VideoError(f"video has no decodable frames: {path}")
     if sampling == "middle":
         idx = segment_midpoint_indices(num_frames, total - 1, fps, bound)
     elif sampling == "linspace":
         idx = linspace_indices(num_frames, total)
     else:
         raise ValueError(f"sampling must be 'middle' or 'linspace', got {sampling!r}")
-    if len(set(idx)) < num_frames and bound is not None:
-        raise VideoError(f"the bound {bound} of {path} spans fewer than {num_frames} frames")
+    if len(set(idx)) < num_frames:
+        where = f"the bound {bound} of {path}" if bound is not None else path
+        _warn_short(f"{where} spans {len(set(idx))} distinct frames, fewer than the {num_frames} asked for: "
+                    f"indices repeated, as upstream samples")
     try:
         if reader == "decord":
             frames = vr.get_batch(idx).asnumpy()
@@ -125,6 +137,9 @@ def load_frame_folder(folder: str, num_frames: int, *, bound: Optional[Tuple[flo
     if not files:
         raise VideoError(f"frame folder holds no .jpg/.png frames: {folder}")
     idx = segment_midpoint_indices(num_frames, len(files), fps, bound, first_idx=1)
+    if len(set(idx)) < num_frames:
+        _warn_short(f"{folder} spans {len(set(idx))} distinct frames, fewer than the {num_frames} asked for: "
+                    f"indices repeated, as upstream samples")
     ext = os.path.splitext(files[0])[1]
     frames = []
     for i in idx:

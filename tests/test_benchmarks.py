@@ -55,9 +55,9 @@ def test_official_mvbench_prompt_exact():
     assert p == (
         "<|im_start|>system\nCarefully watch the video and pay attention to the cause and sequence of events, the "
         "detail and movement of objects, and the action and pose of persons. Based on your observations, select the "
-        "best option that accurately addresses the question.<|im_end|>\n<|im_start|>user\n<video>\n"
+        "best option that accurately addresses the question.\n<|im_end|>\n<|im_start|>user\n<video>\n"
         "Question: What happened after the person took the food?\nOptions:\n(A) Ate the medicine.\n"
-        "(B) Tidied up the blanket.\n(C) Put down the cup.\nOnly give the best option.<|im_end|>\n"
+        "(B) Tidied up the blanket.\n(C) Put down the cup. \nOnly give the best option.<|im_end|>\n"
         "<|im_start|>assistant\nBest option:(")
 
 
@@ -105,8 +105,12 @@ def test_official_parse_and_unparsed():
     for bad in (" B)", "The answer is B", "", "D) not an option"):   # D: not a letter of a 3-option item
         s = official_mc_score(MC_ITEM, bad)
         assert s.unparsed and s.correct is False and s.parsed is None
-    # text after the last "Best option:(" counts when the model repeats the prefix
-    assert official_mc_score(MC_ITEM, "xx Best option:(B)").parsed == "B"
+    # a repeated prefix: upstream joins every piece after the first prefix ("xx B)": unparsed); the kit's named
+    # fix answer_parse="last_prefix" reads the text after the last one, and says it was the fix that parsed it
+    s = official_mc_score(MC_ITEM, "xx Best option:(B)")
+    assert (s.parsed, s.unparsed, s.fallback) == (None, True, False)
+    s = official_mc_score(MC_ITEM, "xx Best option:(B)", rule="last_prefix")
+    assert (s.parsed, s.correct, s.fallback) == ("B", True, True)
 
 
 @pytest.mark.parametrize("text,letter", [

@@ -25,7 +25,7 @@ def test_official_prompts_round_trip_exactly(tok):
         for i in range(5):
             s = S.make_item(task, rng, extras=True)
             p = D.render_prompt(tok, s.item["question"], s.item["candidates"], num_video_tokens=785)
-            assert p.startswith("<|im_start|>system\n" + S.MVBENCH_SYSTEM + "<|im_end|>\n<|im_start|>user\n<video>")
+            assert p.startswith("<|im_start|>system\n" + S.SYNTHETIC_SYSTEM + "<|im_end|>\n<|im_start|>user\n<video>")
             assert "\nOptions:\n(A) " in p and p.endswith(
                 "\nOnly give the best option.<|im_end|>\n<|im_start|>assistant\nBest option:(")
             ids = _roundtrip(tok, p)
@@ -63,9 +63,9 @@ def test_demo_model_saves_and_loads_through_the_registry(tok, tmp_path):
     loaded = models.load(str(tmp_path))
     assert loaded.preprocessing.size == S.FRAME_SIZE
     s = S.make_item("moving_direction", S.item_rng(0, "moving_direction", 0))
-    text = S.mvbench_question(s.item["question"], s.item["candidates"])
-    inputs = video.build_inputs(loaded, torch.from_numpy(s.frames), text, system=S.MVBENCH_SYSTEM,
-                                answer_prefix=S.MVBENCH_ANSWER_PREFIX)
+    text = S.synthetic_question(s.item["question"], s.item["candidates"])
+    inputs = video.build_inputs(loaded, torch.from_numpy(s.frames), text, system=S.SYNTHETIC_SYSTEM,
+                                answer_prefix=S.SYNTHETIC_ANSWER_PREFIX)
     n = inputs["input_ids"].eq(tok.convert_tokens_to_ids("<video>")).sum().item()
     assert n == S.NUM_FRAMES * 49 + 1
     assert tok.decode(inputs["input_ids"][0]) == D.render_prompt(tok, s.item["question"], s.item["candidates"],

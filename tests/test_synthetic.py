@@ -184,7 +184,7 @@ def test_training_sampler_and_curriculum():
 
 
 def test_mvbench_prompt_strings():
-    text = S.mvbench_question("How many objects are in the video?", ["one", "two"])
+    text = S.synthetic_question("How many objects are in the video?", ["one", "two"])
     assert text == ("Question: How many objects are in the video?\nOptions:\n(A) one\n(B) two\n"
                     "Only give the best option.")
     assert S.mvbench_answer(["one", "two"], "two") == "(B) two"

@@ -36,12 +36,12 @@ def test_training_sequence_is_the_chat_template_of_a_multi_turn_conversation(T, 
     assert len(qs) >= 2
     ids, w = enc.training_sequence(qs, s.caption, caption_weight=0.5)
     assert len(ids) == len(w)
-    messages = [{"role": "system", "content": [{"type": "text", "text": S.MVBENCH_SYSTEM}]}]
+    messages = [{"role": "system", "content": [{"type": "text", "text": S.SYNTHETIC_SYSTEM}]}]
     for k, q in enumerate(qs):
-        text = S.mvbench_question(q["question"], q["candidates"])
+        text = S.synthetic_question(q["question"], q["candidates"])
         messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]} if k == 0
                         else {"role": "user", "content": text})
-        messages.append({"role": "assistant", "content": S.MVBENCH_ANSWER_PREFIX + S.mvbench_answer(
+        messages.append({"role": "assistant", "content": S.SYNTHETIC_ANSWER_PREFIX + S.mvbench_answer(
             q["candidates"], q["answer"])[1:]})
     messages += [{"role": "user", "content": T.CAPTION_REQUEST}, {"role": "assistant", "content": s.caption}]
     want = tok.apply_chat_template(messages, tokenize=False).replace("<video>", "<video>" * T.N_VIDEO)

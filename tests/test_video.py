@@ -57,8 +57,8 @@ def test_load_video_errors(tmp_path):
     with pytest.raises(video.VideoError, match="empty"):
         video.load_video(str(empty), 4)
     short = _write_clip(tmp_path / "short.mp4", frames=5)
-    with pytest.raises(video.VideoError, match="fewer than the 8"):
-        video.load_video(short, 8)
+    with pytest.warns(video.ShortClipWarning, match="fewer than the 8"):   # upstream repeats indices
+        assert video.load_video(short, 8).shape[0] == 8
     assert video.load_video(short, 4).shape[0] == 4
 
 

@@ -5,8 +5,8 @@
 """
 from __future__ import annotations
 
-from .base import (PROTOCOLS, Benchmark, DataMissing, Item, Prompt, Score, check_ans, lmms_extract_letter,
-                   official_question_block)
+from .base import (PROTOCOLS, Benchmark, DataMissing, Item, Prompt, ProtocolOptions, Score, check_ans,
+                   lmms_extract_letter, official_question_block)
 from .egoschema import EgoSchema, EgoSchemaSubset
 from .mvbench import MVBench
 from .synthetic import Synthetic, SyntheticVal
@@ -29,5 +29,5 @@ def get(name: str) -> Benchmark:
     return _REGISTRY[key]()
 
 
-__all__ = ["PROTOCOLS", "Benchmark", "DataMissing", "Item", "Prompt", "Score", "available", "get", "check_ans",
+__all__ = ["PROTOCOLS", "Benchmark", "DataMissing", "Item", "Prompt", "ProtocolOptions", "Score", "available", "get", "check_ans",
            "lmms_extract_letter", "official_question_block"]

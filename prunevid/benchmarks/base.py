@@ -25,6 +25,54 @@ PROTOCOL_SAMPLING = {"official": "middle", "lmms-eval": "linspace"}
 LMMS_SYSTEM = "You are a helpful assistant."   # qwen_1_5 conversation of lmms-eval's llava_onevision
 
 
+@dataclass(frozen=True)
+class ProtocolOptions:
+    """Where the kit may depart from the official evaluation code. Every default is upstream's behaviour
+    (PruneVid ``tasks/eval/``); each other value is a named kit fix, listed in ``docs/fidelity.md``.
+
+    - ``answer_parse``: ``"official"`` — the text after the last ``ASSISTANT:`` of the decoded prompt+output,
+      then everything after the first ``Best option:(`` joined (``''.join(s.split(prefix)[1:])``);
+      ``"last_prefix"`` — the kit's rule: only the text after the last ``Best option:(`` of the answer.
+    - ``stop_rule`` (VCG): ``"official"`` — ``KeywordsStoppingCriteria(["###", "USER"])``, which stops only when
+      BOTH strings are in the generated text (and EOS); ``"eos"`` — EOS only.
+    - ``judge_parse`` (VCG): ``"strict"`` — the judge reply read with ``ast.literal_eval`` only, a failure is
+      retried and then scores 0; ``"tolerant"`` — a ``score: N`` regex as fallback (counted in
+      ``counts.fallback_parsed``).
+    - ``consistency_labels`` (VCG): ``"official"`` — upstream swaps the questions before storing the record,
+      so the judge reads "Question 1" = Q2 and "Question 2" = Q1 beside the answers to Q1 and Q2;
+      ``"matched"`` — each question beside its own answer.
+    - ``short_clips``: ``"duplicate"`` — a clip with fewer frames than asked is sampled with repeated indices,
+      as upstream's ``get_index`` does (a warning; counted in ``counts.short_clips``); ``"error"`` — the kit's
+      old rule: an error row, scored wrong.
+    """
+
+    answer_parse: str = "official"
+    stop_rule: str = "official"
+    judge_parse: str = "strict"
+    consistency_labels: str = "official"
+    short_clips: str = "duplicate"
+
+    CHOICES = {"answer_parse": ("official", "last_prefix"), "stop_rule": ("official", "eos"),
+               "judge_parse": ("strict", "tolerant"), "consistency_labels": ("official", "matched"),
+               "short_clips": ("duplicate", "error")}
+
+    def __post_init__(self):
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"protocol option {name}={getattr(self, name)!r}: use one of {list(allowed)}")
+
+    @classmethod
+    def from_dict(cls, options: Optional[dict]) -> "ProtocolOptions":
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(cls.CHOICES))
+        if unknown:
+            raise ValueError(f"unknown protocol option(s) {unknown}; known: {sorted(cls.CHOICES)}")
+        return cls(**{k: str(v) for k, v in options.items()})
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.CHOICES}
+
+
 class DataMissing(FileNotFoundError):
     """Benchmark data is not where the official layout puts it; the message names the data script to run."""
 
@@ -69,6 +117,7 @@ class Score:
     parsed: Optional[str]       # the option letter read from the prediction (None when unparsed)
     correct: Optional[bool]     # None when the item has no public answer (EgoSchema full set) or is free-form
     unparsed: bool = False
+    fallback: bool = False      # parsed only by a kit fix (a ProtocolOptions value other than upstream's)
 
 
 def check_protocol(protocol: str) -> str:
@@ -79,8 +128,11 @@ def check_protocol(protocol: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Official (PruneVid / PLLaVA / VideoChat2) multiple choice: question block, post prompt, answer prefix.
+# ``tasks/eval/eval_utils.py``: ``Conversation.user_query`` joins the question and the post prompt with a space
+# (``f"{query} {post_query_prompt}"``), so the user text ends in ``"... (B) b \nOnly give the best option."``.
 OFFICIAL_POST_PROMPT = "\nOnly give the best option."
 OFFICIAL_ANSWER_PREFIX = "Best option:("
+OFFICIAL_ASSISTANT_TAG = "ASSISTANT:"     # PLLaVA's roles[-1]: ``pllava_answer`` splits the decoded text on it
 
 
 def official_question_block(question: str, candidates: Sequence[str]) -> str:
@@ -91,18 +143,40 @@ def official_question_block(question: str, candidates: Sequence[str]) -> str:
     return text.rstrip()
 
 
+def official_user_query(query: str, post_query_prompt: Optional[str] = OFFICIAL_POST_PROMPT) -> str:
+    """``Conversation.user_query``: the post prompt joined to the query with one space."""
+    return query if post_query_prompt is None else f"{query} {post_query_prompt}"
+
+
 def official_mc_prompt(system: str, item: Item) -> Prompt:
-    return Prompt(system=system, text=official_question_block(item.question, item.candidates) + OFFICIAL_POST_PROMPT,
+    return Prompt(system=system, text=official_user_query(official_question_block(item.question, item.candidates)),
                   answer_prefix=OFFICIAL_ANSWER_PREFIX)
 
 
-def official_pred(prediction: str, answer_prefix: str = OFFICIAL_ANSWER_PREFIX) -> Tuple[str, str]:
-    """(pred, after): the official ``"(" + text after "Best option:("`` and the raw text after the prefix.
+def official_answer_text(prediction: str, prompt_tail: str = "", split_tag: str = OFFICIAL_ASSISTANT_TAG) -> str:
+    """``pllava_answer``: the decoded prompt+output split on the last ``split_tag``, ``</s>`` suffix removed,
+    stripped. ``prediction`` is the generated text only; ``prompt_tail`` the text the prompt ends with after its
+    last ``split_tag`` (``Best option:(`` for the multiple-choice benchmarks, nothing for VCG)."""
+    return (prompt_tail + prediction).split(split_tag)[-1].removesuffix("</s>").strip()
 
-    ``prediction`` is the generated text only; the prefix was part of the prompt, so the assistant's text is
-    ``answer_prefix + prediction``, of which the official parser keeps what follows the last prefix.
+
+def official_pred(prediction: str, answer_prefix: str = OFFICIAL_ANSWER_PREFIX, rule: str = "official"
+                  ) -> Tuple[str, str]:
+    """(pred, after): the string the official ``check_ans`` receives, ``"(" + after``, and ``after``.
+
+    ``rule="official"`` (``infer_mvbench``): the assistant text (``official_answer_text``: the text after the last
+    ``ASSISTANT:``, so an ``ASSISTANT:`` in the output discards the answer prefix), then
+    ``''.join(text.split(answer_prefix)[1:])`` — every piece after the FIRST prefix, joined with the prefix
+    removed. ``rule="last_prefix"`` (the kit's fix): the text after the LAST prefix of ``answer_prefix +
+    prediction``, right-stripped. ``prediction`` is the generated text only; the prefix ends the prompt.
     """
-    after = (answer_prefix + prediction).split(answer_prefix)[-1].rstrip()
+    if rule == "official":
+        text = official_answer_text(prediction, answer_prefix)
+        after = "".join(text.split(answer_prefix)[1:])
+    elif rule == "last_prefix":
+        after = (answer_prefix + prediction).split(answer_prefix)[-1].rstrip()
+    else:
+        raise ValueError(f"answer_parse must be 'official' or 'last_prefix', got {rule!r}")
     return "(" + after, after
 
 
@@ -119,15 +193,26 @@ def check_ans(pred: str, gt: str) -> bool:
     return pred_tok.replace(".", "") in gt_tok or gt_tok in pred_tok
 
 
-def official_mc_score(item: Item, prediction: str) -> Score:
-    pred, after = official_pred(prediction)
+def _official_letter(after: str, letters: str) -> Optional[str]:
     first = after[:1].upper()
-    letter = first if first and first in item.letters else None
+    return first if first and first in letters else None
+
+
+def official_mc_score(item: Item, prediction: str, rule: str = "official") -> Score:
+    """``check_ans`` on the official parse. ``parsed`` is the option letter the answer starts with (None:
+    unparsed). Under ``rule="last_prefix"``, an item that the official rule leaves unparsed and the kit's rule
+    parses is marked ``fallback``."""
+    pred, after = official_pred(prediction, rule=rule)
+    letter = _official_letter(after, item.letters)
+    fallback = False
+    if rule != "official" and letter is not None:
+        fallback = _official_letter(official_pred(prediction, rule="official")[1], item.letters) is None
     gt_letter = item.answer_letter
     if gt_letter is None:
-        return Score(parsed=letter, correct=None, unparsed=letter is None)
+        return Score(parsed=letter, correct=None, unparsed=letter is None, fallback=fallback)
     correct = check_ans(pred, f"({gt_letter}) {item.answer}")
-    return Score(parsed=letter, correct=bool(correct) and letter is not None, unparsed=letter is None)
+    return Score(parsed=letter, correct=bool(correct) and letter is not None, unparsed=letter is None,
+                 fallback=fallback)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,9 +311,19 @@ class Benchmark:
         return PROTOCOL_FRAMES[check_protocol(protocol)]
 
     # -- scoring -------------------------------------------------------------------------------------------
+    options: ProtocolOptions = ProtocolOptions()
+
+    def stops_on_keywords(self, protocol: str) -> bool:
+        """Whether generation also stops on upstream's keyword rule (``runner.keywords_stop``): VCG only."""
+        return False
+
+    def answer_text(self, prediction: str, protocol: str) -> str:
+        """The answer as the protocol's own code keeps it (multiple choice: the generated text; ``score`` parses)."""
+        return prediction
+
     def score(self, item: Item, predictions: List[str], protocol: str) -> Score:
         if check_protocol(protocol) == "official":
-            return official_mc_score(item, predictions[0])
+            return official_mc_score(item, predictions[0], rule=self.options.answer_parse)
         return lmms_mc_score(item, predictions[0])
 
     def aggregate(self, rows: List[dict]) -> dict:
@@ -244,9 +339,10 @@ def linspace_in_bound(path: str, num_frames: int, bound: Tuple[float, float]) ->
     total, fps = video.video_info(path)
     start = max(0, round(bound[0] * fps))
     end = min(round(bound[1] * fps), total - 1)
-    if end - start + 1 < num_frames:
-        raise video.VideoError(f"the bound {bound} of {path} spans fewer than {num_frames} frames")
     idx = np.linspace(start, end, num_frames, dtype=int).tolist()
+    if len(set(idx)) < num_frames:
+        video._warn_short(f"the bound {bound} of {path} spans {len(set(idx))} distinct frames, fewer than the "
+                          f"{num_frames} asked for: indices repeated, as np.linspace samples")
     try:
         import decord
         frames = decord.VideoReader(path, num_threads=1).get_batch(idx).asnumpy()
@@ -262,15 +358,19 @@ def _pct(num: int, den: int) -> Optional[float]:
 
 
 def mc_metrics(rows: List[dict], secondary: Sequence[str] = ()) -> dict:
+    """Accuracy (percent) over the rows with a public answer, overall and per category, with its uncertainty in
+    the same percentage points: ``accuracy_stderr`` (lmms-eval's sample sd with n - 1 over √n) and
+    ``accuracy_ci95`` (``[low, high]``, Wilson score interval), and ``by_category_stderr`` / ``by_category_ci95``.
+    No scored row (EgoSchema's full set has no public answers): accuracy, stderr and interval are None."""
+    from ..statistics import accuracy_stderr, wilson_interval
     scored = [r for r in rows if r.get("answer") is not None]
-    n_ok = sum(1 for r in scored if r.get("correct"))
+    outcomes = [bool(r.get("correct")) for r in scored]
+    n_ok = sum(outcomes)
     valid = [r for r in scored if not r.get("error")]
-    by_cat: Dict[str, List[int]] = {}
+    by_cat: Dict[str, List[bool]] = {}
 
     def add(key, row):
-        c = by_cat.setdefault(key, [0, 0])
-        c[0] += 1 if row.get("correct") else 0
-        c[1] += 1
+        by_cat.setdefault(key, []).append(bool(row.get("correct")))
 
     for r in scored:
         add(str(r.get("category")), r)
@@ -278,10 +378,14 @@ def mc_metrics(rows: List[dict], secondary: Sequence[str] = ()) -> dict:
             if r.get(key) is not None:
                 add(f"{key}/{r[key]}", r)
     return {"accuracy": _pct(n_ok, len(scored)),
+            "accuracy_stderr": accuracy_stderr(outcomes),
+            "accuracy_ci95": wilson_interval(n_ok, len(scored)),
             "accuracy_valid": _pct(sum(1 for r in valid if r.get("correct")), len(valid)),
             "n_scored": len(scored),
-            "by_category": {k: _pct(v[0], v[1]) for k, v in by_cat.items()},
-            "by_category_counts": {k: {"correct": v[0], "total": v[1]} for k, v in by_cat.items()}}
+            "by_category": {k: _pct(sum(v), len(v)) for k, v in by_cat.items()},
+            "by_category_stderr": {k: accuracy_stderr(v) for k, v in by_cat.items()},
+            "by_category_ci95": {k: wilson_interval(sum(v), len(v)) for k, v in by_cat.items()},
+            "by_category_counts": {k: {"correct": sum(v), "total": len(v)} for k, v in by_cat.items()}}
 
 
 def load_json(path: str):

@@ -8,7 +8,7 @@ from .base import LMMS_SYSTEM, Benchmark, Item, Prompt, load_json, official_mc_p
 
 SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and "
           "movement of objects, and the action and pose of persons. Based on your observations, select the best "
-          "option that accurately addresses the question.")
+          "option that accurately addresses the question.\n")   # upstream SYSTEM_MVBENCH ends in a newline
 
 # task -> (json file, video prefix under DATAS/MVBench/video/, media type, bounded)
 TASKS = {

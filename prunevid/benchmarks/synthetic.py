@@ -10,7 +10,7 @@ import json
 import os
 from typing import List
 
-from .base import Item, load_json
+from .base import Item, Prompt, load_json
 from .mvbench import MVBench
 
 
@@ -27,6 +27,16 @@ class Synthetic(MVBench):
         from ..synthetic import NUM_FRAMES
         check_protocol(protocol)
         return NUM_FRAMES
+
+    def prompt(self, item: Item, protocol: str) -> Prompt:
+        """Under ``official``: the frozen prompt the demo model was trained on (``prunevid.synthetic.
+        SYNTHETIC_SYSTEM`` / ``synthetic_question``: no newline after the system text, no space before the post
+        prompt), not the official MVBench text; under ``lmms-eval``: MVBench's lmms-eval prompt."""
+        if protocol == "official":
+            from ..synthetic import SYNTHETIC_ANSWER_PREFIX, SYNTHETIC_SYSTEM, synthetic_question
+            return Prompt(system=SYNTHETIC_SYSTEM, text=synthetic_question(item.question, item.candidates),
+                          answer_prefix=SYNTHETIC_ANSWER_PREFIX)
+        return super().prompt(item, protocol)
 
     def required_files(self, data_root: str) -> List[str]:
         return [os.path.join(self.root(data_root), "meta.json")]

@@ -37,22 +37,43 @@ def load_prompts(path: Optional[str] = None) -> dict:
     return prompts
 
 
-def parse_score(text: str) -> Optional[float]:
-    """``{'score': 4}`` (the official format, read with ast.literal_eval), else a tolerant ``score: 4``."""
-    try:
-        obj = ast.literal_eval(text.strip())
-        if isinstance(obj, dict) and isinstance(obj.get("score"), (int, float)):
-            return float(obj["score"])
-    except (ValueError, SyntaxError):
-        pass
+def parse_score(text: str, strict: bool = False) -> Optional[float]:
+    """``{'score': 4}`` read as upstream's ``check_ans`` reads it (``ast.literal_eval(reply)['score']``); unless
+    ``strict``, a reply that is not such a literal is read with the kit's tolerant ``score: 4`` regex."""
+    score = _literal_score(text)
+    if score is not None or strict:
+        return score
     m = re.search(r"(?i)score['\"]?\s*[:=]\s*([0-5](?:\.\d+)?)", text)
     return float(m.group(1)) if m else None
+
+
+def _literal_score(text: str) -> Optional[float]:
+    # upstream passes the reply unstripped to literal_eval, which itself ignores surrounding blanks
+    try:
+        obj = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("score"), (int, float)) and not isinstance(obj["score"], bool):
+        return float(obj["score"])
+    return None
 
 
 class Judge:
     def __init__(self, base_url: str, model: str = DEFAULT_MODEL, api_key: Optional[str] = None,
                  cache_path: Optional[str] = None, retries: int = 3, backoff_s: float = 2.0, timeout_s: float = 60.0,
-                 prompts: Optional[dict] = None):
+                 prompts: Optional[dict] = None, parse: str = "strict", consistency_labels: str = "official"):
+        """``parse``: ``"strict"`` (upstream: ``ast.literal_eval`` only; a reply that is not a ``{'score': N}``
+        literal is retried, then scores 0) or ``"tolerant"`` (the kit's regex fallback, counted in
+        ``fallback_parsed``). ``consistency_labels``: ``"official"`` (upstream's record holds ``question`` = Q2
+        and ``question1`` = Q1 after its swap, so the judge reads "Question 1: <Q2>", "Question 2: <Q1>" beside
+        the answers to Q1 and Q2) or ``"matched"`` (each question beside its own answer)."""
+        if parse not in ("strict", "tolerant") or consistency_labels not in ("official", "matched"):
+            raise ValueError(f"judge parse={parse!r} / consistency_labels={consistency_labels!r}: use strict|tolerant "
+                             f"and official|matched")
+        self.strict = parse == "strict"
+        self.consistency_labels = consistency_labels
+        self.fallback_parsed = 0
+        self._row_fallback = 0
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key = model, api_key
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
@@ -68,6 +89,8 @@ class Judge:
                         self.cache[row["key"]] = row["reply"]
                     except (json.JSONDecodeError, KeyError):
                         continue   # a torn last line
+
+    _row_fallback = 0
 
     @classmethod
     def from_env(cls, cache_path: Optional[str] = None, **kw) -> Optional["Judge"]:
@@ -100,7 +123,7 @@ class Judge:
             try:
                 self.calls += 1
                 reply = self._post(system, user)
-                if parse_score(reply) is None:
+                if parse_score(reply, strict=self.strict) is None:
                     raise ValueError(f"no score in the reply {reply[:80]!r}")
             except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, json.JSONDecodeError):
                 if attempt + 1 < self.retries:
@@ -119,19 +142,31 @@ class Judge:
     def score(self, dim: str, **fields) -> float:
         p = self.prompts[PROMPT_KEYS[dim]]
         reply = self.ask(p["system"], p["user"].format(**fields))
-        score = parse_score(reply) if reply is not None else None
+        score = parse_score(reply, strict=self.strict) if reply is not None else None
+        if score is not None and _literal_score(reply) is None:
+            self.fallback_parsed += 1
+            self._row_fallback += 1
         return score if score is not None else 0.0
 
     def judge_row(self, row: dict, item) -> dict:
         """Scores of one finished VCG row: CI/DO/CU (generic), TU (temporal) or CO (consistency)."""
         pred = row.get("prediction") or ""
         if row.get("error") or not pred.strip():
+            # upstream's chatgpt_eval crashes on an empty prediction (an unbound variable); the kit scores it 0
             return {d: 0.0 for d, cat in DIMENSIONS.items() if cat == row["category"]}
+        self._row_fallback = 0
         if row["category"] == "consistency":
-            return {"CO": self.score("CO", question1=item.question, question2=item.extra.get("question2", ""),
-                                     answer=item.answer, pred1=pred, pred2=row.get("prediction2") or "")}
-        dims = [d for d, cat in DIMENSIONS.items() if cat == row["category"]]
-        return {d: self.score(d, question=item.question, answer=item.answer, pred=pred) for d in dims}
+            q1, q2 = item.question, item.extra.get("question2", "")
+            if self.consistency_labels == "official":
+                q1, q2 = q2, q1
+            out = {"CO": self.score("CO", question1=q1, question2=q2, answer=item.answer, pred1=pred,
+                                    pred2=row.get("prediction2") or "")}
+        else:
+            dims = [d for d, cat in DIMENSIONS.items() if cat == row["category"]]
+            out = {d: self.score(d, question=item.question, answer=item.answer, pred=pred) for d in dims}
+        if self._row_fallback:
+            out["fallback_parsed"] = self._row_fallback
+        return out
 
 
 def judge_rows(judge: Judge, rows: List[dict], items_by_id: dict, log: Callable = print) -> List[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import List
 
-from .base import LMMS_SYSTEM, Benchmark, Item, Prompt, Score, load_json
+from .base import LMMS_SYSTEM, Benchmark, Item, Prompt, Score, load_json, official_answer_text
 
 SYSTEM = ("You are Video-ChatGPT, a large vision-language assistant. You are able to understand the video content "
           "that the user provides, and assist the user with a variety of tasks using natural language.Follow the "
@@ -70,6 +70,15 @@ class VCGBench(Benchmark):
             out.append(self._prompt(item.extra["question2"], protocol))
         return out
 
+    def stops_on_keywords(self, protocol: str) -> bool:
+        """Upstream's ``infer_vcgbench`` stops on ``["###", "USER"]`` (both must appear; ``runner.keywords_stop``)."""
+        return protocol == "official" and self.options.stop_rule == "official"
+
+    def answer_text(self, prediction: str, protocol: str) -> str:
+        """Official: ``pllava_answer``'s text after the last ``ASSISTANT:``, stripped (the prompt ends with it);
+        lmms-eval: the generated text as it is."""
+        return official_answer_text(prediction) if protocol == "official" else prediction
+
     def gen_kwargs(self, protocol: str) -> dict:
         # Free-form answers: 100 new tokens under both protocols (16 would cut every answer short).
         return {"max_new_tokens": 100, "do_sample": False, "num_beams": 1}
@@ -84,27 +93,72 @@ class VCGBench(Benchmark):
             c["done"] += 1
             c["errors"] += 1 if r.get("error") else 0
         scores = judge_scores(rows)
-        return {"accuracy": None, "by_category": {}, "scores": scores, "by_category_counts": counts}
+        spread = judge_score_errors(rows) if scores is not None else {"scores_stderr": None, "scores_ci95": None}
+        # the accuracy fields every results.json carries, empty here: VCG answers are free-form, judged 0-5
+        return {"accuracy": None, "accuracy_stderr": None, "accuracy_ci95": None, "by_category": {},
+                "by_category_stderr": {}, "by_category_ci95": {}, "scores": scores, **spread,
+                "by_category_counts": counts}
 
 
-def judge_scores(rows: List[dict]):
-    """Mean judge score per dimension (0-5) and their plain mean ``avg`` (the paper's Avg), or None when no
-    row holds judge scores. Errored items score 0, as the official scorer scores failed calls."""
+def _judge_values(rows: List[dict]):
+    """(per-dimension score lists, per-row {dim: score} of the rows that got any, whether any judge score exists).
+    Errored items score 0, as the official scorer scores failed calls."""
     per = {d: [] for d in DIMENSIONS}
+    by_row = []
     seen = False
     for r in rows:
         judge = r.get("judge") or {}
+        got = {}
         for dim, cat in DIMENSIONS.items():
             if r.get("category") != cat:
                 continue
             if dim in judge:
                 seen = True
-                per[dim].append(float(judge[dim]) if judge[dim] is not None else 0.0)
+                got[dim] = float(judge[dim]) if judge[dim] is not None else 0.0
             elif r.get("error"):
-                per[dim].append(0.0)
+                got[dim] = 0.0
+        for dim, v in got.items():
+            per[dim].append(v)
+        if got:
+            by_row.append(got)
+    return per, by_row, seen
+
+
+def judge_scores(rows: List[dict]):
+    """Mean judge score per dimension (0-5) and their plain mean ``avg`` (the paper's Avg), or None when no
+    row holds judge scores. Errored items score 0, as the official scorer scores failed calls."""
+    per, _, seen = _judge_values(rows)
     if not seen:
         return None
     out = {d: (sum(v) / len(v) if v else None) for d, v in per.items()}
     vals = [v for v in out.values() if v is not None]
     out["avg"] = sum(vals) / len(vals) if len(vals) == len(DIMENSIONS) else None
     return out
+
+
+def judge_score_errors(rows: List[dict]) -> dict:
+    """``scores_stderr`` and ``scores_ci95`` beside ``judge_scores``: per dimension the standard error of the mean
+    score (sample sd with n - 1, over √n) and the normal-approximation 95% interval mean ± 1.96·stderr
+    (``statistics.mean_interval``), both on the 0-5 scale; None where a dimension has fewer than 2 scores.
+
+    ``avg`` = (CI + DO + CU + TU + CO) / 5, where CI, DO and CU are means over the same generic items (correlated)
+    and TU and CO over other items: its stderr is √(se(g)² + se(TU)² + se(CO)²) / 5 with g = CI + DO + CU per
+    generic item. None unless every generic item has all three scores and every dimension has a stderr."""
+    from ..statistics import Z95, mean_interval
+    per, by_row, _ = _judge_values(rows)
+    stderr, ci = {}, {}
+    for dim, values in per.items():
+        _, se, interval = mean_interval(values)
+        stderr[dim], ci[dim] = se, interval
+    generic = [d for d, cat in DIMENSIONS.items() if cat == "generic"]
+    g = [sum(row[d] for d in generic) for row in by_row if all(d in row for d in generic)]
+    _, se_g, _ = mean_interval(g)
+    others = [stderr[d] for d in DIMENSIONS if d not in generic]
+    aligned = all(len(per[d]) == len(g) for d in generic)
+    scores = judge_scores(rows) or {}
+    if aligned and se_g is not None and all(se is not None for se in others) and scores.get("avg") is not None:
+        se_avg = (se_g ** 2 + sum(se ** 2 for se in others)) ** 0.5 / len(DIMENSIONS)
+        stderr["avg"], ci["avg"] = se_avg, [scores["avg"] - Z95 * se_avg, scores["avg"] + Z95 * se_avg]
+    else:
+        stderr["avg"], ci["avg"] = None, None
+    return {"scores_stderr": stderr, "scores_ci95": ci}

@@ -43,6 +43,8 @@ _REGISTRY = {
 
 
 # Random-weight tiny models of every registered architecture, by name (tests, demos, smoke runs).
+TINY_ARCH = {"tiny": "llava_onevision", "tiny-llava-next-video": "llava_next_video", "tiny-pllava": "pllava",
+             "tiny-qwen2.5-vl": "qwen2_vl", "tiny-qwen2-vl": "qwen2_vl"}
 TINY_MODELS = {
     "tiny": ("build_tiny_llava_onevision", {}),
     "tiny-llava-next-video": ("build_tiny_llava_next_video", {}),
@@ -170,6 +172,44 @@ def fingerprint_of(name_or_path: Optional[str]) -> Optional[str]:
     return weights_fingerprint(path)
 
 
+def peek_defaults(name_or_path: Optional[str]) -> dict:
+    """The registry defaults (with the checkpoint's ``prunevid_defaults.json`` laid over them) that ``load`` would
+    attach, read from ``config.json`` without loading any weights; ``{}`` where nothing can be read here (a hub
+    id not downloaded). ``"arch"`` names the registry entry and ``"kit_model"`` is True for the kit's own demo
+    and tiny models."""
+    name = name_or_path or default_model()
+    if name in TINY_ARCH:
+        return {**registry()[TINY_ARCH[name]].defaults, "arch": TINY_ARCH[name], "kit_model": True}
+    path = DEMO_MODEL_DIR if name == "demo" else name
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        return {}
+    with open(cfg_path) as f:
+        raw = json.load(f)
+    archs = set(raw.get("architectures") or [])
+    arch = "pllava" if "pooling_shape" in raw else next(
+        (n for n, s in registry().items() if archs & set(s.architectures)), None)
+    if arch is None:
+        return {}
+    spec = with_kit_defaults(registry()[arch], path)
+    return {**spec.defaults, "arch": arch, "kit_model": name == "demo" or os.path.abspath(path) == DEMO_MODEL_DIR}
+
+
+def benchmark_defaults(defaults: dict, benchmark: str) -> dict:
+    """A model's defaults for one benchmark: its ``benchmarks[benchmark]`` entry laid over the rest (PLLaVA on
+    VCG: ``selected_layer`` 5 and ``lora_alpha`` 4, as PruneVid's ``scripts/eval.sh``)."""
+    per = (defaults.get("benchmarks") or {}).get(benchmark) or {}
+    return {**{k: v for k, v in defaults.items() if k != "benchmarks"}, **per}
+
+
+def default_dtype(defaults: dict, protocol: str) -> str:
+    """``bfloat16`` for real checkpoints under the official protocol (upstream loads PLLaVA in bfloat16);
+    ``float32`` for the kit's demo and tiny models (their recorded numbers are float32) and otherwise."""
+    if defaults.get("kit_model") or protocol != "official" or not defaults:
+        return "float32"
+    return "bfloat16"
+
+
 def _dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -240,13 +280,15 @@ def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementatio
 
 def _load_pllava(path, name, dtype, device, attn_implementation, lora_alpha) -> LoadedModel:
     from transformers import AutoTokenizer
-    from .pllava import DEFAULTS, PLLAVA_CHAT_TEMPLATE
+    from .pllava import DEFAULTS, PLLAVA_CHAT_TEMPLATE, UPSTREAM_NUM_FRAMES, UPSTREAM_POOLING_SHAPE
     from .pllava_modeling import from_pretrained
+    # As upstream's load_pllava (tasks/eval/model_utils.py): num_frames 16 and pooling_shape (16, 12, 12) are forced
+    # whatever the checkpoint's config says, and the evaluation conversation is always upstream's own template.
     model = from_pretrained(path, lora_alpha=lora_alpha if lora_alpha is not None else DEFAULTS["lora_alpha"],
-                            dtype=dtype, attn_implementation=attn_implementation).to(device)
+                            dtype=dtype, attn_implementation=attn_implementation,
+                            num_frames=UPSTREAM_NUM_FRAMES, pooling_shape=list(UPSTREAM_POOLING_SHAPE)).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if getattr(tokenizer, "chat_template", None) is None:
-        tokenizer.chat_template = PLLAVA_CHAT_TEMPLATE
+    tokenizer.chat_template = PLLAVA_CHAT_TEMPLATE
     pre = VideoPreprocessing(size=model.config.vision_config.image_size, mean=CLIP_MEAN, std=CLIP_STD, crop=True)
     p = os.path.join(path, "preprocessor_config.json")
     if os.path.isfile(p):

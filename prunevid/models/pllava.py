@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from .video_patch import VideoModelAdapter, probe_call, standard_module_functions, vision_layer
+from .video_patch import VideoModelAdapter, method_probe, probe_call, standard_module_functions
 
 ARCHITECTURES = ("PllavaForConditionalGeneration",)
-DEFAULTS = {"frames": 16, "selected_layer": 10, "tokens_per_frame": 144, "protocol": "official", "lora_alpha": 14}
+# PruneVid's scripts/eval.sh: K 10 and LoRA alpha 14 for the multiple-choice benchmarks, K 5 and LoRA alpha 4 for VCG.
+DEFAULTS = {"frames": 16, "selected_layer": 10, "tokens_per_frame": 144, "protocol": "official", "lora_alpha": 14,
+            "benchmarks": {"vcgbench": {"selected_layer": 5, "lora_alpha": 4}}}
+# Upstream's load_pllava forces these into the config of every checkpoint it loads.
+UPSTREAM_NUM_FRAMES = 16
+UPSTREAM_POOLING_SHAPE = (16, 12, 12)
 VIDEO_TOKEN = "<image>"
 ADD_BOS = True            # Vicuna prompts start with <s>, which the Llama tokenizer adds
 
@@ -42,9 +47,9 @@ class Adapter(VideoModelAdapter):
         state = inner.__dict__.get("_prunevid")
         if state is None or not state.impl.needs_vision_attention:
             return inner.get_video_features(videos)
-        attn = vision_layer(inner.vision_tower, inner.config.vision_feature_layer).self_attn
-        feats, probe = probe_call(inner.get_video_features, attn, videos)
-        state.vision = {"importance": probe.importance, "keys": probe.keys, "frames": videos.shape[1]}
+        probe = method_probe(inner.vision_tower, inner.config.vision_feature_layer, state.impl)
+        feats, probe = probe_call(inner.get_video_features, probe, videos)
+        state.vision = {**probe.record(), "frames": videos.shape[1]}
         return feats
 
     def vision_attention(self, inner, state, kwargs, frames):
