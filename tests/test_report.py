@@ -204,7 +204,7 @@ def test_rows_show_named_options_from_method_params_and_plot_them_as_their_own_l
     assert plain["settings"] == "retain=0.25" and plain["variant"] == "prunevid"
 
 
-def test_record_keeps_results_and_index_but_not_samples_or_pages(sweep_dir, tmp_path):
+def test_record_keeps_results_samples_and_index_but_not_pages(sweep_dir, tmp_path):
     out, _, _ = sweep_dir
     dest = tmp_path / "recorded"
     (dest / "stale").mkdir(parents=True)                            # a previous record is replaced, not merged
@@ -213,8 +213,12 @@ def test_record_keeps_results_and_index_but_not_samples_or_pages(sweep_dir, tmp_
     cells = [d.name for d in (out / "runs").iterdir() if d.is_dir()]
     assert not (dest / "stale").exists()
     assert {k.split("/")[1] for k in kept if k.startswith("runs/")} == set(cells)
-    assert all(k.rsplit("/", 1)[-1] in ("params.json", "run_config.json", "results.json", "failed.json") for k in kept
-               if k.startswith("runs/"))
+    assert all(k.rsplit("/", 1)[-1] in ("params.json", "run_config.json", "results.json", "failed.json",
+                                         "samples.jsonl") for k in kept if k.startswith("runs/"))
+    for rid in cells:                                               # the per-item log travels with the record
+        src = out / "runs" / rid / "samples.jsonl"
+        if src.exists():
+            assert (dest / "runs" / rid / "samples.jsonl").read_bytes() == src.read_bytes()
     page = open(index).read()
     assert "what it shows" in page and page.count("<tr") == (out / "index.html").read_text().count("<tr")
     assert "commit:" in (dest / "RECORD.md").read_text()

@@ -48,7 +48,13 @@ def test_clip_walkthrough_writes_report_and_results(tmp_path, capsys):
     assert res["checks"]["stages_off_bit_identical"] is True
     assert res["tokens"]["visual_tokens_in"] == 8 * 49
     assert 0 < res["tokens"]["retained_ratio"] < res["tokens"]["retained_ratio_stage1"] < 1
-    assert "retained" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "retained" in out_text and "[demo]" not in out_text and out_text.count("[clip]") == 4
+    # both generated texts, labelled, and the page says the model is random
+    assert "<td>unpruned</td>" in html and "<td>pruned (PruneVid," in html and "Random model." in html
+    assert res["config"]["random_weights"] is True and res["complete"] is True
+    row = json.loads((out / "run" / "samples.jsonl").read_text())
+    assert "prediction_unpruned" in row and row["prediction"] is not None
 
 
 def test_cli_errors_are_one_line(capsys):

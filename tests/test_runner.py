@@ -105,7 +105,8 @@ def test_resume_after_kill_same_scores(bench, datas, tiny, tmp_path, monkeypatch
     monkeypatch.setattr(runner, "run_item", dying)
     with pytest.raises(KeyboardInterrupt):
         _eval(tiny, root, tmp_path / "resumed", bench)
-    assert not (tmp_path / "resumed" / "results.json").exists()
+    interim = json.load(open(tmp_path / "resumed" / "results.json"))     # Ctrl-C leaves an interim results.json
+    assert interim["complete"] is False and interim["n_samples"]["done"] == 2
     assert len(_rows(tmp_path / "resumed")) == 2
 
     second = []
@@ -209,7 +210,7 @@ def test_correct_answers_are_scored(datas, tiny, tmp_path, monkeypatch):
     real = runner.greedy_generate
     answers = {}
 
-    def fake(model, inputs, max_new_tokens, eos_ids):
+    def fake(model, inputs, max_new_tokens, eos_ids, stop=None):
         toks, stats, p, d = real(model, inputs, 1, eos_ids)
         text = tiny.tokenizer.decode(inputs["input_ids"][0])
         letter = answers[next(k for k in answers if k in text)]
