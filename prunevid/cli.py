@@ -20,6 +20,7 @@ COMMANDS = [
     "prunevid.data",
     "prunevid.benchmarks.egoschema",
     "prunevid.report",
+    "prunevid.course",
 ]
 
 

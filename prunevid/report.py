@@ -113,12 +113,13 @@ def _kernel() -> str:
     return "prunevid-kit" if "prunevid-kit" in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def export_html(executed_path: str, html_path: str) -> None:
-    """Executed notebook -> HTML without code cells (outputs and markdown only)."""
+def export_html(executed_path: str, html_path: str, *, code: bool = False) -> None:
+    """Executed notebook -> HTML without code cells (outputs and markdown only); ``code=True`` keeps every cell's
+    code as well (the course pages, ``prunevid.course``)."""
     import nbformat
     from nbconvert import HTMLExporter
     nb = nbformat.read(executed_path, as_version=4)
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter = HTMLExporter(exclude_input=not code, exclude_input_prompt=not code, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
     with open(html_path, "w") as f:
         f.write(body)

@@ -626,6 +626,55 @@ def video_name(task: str, index: int) -> str:
     return f"{task}_{index:04d}.mp4"
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Where an object is, in pixels and in visual tokens (ground truth for the tutorials' pictures and rates)
+# ----------------------------------------------------------------------------------------------------------
+
+def object_pixels(track: Track, frame: int, size: int = FRAME_SIZE) -> np.ndarray:
+    """(size, size) bool: the pixels ``render`` paints for ``track`` in ``frame`` (all False where it is
+    hidden); the same placement and clipping as ``render``."""
+    out = np.zeros((size, size), bool)
+    if not track.visible[frame]:
+        return out
+    m = shape_mask(track.shape, track.size)
+    x0 = int(round(track.x[frame] - track.size / 2.0))
+    y0 = int(round(track.y[frame] - track.size / 2.0))
+    xa, ya = max(x0, 0), max(y0, 0)
+    xb, yb = min(x0 + track.size, size), min(y0 + track.size, size)
+    if xa < xb and ya < yb:
+        out[ya:yb, xa:xb] = m[ya - y0:yb - y0, xa - x0:xb - x0]
+    return out
+
+
+def token_coverage(track: Track, grid: int, size: int = FRAME_SIZE) -> np.ndarray:
+    """(T, grid * grid) float in [0, 1]: the share of each visual token's cell that ``track`` covers, per frame.
+
+    A frame's tokens are a ``grid`` x ``grid`` raster (49 = 7 x 7 for the demo model: 112 px frames, 16 px cells
+    after LLaVA-OneVision's 2 x 2 pooling); pixel row ``y`` belongs to cell row ``floor(y * grid / size)`` (the same
+    for columns), so a grid that does not divide ``size`` gets cells of unequal pixel counts."""
+    cell = (np.arange(size) * grid) // size                          # pixel -> cell index along one axis
+    flat = (cell[:, None] * grid + cell[None, :]).reshape(-1)        # (size * size,) cell of every pixel
+    area = np.bincount(flat, minlength=grid * grid).astype(np.float64)
+    out = np.zeros((len(track.visible), grid * grid))
+    for t in range(len(track.visible)):
+        out[t] = np.bincount(flat, weights=object_pixels(track, t, size).reshape(-1), minlength=grid * grid) / area
+    return out
+
+
+def named_track(sample: Sample) -> Optional[Track]:
+    """The object a question names by colour and shape ("Which direction does the red square move?"): the first
+    track of that shape showing that colour in some visible frame; None when the question names no such object
+    (counting, scenes) or it is absent (object existence answered "no")."""
+    words = sample.item["question"].rstrip("?").split()
+    for a, b in zip(words, words[1:]):
+        if a in COLORS and b in SHAPES:
+            for tr in sample.video.tracks:
+                if tr.shape == b and any(c == a and v for c, v in zip(tr.color, tr.visible)):
+                    return tr
+            return None
+    return None
+
+
 def _hash_item(h, item: dict, frames: np.ndarray) -> None:
     h.update(json.dumps(item, sort_keys=True).encode())
     h.update(np.ascontiguousarray(frames).tobytes())

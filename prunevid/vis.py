@@ -145,3 +145,15 @@ def kept_maps(frames: torch.Tensor, merged, grid: int, kept_rows: torch.Tensor, 
     keep = torch.zeros(merged.num_tokens)
     keep[kept_rows.cpu()] = 1.0
     return token_value_maps(frames, merged, grid, keep, frame_ids, title=title, cmap="gray")
+
+
+def outline_cells(ax, cells, grid: int, frame_shape, colour: str = "red", linewidth: float = 1.2):
+    """Outline the token cells where ``cells`` ((grid * grid,) bool, raster order) is True on an axes that shows a
+    frame of ``frame_shape`` ((H, W, ...)) in pixel coordinates, as every drawing here does: e.g. the ground-truth
+    cells of a synthetic object (``prunevid.synthetic.token_coverage``)."""
+    from matplotlib.patches import Rectangle
+    h, w = frame_shape[:2]
+    ch, cw = h / grid, w / grid
+    for c in np.flatnonzero(np.asarray(cells).reshape(-1)):
+        r, col = divmod(int(c), grid)
+        ax.add_patch(Rectangle((col * cw, r * ch), cw, ch, fill=False, edgecolor=colour, linewidth=linewidth))

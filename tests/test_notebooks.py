@@ -47,6 +47,8 @@ def test_notebook_runs_with_its_defaults(path, tmp_path, data_root, monkeypatch)
     env_path = os.environ.get("PYTHONPATH", "")
     monkeypatch.setenv("PYTHONPATH", ROOT + (os.pathsep + env_path if env_path else ""))   # the kernel imports this checkout
     monkeypatch.setenv("PRUNEVID_DATA", data_root)
+    # the kernel's torch on one thread: the tiny models are fastest so, and many times so on a busy 2-core machine
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # a scratch working folder, so relative outputs (runs/, DATAS/) never land in the checkout
     pm.execute_notebook(path, str(tmp_path / os.path.basename(path)), kernel_name=_kernel_name(),
                         cwd=str(tmp_path), progress_bar=False)

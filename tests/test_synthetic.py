@@ -239,3 +239,41 @@ def test_runner_reads_16_frames_under_either_protocol(tmp_path):
                               output_dir=str(tmp_path / protocol), limit=7, protocol=protocol, progress=False)
         assert res["config"]["frames"] == 16 and res["n_samples"]["errors"] == 0, protocol
         assert res["tokens"]["visual_tokens_in"] == 16 * 49
+
+
+def test_token_coverage_by_hand():
+    """Object ground truth of the tutorials: a 16 px square on the 112 px frame's 7 x 7 grid of 16 px cells."""
+    T = S.NUM_FRAMES
+    vis = np.ones(T, bool)
+    vis[3] = False
+    sq = S.Track(shape="square", size=16, x=np.full(T, 24.0), y=np.full(T, 24.0), color=["red"] * T, visible=vis)
+    cov = S.token_coverage(sq, 7)
+    assert cov.shape == (T, 49)
+    # centre (24, 24), size 16 -> pixels 16..31 on both axes: exactly cell (row 1, col 1) = token 8
+    want = np.zeros(49)
+    want[8] = 1.0
+    np.testing.assert_allclose(cov[0], want)
+    assert not cov[3].any()                                  # hidden in frame 3
+    # centre x = 32 -> columns 24..39: half of column 1 and half of column 2, rows 16..31 (row 1): tokens 8 and 9
+    half = S.Track(shape="square", size=16, x=np.full(T, 32.0), y=np.full(T, 24.0), color=["red"] * T, visible=vis)
+    want = np.zeros(49)
+    want[8] = want[9] = 0.5
+    np.testing.assert_allclose(S.token_coverage(half, 7)[0], want)
+    # a 2 x 2 grid of 56 px cells: 256 of 3136 pixels in the top-left cell
+    np.testing.assert_allclose(S.token_coverage(sq, 2)[0], [256 / 3136, 0, 0, 0])
+    # clipped at the frame's edge like render: centre (4, 4), size 16 -> pixels 0..11 of cell 0 (144 of 256)
+    edge = S.Track(shape="square", size=16, x=np.full(T, 4.0), y=np.full(T, 4.0), color=["red"] * T, visible=vis)
+    assert S.token_coverage(edge, 7)[0, 0] == 144 / 256
+
+
+def test_object_pixels_are_what_render_paints_and_named_track(samples):
+    for s in samples["moving_direction"][:5]:
+        tr = S.named_track(s)
+        assert tr is not None and tr.name in s.item["question"]
+        rgb = np.clip(np.asarray(S.COLORS[tr.first_color]) + tr.shade, 0, 255)
+        for t in (0, S.NUM_FRAMES - 1):
+            m = S.object_pixels(tr, t)
+            painted = (np.abs(s.frames[t].astype(np.int32) - rgb) <= 8).all(-1)    # sensor noise sd 2
+            assert m.sum() > 100 and painted[m].mean() > 0.99
+    for s in samples["object_count"][:3]:
+        assert S.named_track(s) is None                       # "How many objects ...": no object named
