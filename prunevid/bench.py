@@ -11,6 +11,10 @@ stack; its time is what pruning changes), the whole prefill ("end to end", time 
 decode step on the cache the prefill left. Parts are measured with forward hooks inside the one real
 forward call (synchronised on CUDA). KV-cache bytes are read after the prefill.
 
+Sweep mode (``--methods``, ``--sweep-retain``, ``--point``, ``--json-out``): the same interleaved timing with the
+unpruned model and every method x ratio in one process (the model built once), one JSON row per variant with its
+achieved retained ratio, speed-ups and FLOPs ideal (``run_sweep``; notebook 11 draws it).
+
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around one prefill + decode step per variant; on
 CPU the peak RSS of a separate process per variant (RSS peaks never reset inside a process): ``ru_maxrss``
 and the RSS sampled every 2 ms during the prefill, with the RSS after building the model for reference.
@@ -61,6 +65,13 @@ def add_arguments(p) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    # sweep mode: one model, the unpruned model and every variant interleaved round by round
+    p.add_argument("--methods", default=None, help="sweep mode: comma-separated methods, each timed at every "
+                   "--sweep-retain against the unpruned model in one process (instead of --method)")
+    p.add_argument("--sweep-retain", default="0.5,0.25,0.1", help="sweep mode: comma-separated retained ratios")
+    p.add_argument("--point", action="append", default=[], metavar="METHOD[@RETAIN]",
+                   help="sweep mode: one extra variant, e.g. prumerge (its adaptive share) or lookm@0.25")
+    p.add_argument("--json-out", default=None, help="write the JSON to this file (sweep mode)")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
 
 
@@ -282,11 +293,31 @@ def variants_for(args, params) -> dict:
     return {"unpruned": {"method": "none"}, args.method: {"method": args.method, **params}}
 
 
-def time_variants(loaded, inputs, args, params) -> dict:
+def sweep_variants(loaded, args) -> dict:
+    """Sweep mode: ``{name: {"method": ..., **params}}``, the unpruned model first, then every ``--methods`` entry
+    at every ``--sweep-retain`` ratio and every ``--point`` (``METHOD`` at its own default budget or
+    ``METHOD@RETAIN``). Parameters come from ``method_params`` (PruneVid's K scaled to a shortened LLM)."""
+    retains = [float(r) for r in args.sweep_retain.split(",") if r.strip()]
+    points = [(m.strip(), r) for m in args.methods.split(",") if m.strip() for r in retains]
+    for spec in args.point:
+        m, _, r = spec.partition("@")
+        points.append((m.strip(), float(r) if r else None))
+    out = {"unpruned": {"method": "none"}}
+    for m, r in points:
+        sets = list(args.set) + ([f"retain={r}"] if r is not None else [])
+        params = method_params(loaded, argparse.Namespace(**{**vars(args), "method": m, "set": sets}))
+        out[f"{m}@{r:g}" if r is not None else m] = {"method": m, **params}
+    return out
+
+
+def time_variants(loaded, inputs, args, params, variants: Optional[dict] = None, order: Optional[list] = None) -> dict:
+    """Time ``variants`` (default: unpruned vs ``args.method``) interleaved: ``args.repeats + 1`` rounds, each
+    running every variant once in turn (round 0 is a warm-up); ``order`` (a list) receives ``[round, name]`` as
+    each run happens."""
     import prunevid
     model, device = loaded.model, args.device
     cache_kw = _cache_kwarg(model)
-    variants = variants_for(args, params)
+    variants = variants if variants is not None else variants_for(args, params)
     samples = {name: {} for name in variants}
     info = {}
     timer = PartTimer(model, device)
@@ -301,6 +332,8 @@ def time_variants(loaded, inputs, args, params) -> dict:
                     parts = timer.parts()
                     times.update(parts)
                     info[name] = {"kv_cache_bytes": nbytes, "stats": prunevid.stats(model)}
+                    if order is not None:
+                        order.append([rnd, name])
                     if rnd == 0:
                         continue                                  # warm-up round
                     for key, v in times.items():
@@ -415,8 +448,9 @@ def ideal_speedup(shape: flops.LLMShape, stats: dict, method: str, params: dict)
     if method == "prunevid":
         k = params.get("selected_layer") if params.get("stage2", True) else None
     elif method == "fastv":
-        fk = params.get("k", params.get("K"))
-        k = None if fk is None else int(fk) - 1
+        from .methods.fastv import FastVConfig
+        fk = params.get("k", params.get("K", FastVConfig.K))     # its first K layers run on every token
+        k = int(fk) - 1
     if stats.get("visual_tokens_stage2") is None or stats.get("text_tokens") is None:
         return None
     pruned = flops.analytic_from_run(shape, stats, selected_layer=k)
@@ -430,6 +464,8 @@ def run(args) -> int:
         torch.set_grad_enabled(False)
         print(json.dumps(memory_child(args)))
         return 0
+    if args.methods:
+        return run_sweep(args)
     t_start = time.perf_counter()
     loaded, notes = build(args)
     inputs, path = make_inputs(loaded, args)
@@ -490,6 +526,93 @@ def run(args) -> int:
         print(json.dumps(out, indent=1, default=str))
     else:
         print_report(out)
+    return 0
+
+
+def run_sweep(args) -> int:
+    """``--methods``: build the model once, time the unpruned model and every variant interleaved round by
+    round (``time_variants``), write one JSON (``--json-out``) with a row per variant: achieved retained ratio,
+    medians of the LLM prefill and the whole prefill for it and for the unpruned model of the same rounds,
+    their ratios and the FLOPs-ideal LLM prefill speed-up."""
+    import datetime
+    import platform
+    t_start = time.perf_counter()
+    loaded, notes = build(args)
+    inputs, path = make_inputs(loaded, args)
+    model = loaded.model
+    shape = flops.LLMShape.from_config(model.config)
+    variants = sweep_variants(loaded, args)
+    order: list = []
+    load_before = os.getloadavg()[0]
+    timing = time_variants(loaded, inputs, args, None, variants=variants, order=order)
+    load_after = os.getloadavg()[0]
+    if not str(args.device).startswith("cuda") and max(load_before, load_after) > torch.get_num_threads() + 0.5:
+        notes.append(f"the CPU was shared while timing (1-min load average {load_before:.1f} -> {load_after:.1f} on "
+                     f"{torch.get_num_threads()} threads)")
+    base = timing["unpruned"]
+    rows = []
+    for name, spec in variants.items():
+        if name == "unpruned":
+            continue
+        res, params = timing[name], {k: v for k, v in spec.items() if k != "method"}
+        st = res["stats"]
+        rows.append({
+            "name": name, "method": spec["method"], "params": params,
+            "retained_ratio": st.get("retained_ratio"), "retained_ratio_stage1": st.get("retained_ratio_stage1"),
+            # KV-cache methods (Look-M) prefill every token and keep a share in the cache
+            "kv_retained_ratio": (st["kv_visual_tokens"] / st["visual_tokens_in"]
+                                  if st.get("kv_visual_tokens") is not None and st.get("visual_tokens_in") else None),
+            "tokens": {k: st.get(k) for k in ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2",
+                                              "kv_visual_tokens", "text_tokens")},
+            "llm_prefill_ms": res["llm_prefill_ms"], "unpruned_llm_prefill_ms": base["llm_prefill_ms"],
+            "end_to_end_ms": res["end_to_end_ms"], "unpruned_end_to_end_ms": base["end_to_end_ms"],
+            "vision_ms": res.get("vision_ms"), "stage1_ms": res.get("stage1_ms"),
+            "llm_prefill_speedup": base["llm_prefill_ms"] / res["llm_prefill_ms"],
+            "end_to_end_speedup": base["end_to_end_ms"] / res["end_to_end_ms"],
+            "ideal_speedup": ideal_speedup(shape, st, spec["method"], params),
+            "kv_ratio": res["kv_cache_bytes"] / base["kv_cache_bytes"] if base["kv_cache_bytes"] else None,
+            "samples_ms": res["samples_ms"],
+        })
+    vis_cfg = model.config.vision_config
+    out = {
+        "kind": "bench-sweep", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "device": args.device,
+                    "device_name": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else _cpu_name()},
+        "preset": None if args.model else args.preset, "model": args.model, "frames": args.frames,
+        "dtype": args.dtype, "attn": args.attn, "repeats": args.repeats, "warmup_rounds": 1, "video": path,
+        "question": args.question, "llm_layers": shape.layers,
+        "vision_layers": getattr(vis_cfg, "num_hidden_layers", getattr(vis_cfg, "depth", None)),
+        "full_shape": {"llm_layers": flops.preset(args.preset).llm.layers,
+                       "vision_layers": flops.preset(args.preset).vision.layers}
+        if args.preset in flops.PRESETS and not args.model else None,
+        "notes": notes, "load_average": [load_before, load_after],
+        "unpruned": {k: v for k, v in base.items() if k.endswith("_ms")} | {"samples_ms": base["samples_ms"],
+                                                                         "stats": base["stats"]},
+        "variants": rows, "order": order, "wall_s": time.perf_counter() - t_start,
+        "units": {"*_ms": "median milliseconds over the timed rounds (the warm-up round dropped)",
+                  "speedups": "unpruned / pruned, medians of the same interleaved rounds",
+                  "ideal_speedup": "1 / exact analytic LLM prefill FLOPs ratio (GQA, SwiGLU, text included)",
+                  "retained_ratio": "visual tokens the LLM keeps after the prefill / visual tokens in (prunevid.stats)"},
+    }
+    text = json.dumps(out, indent=1, default=str)
+    if args.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+        with open(args.json_out, "w") as f:
+            f.write(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(f"[bench] {out['preset'] or out['model']}: {out['llm_layers']} LLM / {out['vision_layers']} vision layers, "
+              f"{args.frames} frames, {args.dtype}, {out['machine']['torch_threads']} threads, {args.repeats} repeats")
+        for n in notes:
+            print(f"[bench] NOTE: {n}")
+        print(f"{'variant':<16}{'retained':>10}{'LLM prefill':>13}{'end to end':>12}{'ideal':>8}")
+        for r in rows:
+            print(f"{r['name']:<16}{r['retained_ratio']:>10.3f}{r['llm_prefill_speedup']:>12.2f}x"
+                  f"{r['end_to_end_speedup']:>11.2f}x{(r['ideal_speedup'] or float('nan')):>7.2f}x")
+        print(f"[bench] wall {out['wall_s']:.0f} s" + (f"; wrote {args.json_out}" if args.json_out else ""))
     return 0
 
 
