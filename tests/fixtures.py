@@ -307,3 +307,44 @@ def hub_vcgbench(hub: str, tmp: str, repo: str = "lmms-lab/VideoChatGPT") -> str
 
 
 HUB_MAKERS = {"mvbench": hub_mvbench, "videomme": hub_videomme, "egoschema": hub_egoschema, "vcgbench": hub_vcgbench}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Headless browser checks of generated pages (Debian's chromium; .ci/run installs it)
+def browser_or_skip() -> str:
+    """The chromium binary; a missing one fails under CI and skips elsewhere."""
+    import shutil
+    import pytest
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("no chromium in CI: .ci/run must install Debian's chromium")
+    pytest.skip("chromium is not installed")
+
+
+def browser_check(folder: str, check_page: str, profile: str, *, budget_ms: int = 10000, timeout_s: int = 120) -> dict:
+    """Serve ``folder`` on loopback with ``check_page`` added as check.html, load it in headless chromium and
+    return the JSON the page writes into its ``<pre id="result">``."""
+    import functools
+    import http.server
+    import subprocess
+    import threading
+    browser = browser_or_skip()
+    with open(os.path.join(folder, "check.html"), "w") as f:
+        f.write(check_page)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/check.html"
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                              "--disable-sync", f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=timeout_s).stdout
+    finally:
+        server.shutdown()
+    start = dom.index('<pre id="result">') + len('<pre id="result">')
+    return json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"').replace("&amp;", "&"))

@@ -1,14 +1,11 @@
 """The course as pages (``python -m prunevid course``): how it is built, and the committed ``reports/course/`` opened
 in a real headless browser, every chapter link followed."""
-import functools
-import http.server
 import json
 import os
 import re
 import shutil
-import subprocess
-import threading
 
+import fixtures
 import nbformat
 import pytest
 
@@ -85,14 +82,6 @@ def test_committed_course_has_every_chapter_small_and_complete():
     assert total < 10 * 2 ** 20, f"the committed course is {total / 2 ** 20:.1f} MB"
 
 
-def _browser():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 # Opens the index in a frame, then every chapter it links, one after another; reports what rendered.
 CHECK_PAGE = """<!doctype html><html><body><pre id="result">pending</pre>
 <iframe id="f" style="width:1200px;height:900px"></iframe>
@@ -117,28 +106,10 @@ const load = src => new Promise(r => { frame.onload = () => r(frame.contentDocum
 
 
 def test_committed_course_renders_in_a_headless_browser(tmp_path):
-    browser = _browser()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("no chromium in CI: .ci/run must install Debian's chromium")
-        pytest.skip("chromium is not installed")
+    fixtures.browser_or_skip()
     site = tmp_path / "site"
     shutil.copytree(COURSE, site)                     # the check page must not land in the committed folder
-    (site / "check.html").write_text(CHECK_PAGE)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/check.html"
-        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                              "--disable-sync", f"--user-data-dir={tmp_path / '.chrome'}", "--virtual-time-budget=30000",
-                              "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
-    finally:
-        server.shutdown()
-    start = dom.index('<pre id="result">') + len('<pre id="result">')
-    result = json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"').replace("&amp;", "&"))
+    result = fixtures.browser_check(str(site), CHECK_PAGE, str(tmp_path / ".chrome"), budget_ms=30000, timeout_s=180)
     assert result["title"] == "PruneVid Kit: the course" and result["chapters"] == len(course.CHAPTERS)
     assert result["links"] == [os.path.splitext(c[0])[0] + ".html" for c in course.CHAPTERS]
     for page in result["pages"]:                       # every chapter: served, rendered, its pictures decoded

@@ -9,12 +9,11 @@ import json
 import os
 
 import pytest
-import torch
 
 import fixtures
 from prunevid import benchmarks, models, results, runner, video
 from prunevid.benchmarks import Item, ProtocolOptions
-from prunevid.benchmarks.base import official_answer_text, official_mc_score, official_pred
+from prunevid.benchmarks.base import official_mc_score, official_pred
 from prunevid.benchmarks.vcg_judge import Judge, parse_score
 from prunevid.models.pllava import PLLAVA_CHAT_TEMPLATE
 from prunevid.tiny import build_byte_tokenizer

@@ -1,13 +1,9 @@
 """Sweep execution with papermill, HTML export, index page — and the index opened in a real headless browser."""
 import dataclasses
-import functools
-import http.server
 import json
 import os
-import shutil
-import subprocess
-import threading
 
+import fixtures
 import nbformat
 import pytest
 
@@ -87,14 +83,6 @@ def test_sweep_runs_skips_and_records_failures(sweep_dir):
     assert (out / "accuracy_vs_retention.png").stat().st_size > 1000
 
 
-def _browser():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 CHECK_PAGE = """<!doctype html><html><body><pre id="result">pending</pre>
 <iframe id="f" src="index.html" style="width:1200px;height:900px"></iframe>
 <script>
@@ -112,27 +100,8 @@ document.getElementById('f').onload = async () => {
 
 
 def test_index_renders_in_a_headless_browser(sweep_dir):
-    browser = _browser()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("no chromium in CI: .ci/run must install Debian's chromium")
-        pytest.skip("chromium is not installed")
     out, _, _ = sweep_dir
-    (out / "check.html").write_text(CHECK_PAGE)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/check.html"
-        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                              "--disable-sync", f"--user-data-dir={out / '.chrome'}", "--virtual-time-budget=10000",
-                              "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    finally:
-        server.shutdown()
-    start = dom.index('<pre id="result">') + len('<pre id="result">')
-    result = json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"'))
+    result = fixtures.browser_check(str(out), CHECK_PAGE, str(out / ".chrome"))
     assert result["title"].startswith("unit") and result["rows"] == 6 and result["tables"] == 2   # cells, categories
     assert result["images"] and all(w > 0 for w in result["images"])     # every image loaded
     assert result["links"] and all(code == 200 for code in result["links"])
