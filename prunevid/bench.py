@@ -458,6 +458,8 @@ def ideal_speedup(shape: flops.LLMShape, stats: dict, method: str, params: dict)
 
 
 def run(args) -> int:
+    from .cli import check_device
+    check_device(args.device)                 # --device cuda without CUDA: one error line, before building anything
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:

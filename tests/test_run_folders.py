@@ -279,6 +279,7 @@ def test_bad_input_is_one_error_line_with_exit_2(root, tmp_path, capsys, monkeyp
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)    # a machine without CUDA, wherever this runs
     for argv in (["clip", "--device", "cuda"], ["eval", "--model", "tiny", "--device", "cuda"],
+                 ["bench", "--preset", "tiny", "--device", "cuda"],
                  ["eval", "--model", "tiny", "--device", "cuda:1", "--benchmark", "mvbench", "--data-root", root]):
         code, err = _cli(argv, capsys)
         assert code == 2 and err.count("\n") == 0 and err.startswith("error: --device cuda") and "CUDA" in err
