@@ -265,13 +265,10 @@ def _load_clip(bench, item, frames: int, protocol: str, cache):
         else:
             key, clip = None, bench.frames(item, frames, protocol)
     short = [w for w in caught if issubclass(w.category, video.ShortClipWarning)]
-    for w in caught:
-        if not issubclass(w.category, video.ShortClipWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if short and bench.options.short_clips == "error":
         raise video.VideoError(str(short[0].message))
-    if short:
-        warnings.warn(str(short[0].message), video.ShortClipWarning, stacklevel=2)
+    for w in caught:                                      # recorded to be counted, still shown to the user
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return clip, key, bool(short)
 
 
@@ -303,9 +300,11 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     stop = keywords_stop(loaded.tokenizer) if bench.stops_on_keywords(protocol) else None
     preds, raws, prefill, decode, n_new, stats = [], [], [], [], 0, {}
     for i, prompt in enumerate(bench.prompts(item, protocol)):
-        row["prompt" if i == 0 else f"prompt{i + 1}"] = video.build_prompt(
-            loaded.tokenizer, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix)
-        inputs = video.build_inputs(loaded, clip, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix)
+        rendered = video.build_prompt(loaded.tokenizer, prompt.text, system=prompt.system,
+                                      answer_prefix=prompt.answer_prefix)
+        row["prompt" if i == 0 else f"prompt{i + 1}"] = rendered
+        inputs = video.build_inputs(loaded, clip, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix,
+                                    rendered=rendered)
         if cache is not None and uses_feature_cache(method) and _takes_encoded_video(loaded.model, inputs):
             from transformers.modeling_outputs import BaseModelOutputWithPooling
             from .cache import model_key
@@ -386,27 +385,24 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
 
     from . import models
     # the model's registry defaults decide what was not given (LLaVA-OneVision: lmms-eval; PLLaVA: official), read
-    # before loading so the dtype and PLLaVA's LoRA alpha are part of the load
+    # before loading so the dtype is decided before the load
     peek = models.peek_defaults(model) if loaded is None else {**loaded.spec.defaults, "kit_model": True}
     protocol = check_protocol(protocol or peek.get("protocol") or "official")
     defaults = models.benchmark_defaults(peek, bench.name)
     if dtype is None:
         dtype = str(loaded.model.dtype).replace("torch.", "") if loaded is not None else \
             models.default_dtype(peek, protocol)
-    is_pllava = peek.get("arch") == "pllava" or (loaded is not None and hasattr(loaded.model, "set_lora_alpha"))
-    if lora_alpha is not None and peek and not is_pllava:
+    if lora_alpha is not None and peek.get("arch") not in (None, "pllava"):     # before loading, where known
         raise ValueError("--lora-alpha applies to PLLaVA checkpoints only")
-    if is_pllava and lora_alpha is None:
-        lora_alpha = defaults.get("lora_alpha", 14)
     if loaded is None:
         loaded = models.load(model, dtype=dtype, device=device, lora_alpha=lora_alpha)
         defaults = models.benchmark_defaults(loaded.spec.defaults, bench.name)
-        # a hub id is only known once downloaded: decide what the peek could not
-        is_pllava = hasattr(loaded.model, "set_lora_alpha")
-        if lora_alpha is not None and not is_pllava:
-            raise ValueError("--lora-alpha applies to PLLaVA checkpoints only")
-        if is_pllava and lora_alpha is None:
-            lora_alpha = defaults.get("lora_alpha", 14)
+    # PLLaVA's LoRA alpha is a run-time scale: given > the model's per-benchmark default (VCG 4, else 14)
+    is_pllava = hasattr(loaded.model, "set_lora_alpha")
+    if lora_alpha is not None and not is_pllava:
+        raise ValueError("--lora-alpha applies to PLLaVA checkpoints only")
+    if is_pllava and lora_alpha is None:
+        lora_alpha = defaults.get("lora_alpha", 14)
     restore_alpha = None
     if is_pllava:
         restore_alpha = loaded.model.config.lora_alpha          # a model passed in is given back as it came

@@ -191,17 +191,18 @@ def build_prompt(tokenizer, text: str, *, system: Optional[str] = None, answer_p
 
 
 def build_inputs(loaded, frames: torch.Tensor, text: str, *, system: Optional[str] = None,
-                 answer_prefix: str = "", video_token: Optional[str] = None) -> dict:
+                 answer_prefix: str = "", video_token: Optional[str] = None, rendered: Optional[str] = None) -> dict:
     """Model inputs for one video + question: ``input_ids`` with the full number of video placeholders,
     ``attention_mask``, ``pixel_values_videos`` (1, T, 3, S, S) in the model's dtype and device (and, for
     Qwen2-VL, the patchified pixels, ``video_grid_thw`` and ``mm_token_type_ids``).
 
-    ``loaded`` is a ``prunevid.models.LoadedModel``; ``frames`` (T, H, W, 3) uint8.
+    ``loaded`` is a ``prunevid.models.LoadedModel``; ``frames`` (T, H, W, 3) uint8. ``rendered``: this turn's
+    ``build_prompt`` output when the caller already has it (the runner records it), so it is not rendered twice.
     """
     model, tok, pre = loaded.model, loaded.tokenizer, loaded.preprocessing
     module = loaded.spec.module
     video_token = video_token or getattr(module, "VIDEO_TOKEN", "<video>")
-    prompt = build_prompt(tok, text, system=system, answer_prefix=answer_prefix)
+    prompt = rendered if rendered is not None else build_prompt(tok, text, system=system, answer_prefix=answer_prefix)
     if prompt.count(video_token) != 1:
         raise ValueError(f"the rendered prompt must hold exactly one {video_token!r}, found {prompt.count(video_token)}")
     device, dtype = model.device, model.dtype

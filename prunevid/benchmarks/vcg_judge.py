@@ -73,7 +73,6 @@ class Judge:
         self.strict = parse == "strict"
         self.consistency_labels = consistency_labels
         self.fallback_parsed = 0
-        self._row_fallback = 0
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key = model, api_key
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
@@ -89,8 +88,6 @@ class Judge:
                         self.cache[row["key"]] = row["reply"]
                     except (json.JSONDecodeError, KeyError):
                         continue   # a torn last line
-
-    _row_fallback = 0
 
     @classmethod
     def from_env(cls, cache_path: Optional[str] = None, **kw) -> Optional["Judge"]:
@@ -140,13 +137,16 @@ class Judge:
         return None
 
     def score(self, dim: str, **fields) -> float:
+        return self._score(dim, **fields)[0]
+
+    def _score(self, dim: str, **fields) -> tuple:
+        """(score, whether only the tolerant regex read it); a failed judgement scores 0."""
         p = self.prompts[PROMPT_KEYS[dim]]
         reply = self.ask(p["system"], p["user"].format(**fields))
         score = parse_score(reply, strict=self.strict) if reply is not None else None
-        if score is not None and _literal_score(reply) is None:
-            self.fallback_parsed += 1
-            self._row_fallback += 1
-        return score if score is not None else 0.0
+        fallback = score is not None and _literal_score(reply) is None
+        self.fallback_parsed += fallback
+        return (score if score is not None else 0.0), fallback
 
     def judge_row(self, row: dict, item) -> dict:
         """Scores of one finished VCG row: CI/DO/CU (generic), TU (temporal) or CO (consistency)."""
@@ -154,18 +154,19 @@ class Judge:
         if row.get("error") or not pred.strip():
             # upstream's chatgpt_eval crashes on an empty prediction (an unbound variable); the kit scores it 0
             return {d: 0.0 for d, cat in DIMENSIONS.items() if cat == row["category"]}
-        self._row_fallback = 0
         if row["category"] == "consistency":
             q1, q2 = item.question, item.extra.get("question2", "")
             if self.consistency_labels == "official":
                 q1, q2 = q2, q1
-            out = {"CO": self.score("CO", question1=q1, question2=q2, answer=item.answer, pred1=pred,
-                                    pred2=row.get("prediction2") or "")}
+            scored = {"CO": self._score("CO", question1=q1, question2=q2, answer=item.answer, pred1=pred,
+                                        pred2=row.get("prediction2") or "")}
         else:
             dims = [d for d, cat in DIMENSIONS.items() if cat == row["category"]]
-            out = {d: self.score(d, question=item.question, answer=item.answer, pred=pred) for d in dims}
-        if self._row_fallback:
-            out["fallback_parsed"] = self._row_fallback
+            scored = {d: self._score(d, question=item.question, answer=item.answer, pred=pred) for d in dims}
+        out = {d: score for d, (score, _) in scored.items()}
+        n_fallback = sum(fallback for _, fallback in scored.values())
+        if n_fallback:
+            out["fallback_parsed"] = n_fallback
         return out
 
 
