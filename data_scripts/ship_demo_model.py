@@ -89,8 +89,9 @@ that the kit's pruning study measures real accuracy offline. It knows nothing ou
 
 - Load: `prunevid.models.load("demo")` (or `from_pretrained` on this folder).
 - Size: {training.get('parameters', 0) / 1e6:.2f} M parameters (`--size {a.get('size')}` of
-  `prunevid.demo_model.SIZES`), 112 px frames, 8 px patches, 49 visual tokens per frame after LLaVA-OneVision's
-  2 x 2 pooling, 16 frames (785 video tokens with the newline), word-level tokenizer over the benchmark's vocabulary.
+  `prunevid.synthetic.demo_model.SIZES`), 112 px frames, 8 px patches, 49 visual tokens per frame after
+  LLaVA-OneVision's 2 x 2 pooling, 16 frames (785 video tokens with the newline), word-level tokenizer over the
+  benchmark's vocabulary.
 - Prompt: the official MVBench protocol (VideoChat2 system prompt, `Question: ... Options: ... Only give the best
   option.`, answer prefix `Best option:(`), in the LLaVA-OneVision chat template; it answers `B) red`.
 - Kit defaults (`prunevid_defaults.json`): `{json.dumps(defaults)}`.

@@ -71,8 +71,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from prunevid import demo_model as D  # noqa: E402
 from prunevid import synthetic as S  # noqa: E402
+from prunevid.synthetic import demo_model as D  # noqa: E402
 from prunevid.video import preprocess_frames  # noqa: E402
 from transformers.models.qwen2.modeling_qwen2 import rotate_half  # noqa: E402
 

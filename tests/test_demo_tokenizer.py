@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from prunevid import demo_model as D
 from prunevid import synthetic as S
+from prunevid.synthetic import demo_model as D
 from prunevid.tiny import LLAVA_ONEVISION_CHAT_TEMPLATE
 
 

@@ -190,6 +190,35 @@ def test_mvbench_prompt_strings():
     assert S.mvbench_answer(["one", "two"], "two") == "(B) two"
 
 
+def test_frozen_prompt_pieces_equal_the_official_ones():
+    """The generator spells out the answer prefix and the question block so it never imports the benchmarks; the
+    scorer reads answers after the official prefix, so the copies must stay equal to the official pieces."""
+    from prunevid.benchmarks import base
+    assert S.SYNTHETIC_ANSWER_PREFIX == base.OFFICIAL_ANSWER_PREFIX
+    for cands in (["yes", "no"], list(S.COLOR_NAMES), [f"c{i}" for i in range(12)]):
+        assert S.synthetic_question("Q?", cands) == base.official_question_block("Q?", cands) + S.SYNTHETIC_POST_PROMPT
+
+
+def test_generator_never_imports_the_benchmarks():
+    """Imports run benchmarks -> synthetic only (benchmarks/synthetic.py imports the generator): no file of the
+    package imports prunevid.benchmarks, not even inside a function."""
+    import ast
+    folder = os.path.dirname(S.__file__)
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mods = [("." * node.level) + (node.module or "")] + [("." * node.level) + a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("benchmarks" in m for m in mods), f"{name}:{node.lineno} imports {mods}"
+
+
 def test_ensure_split_and_cli_check(tmp_path):
     import importlib.util
     path = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "make_synthetic.py")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from prunevid import demo_model as D
 from prunevid import synthetic as S
+from prunevid.synthetic import demo_model as D
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "train_demo_model.py")
 

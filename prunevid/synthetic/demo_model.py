@@ -2,7 +2,7 @@
 
 The model is a plain ``LlavaOnevisionForConditionalGeneration``: a small SigLIP vision tower (112 px frames,
 8 px patches -> 14 x 14 patches, pooled to 7 x 7 = 49 tokens per frame) and a small Qwen2 language model.
-``data_scripts/train_demo_model.py`` trains it on :mod:`prunevid.synthetic`.
+``data_scripts/train_demo_model.py`` trains it on :mod:`prunevid.synthetic`, the world it lives in.
 
 The tokenizer is word-level over the benchmark's closed vocabulary (every word of the official MVBench prompt
 and of the generator's questions, answers and captions, with and without a leading space) plus the 256
@@ -16,14 +16,14 @@ from typing import Iterable, List, Optional
 
 import torch
 
-from .tiny import LLAVA_ONEVISION_CHAT_TEMPLATE, SPECIAL_TOKENS
+from ..tiny import LLAVA_ONEVISION_CHAT_TEMPLATE, SPECIAL_TOKENS
+from .questions import SYNTHETIC_ANSWER_PREFIX, SYNTHETIC_SYSTEM, synthetic_question, vocabulary_strings
 
 WORD_RE = re.compile(r"[A-Za-z]+")
 
 
 def demo_words(extra: Iterable[str] = ()) -> List[str]:
     """The closed word list: every alphabetic word of the benchmark's fixed strings (sorted, unique)."""
-    from .synthetic import vocabulary_strings
     words = set()
     for s in list(vocabulary_strings()) + list(extra):
         words.update(WORD_RE.findall(s))
@@ -69,7 +69,7 @@ SIZES = {
 
 def demo_config(tokenizer, size: str = "s", *, image_size: int = 112, patch_size: int = 8,
                 attn_implementation: str = "sdpa"):
-    from .tiny import tiny_llava_onevision_config
+    from ..tiny import tiny_llava_onevision_config
 
     vh, vl, vheads, h, layers, heads, kv = SIZES[size]
     return tiny_llava_onevision_config(tokenizer, image_size=image_size, patch_size=patch_size, vision_hidden=vh,
@@ -112,8 +112,7 @@ def build_demo_model(tokenizer=None, size: str = "s", *, seed: int = 0, zero_res
 def render_prompt(tokenizer, question: str, candidates: List[str], *, num_video_tokens: Optional[int] = None) -> str:
     """The official MVBench prompt in the chat template: system turn, user turn with the video and the question
     block, then the assistant answer prefix ``Best option:(``."""
-    from .synthetic import SYNTHETIC_ANSWER_PREFIX, SYNTHETIC_SYSTEM, synthetic_question
-    from .video import build_prompt
+    from ..video import build_prompt
     prompt = build_prompt(tokenizer, synthetic_question(question, candidates), system=SYNTHETIC_SYSTEM,
                           answer_prefix=SYNTHETIC_ANSWER_PREFIX)
     if num_video_tokens is not None:
