@@ -1,9 +1,9 @@
 """PruneVid Kit: training-free visual-token pruning for video LLMs on Hugging Face transformers."""
 from .config import PruneVidConfig
 from .patch import apply, remove, stats, info, is_patched, STATS_KEYS
-from . import merge, prune, methods
+from . import merge, prune, methods, state
 
 __version__ = "0.1.0"
 
 __all__ = ["PruneVidConfig", "apply", "remove", "stats", "info", "is_patched", "STATS_KEYS", "merge", "prune",
-           "methods", "__version__"]
+           "methods", "state", "__version__"]

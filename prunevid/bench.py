@@ -34,7 +34,8 @@ from typing import Optional
 
 import torch
 
-from . import flops
+from . import flops, generation
+from . import state as kit_state
 
 DEFAULT_QUESTION = "What is happening in this video? Describe the main action briefly."
 
@@ -117,7 +118,7 @@ def build(args):
     from transformers import LlavaOnevisionForConditionalGeneration
 
     from .models import LoadedModel, VideoPreprocessing, _dtype, spec_for
-    from .tiny import build_byte_tokenizer, build_tiny_llava_onevision
+    from .models.tiny import build_byte_tokenizer, build_tiny_llava_onevision
     dtype = _dtype(args.dtype)
     notes = []
     if getattr(args, "model", None):
@@ -159,30 +160,17 @@ def make_inputs(loaded, args):
 
 
 def method_params(loaded, args) -> dict:
-    """``--set`` pairs; PruneVid's K is scaled to a shortened LLM unless given (K+1 of L layers at the
-    stage-1 length keeps its share)."""
-    from .cli import parse_set
-    params = parse_set(args.set)
-    if args.method == "prunevid" and "selected_layer" not in params:
-        n = len(loaded.spec.module.language_layers(loaded.model))
-        default_k = loaded.spec.defaults["selected_layer"]
-        if getattr(args, "model", None):                 # a whole model: its default K, halved for tiny LLMs
-            full, k = n, default_k if n > 2 * default_k else max(0, n // 2 - 1)
-        else:
-            full = flops.preset(args.preset).llm.layers if args.preset != "tiny" else n
-            k = default_k if args.preset != "tiny" else n // 2 - 1
-        params["selected_layer"] = max(0, min(n - 1, round((k + 1) * n / full) - 1))
-    return params
+    """The method's whole config as a dict: ``--set`` pairs checked and typed, the model-dependent settings
+    (PruneVid's K, FastV's K, DyCoke's L) resolved by the library's one rule (``methods.make_config``)."""
+    from . import methods
+    from .cli_args import parse_set
+    kit_state.set_model_defaults(loaded.model, loaded.spec.defaults)
+    return methods.make_config(args.method, parse_set(args.set), loaded.model).to_dict()
 
 
 # ----------------------------------------------------------------------------------------------------------
 # timing
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 class PartTimer:
@@ -205,21 +193,21 @@ class PartTimer:
 
     def wrap_reduction(self, model) -> None:
         """Time the active method's pre-LLM reduction (PruneVid's stage 1) on this patched instance only."""
-        impl = model._prunevid.impl
+        impl = kit_state.active_method(model)
         orig = impl.reduce
 
         def timed_reduce(*a, **kw):
-            _sync(self.device)
+            generation.sync(self.device)
             t0 = time.perf_counter()
             out = orig(*a, **kw)
-            _sync(self.device)
+            generation.sync(self.device)
             self.t["stage1"] = self.t.get("stage1", 0.0) + time.perf_counter() - t0
             return out
         impl.reduce = timed_reduce                    # an instance attribute: this patch's method object only
 
     def _mark(self, key, post=False):
         def hook(*_):
-            _sync(self.device)
+            generation.sync(self.device)
             self.t.setdefault(key, time.perf_counter())
         return hook
 
@@ -238,57 +226,6 @@ class PartTimer:
             h.remove()
 
 
-def _cache_of(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
-def _cache_kwarg(model) -> str:
-    import inspect
-    params = inspect.signature(type(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def kv_bytes(cache) -> int:
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
-
-
-def prefill_and_step(model, inputs, device, cache_kw, decode_steps: int = 1):
-    """One prefill (``logits_to_keep=1``) and ``decode_steps`` greedy decode steps; returns the prefill time,
-    the median step time and the KV-cache bytes right after the prefill."""
-    _sync(device)
-    t0 = time.perf_counter()
-    out = model(**inputs, use_cache=True, logits_to_keep=1)
-    _sync(device)
-    t1 = time.perf_counter()
-    cache = _cache_of(out)
-    nbytes = kv_bytes(cache)
-    nxt = out.logits[:, -1:].argmax(-1)
-    mask = inputs["attention_mask"]
-    # Explicit positions, in full-sequence terms as `generate` counts them (the patch maps them onto the pruned
-    # cache); multimodal-RoPE models (Qwen2-VL) add the offset their prefill stored.
-    n_full = inputs["input_ids"].shape[1]
-    deltas = getattr(getattr(model, "model", None), "rope_deltas", None)
-    offset = int(deltas.flatten()[0]) if isinstance(deltas, torch.Tensor) else 0
-    steps = []
-    for t in range(decode_steps):
-        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-        pos = torch.tensor([[n_full + t + offset]], device=nxt.device)
-        _sync(device)
-        t2 = time.perf_counter()
-        step = model(input_ids=nxt, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                     **{cache_kw: cache})
-        _sync(device)
-        steps.append(time.perf_counter() - t2)
-        nxt = step.logits[:, -1:].argmax(-1)
-    return {"end_to_end": t1 - t0, "decode_step": statistics.median(steps)}, nbytes
-
-
 def variants_for(args, params) -> dict:
     return {"unpruned": {"method": "none"}, args.method: {"method": args.method, **params}}
 
@@ -296,7 +233,7 @@ def variants_for(args, params) -> dict:
 def sweep_variants(loaded, args) -> dict:
     """Sweep mode: ``{name: {"method": ..., **params}}``, the unpruned model first, then every ``--methods`` entry
     at every ``--sweep-retain`` ratio and every ``--point`` (``METHOD`` at its own default budget or
-    ``METHOD@RETAIN``). Parameters come from ``method_params`` (PruneVid's K scaled to a shortened LLM)."""
+    ``METHOD@RETAIN``). Parameters come from ``method_params`` (the model-dependent ones resolved)."""
     retains = [float(r) for r in args.sweep_retain.split(",") if r.strip()]
     points = [(m.strip(), r) for m in args.methods.split(",") if m.strip() for r in retains]
     for spec in args.point:
@@ -316,7 +253,6 @@ def time_variants(loaded, inputs, args, params, variants: Optional[dict] = None,
     each run happens."""
     import prunevid
     model, device = loaded.model, args.device
-    cache_kw = _cache_kwarg(model)
     variants = variants if variants is not None else variants_for(args, params)
     samples = {name: {} for name in variants}
     info = {}
@@ -328,7 +264,7 @@ def time_variants(loaded, inputs, args, params, variants: Optional[dict] = None,
                     prunevid.apply(model, **spec)
                     timer.wrap_reduction(model)
                     timer.reset()
-                    times, nbytes = prefill_and_step(model, inputs, device, cache_kw, args.decode_steps)
+                    times, nbytes = generation.prefill_and_steps(model, inputs, device, args.decode_steps)
                     parts = timer.parts()
                     times.update(parts)
                     info[name] = {"kv_cache_bytes": nbytes, "stats": prunevid.stats(model)}
@@ -390,7 +326,7 @@ def memory_child(args) -> dict:
     prunevid.apply(loaded.model, **spec)
     rss_built = _rss_bytes()
     with torch.no_grad(), RssSampler() as sampler:
-        prefill_and_step(loaded.model, inputs, args.device, _cache_kwarg(loaded.model))
+        generation.prefill_and_steps(loaded.model, inputs, args.device)
     return {"rss_after_build_bytes": rss_built, "peak_rss_prefill_bytes": sampler.peak,
             "prefill_rss_increase_bytes": sampler.peak - rss_built,
             "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -409,7 +345,7 @@ def measure_memory(loaded, inputs, args, params) -> dict:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-                prefill_and_step(model, inputs, args.device, _cache_kwarg(model))
+                generation.prefill_and_steps(model, inputs, args.device)
                 peak = torch.cuda.max_memory_allocated()
                 out[name] = {"cuda_max_allocated_bytes": peak, "cuda_allocated_before_bytes": base,
                              "prefill_increase_bytes": peak - base}
@@ -441,24 +377,15 @@ def measure_memory(loaded, inputs, args, params) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def ideal_speedup(shape: flops.LLMShape, stats: dict, method: str, params: dict) -> Optional[float]:
-    """1 / exact analytic LLM prefill FLOPs ratio, text included, from the token counts the run reached."""
-    base = dict(stats, visual_tokens_stage1=stats["visual_tokens_in"], visual_tokens_stage2=stats["visual_tokens_in"])
-    k = None
-    if method == "prunevid":
-        k = params.get("selected_layer") if params.get("stage2", True) else None
-    elif method == "fastv":
-        from .methods.fastv import FastVConfig
-        fk = params.get("k", params.get("K", FastVConfig.K))     # its first K layers run on every token
-        k = int(fk) - 1
-    if stats.get("visual_tokens_stage2") is None or stats.get("text_tokens") is None:
-        return None
-    pruned = flops.analytic_from_run(shape, stats, selected_layer=k)
-    return flops.analytic_from_run(shape, base) / pruned
+def ideal_speedup(shape: flops.LLMShape, stats: dict) -> Optional[float]:
+    """1 / exact analytic LLM prefill FLOPs ratio, text included, from what the prefill recorded layer by layer
+    (``stats["layer_tokens"]``); ``None`` without a record."""
+    ratio = flops.flops_ratio_of_run(shape, stats)
+    return None if ratio is None else 1.0 / ratio
 
 
 def run(args) -> int:
-    from .cli import check_device
+    from .cli_args import check_device
     check_device(args.device)                 # --device cuda without CUDA: one error line, before building anything
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -474,10 +401,6 @@ def run(args) -> int:
     params = method_params(loaded, args)
     model = loaded.model
     shape = flops.LLMShape.from_config(model.config)
-    if args.preset != "tiny" and not args.model and args.method == "prunevid" and "selected_layer" not in dict(
-            p.split("=", 1) for p in args.set if "=" in p) and args.layers:
-        notes.append(f"PruneVid selected_layer scaled to {params['selected_layer']} for the {shape.layers}-layer LLM "
-                     f"(keeps the share of layers run at the stage-1 length)")
     load_before = os.getloadavg()[0]
     timing = time_variants(loaded, inputs, args, params)
     load_after = os.getloadavg()[0]
@@ -491,7 +414,7 @@ def run(args) -> int:
     kv_expected = None
     if stats.get("visual_tokens_stage2") is not None and n_text is not None:
         kv_expected = (n_text + stats["visual_tokens_stage2"]) / (n_text + n_in)
-    ideal = ideal_speedup(shape, stats, args.method, params)
+    ideal = ideal_speedup(shape, stats)
     speedup = base["llm_prefill_ms"] / pruned["llm_prefill_ms"]
     out = {
         "preset": None if args.model else args.preset, "model": args.model, "frames": args.frames, "dtype": args.dtype, "device": args.device, "attn": args.attn,
@@ -571,7 +494,7 @@ def run_sweep(args) -> int:
             "vision_ms": res.get("vision_ms"), "stage1_ms": res.get("stage1_ms"),
             "llm_prefill_speedup": base["llm_prefill_ms"] / res["llm_prefill_ms"],
             "end_to_end_speedup": base["end_to_end_ms"] / res["end_to_end_ms"],
-            "ideal_speedup": ideal_speedup(shape, st, spec["method"], params),
+            "ideal_speedup": ideal_speedup(shape, st),
             "kv_ratio": res["kv_cache_bytes"] / base["kv_cache_bytes"] if base["kv_cache_bytes"] else None,
             "samples_ms": res["samples_ms"],
         })

@@ -26,14 +26,16 @@ none          unreachable below 1
 
 ``run_at_budget`` applies, runs one prefill and returns the record with the *achieved* ratio (visual tokens
 after the LLM's pruning / visual tokens in; for Look-M the visual KV entries / visual tokens in), never the
-target, and an analytic prefill FLOPs ratio (``analytic_flops_ratio``, the papers' 4nd^2 + 2n^2d + 2ndm
-convention; interim until the kit's measured FLOPs counter is wired in).
+target, and an analytic prefill FLOPs ratio (the papers' 4nd^2 + 2n^2d + 2ndm convention over the token counts
+each decoder layer recorded: ``prunevid.flops.flops_ratio_of_run``).
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+
+from . import flops
 
 UNREACHABLE = {
     "prumerge": "PruMerge's kept count is adaptive (IQR outliers per frame); it cannot be driven to a budget",
@@ -65,26 +67,6 @@ def achieved_ratio(method: str, stats: dict) -> Optional[float]:
     return stats.get("retained_ratio")
 
 
-def layer_flops(n: int, d: int, m: int) -> float:
-    """The papers' per-decoder-layer prefill convention f(n) = 4 n d^2 + 2 n^2 d + 2 n d m."""
-    return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
-
-
-def analytic_flops_ratio(stats: dict, text_config, cut_layer: Optional[int] = None) -> Optional[float]:
-    """Prefill LLM FLOPs vs unpruned under the ``layer_flops`` convention (an interim number until the kit's
-    measured counter is used): layers ``0..cut_layer`` run on text + stage-1 tokens, later layers on text +
-    stage-2 tokens (``cut_layer`` None: all layers on the stage-2 count). KV-cache methods (Look-M) and
-    decode-time pruning (DyCoke's stage 2) do not change it."""
-    if stats.get("visual_tokens_in") is None or stats.get("text_tokens") is None:
-        return None
-    d, m, t = text_config.hidden_size, text_config.intermediate_size, text_config.num_hidden_layers
-    text = stats["text_tokens"]
-    full = t * layer_flops(text + stats["visual_tokens_in"], d, m)
-    n1, n2 = text + stats["visual_tokens_stage1"], text + stats["visual_tokens_stage2"]
-    k = 0 if cut_layer is None else cut_layer + 1
-    return (k * layer_flops(n1, d, m) + (t - k) * layer_flops(n2, d, m)) / full
-
-
 def run_at_budget(model, inputs: dict, method: str, retain: float, *, tolerance: float = 0.05,
                   **extra) -> dict:
     """Apply ``method`` at ``retain`` (plus ``extra`` parameters), run one prefill, report.
@@ -105,12 +87,11 @@ def run_at_budget(model, inputs: dict, method: str, retain: float, *, tolerance:
             model(**inputs)
         stats = prunevid.stats(model)
         info = prunevid.patch.info(model)
-        plan = model._prunevid.last_plan
     finally:
         prunevid.remove(model)
     achieved = achieved_ratio(method, stats)
-    record.update(stats=stats, achieved=achieved, flops_ratio_analytic=analytic_flops_ratio(
-        stats, model.config.text_config, plan.layer if plan is not None and plan.keep is not None else None))
+    record.update(stats=stats, achieved=achieved, flops_ratio_analytic=flops.flops_ratio_of_run(
+        flops.LLMShape.from_config(model.config), stats, formula="paper"))
     budget = info.get("budget")
     reachable = achieved is not None and abs(achieved - retain) <= tolerance
     if budget is not None and not budget.get("reachable", True):

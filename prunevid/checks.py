@@ -4,9 +4,9 @@ an error (``SilentlyInactiveError``), never a quiet "same as unpruned" result.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
+
+from . import state as kit_state
 
 
 class SilentlyInactiveError(AssertionError):
@@ -40,7 +40,7 @@ def divergence_check(model, inputs: dict, method: str = "prunevid", config=None,
             stats = prunevid.stats(model)
             gen = _generate(model, inputs, decode_steps) if decode_steps else None
             info = prunevid.patch.info(model)
-            prunes = model._prunevid.impl.prunes
+            prunes = kit_state.active_method(model).prunes
         finally:
             prunevid.remove(model)
     n_in = stats["visual_tokens_in"]

@@ -1,6 +1,8 @@
 """``python -m prunevid <command>``: one argparse program; each command lives in its own module.
 
-A command module provides ``add_parser(subparsers)`` (which sets ``func``) and is listed in ``COMMANDS``.
+A command module provides ``add_parser(subparsers)`` (which sets ``func``) and is listed in ``COMMANDS``; the
+argument helpers the commands share (``--set`` pairs, ``--device``) are in ``prunevid.cli_args``, so no command
+imports this module (which imports every command).
 Bad input is one ``error: ...`` line on stderr and exit status 2 (a ``ValueError`` or ``FileNotFoundError``
 raised by the command); Ctrl-C and SIGTERM are one line too (exit 130 / 143): a command that was interrupted
 mid-run says how far it got (``results.Interrupted``), any other just that it was interrupted.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
 
 # (module, command) in the order ``--help`` shows them; the first is the kit's main job.
 COMMANDS = [
@@ -22,48 +25,6 @@ COMMANDS = [
     "prunevid.report",
     "prunevid.course",
 ]
-
-
-def parse_set(pairs, flag: str = "--set") -> dict:
-    """``--set key=value`` pairs -> dict; values parsed as int, float, bool or None when they look like one. A pair
-    without ``=`` is a ``ValueError`` (one ``error:`` line) naming ``flag``."""
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"{flag} expects key=value, got {pair!r}")
-        key, raw = pair.split("=", 1)
-        out[key.strip()] = parse_value(raw.strip())
-    return out
-
-
-def parse_value(raw: str):
-    low = raw.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-def check_device(device: str) -> None:
-    """A device this machine cannot use is a one-line error (torch raises an AssertionError deep in ``.to()``)."""
-    import torch
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA device is available (torch {torch.__version__}"
-                             f"{' is a CPU build' if torch.version.cuda is None else ' sees no GPU'}); "
-                             f"use --device cpu, or install a CUDA build of torch")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

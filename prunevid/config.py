@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
 SCORINGS = ("official", "rope_causal")
 SCORE_REDUCTIONS = ("max", "mean")
@@ -61,7 +61,9 @@ class PruneVidConfig:
 
     Stage 2 (inside the LLM, prefill only): ``selected_layer`` K is 0-indexed and inclusive: decoder layers
     0..K run on all stage-1 tokens, layers K+1.. on the kept ones, and the KV cache of layers 0..K is cut to
-    the kept ones. ``alpha`` is the keep fraction, applied per group with floor.
+    the kept ones. ``None`` (the default) means the model's default, resolved by ``prunevid.methods.make_config``
+    (10, the paper's, on the 7B models; the demo model's checkpoint says 2; beyond a model's depth:
+    ``n_layers // 2``). ``alpha`` is the keep fraction, applied per group with floor.
 
     Named options (defaults reproduce the official code):
       - ``scoring``: ``"official"`` = pre-RoPE, unmasked softmax of layer K's own q/k;
@@ -88,7 +90,7 @@ class PruneVidConfig:
     tau: float = 0.8
     temporal_segment_ratio: float = 0.25
     cluster_ratio: float = 0.5
-    selected_layer: int = 10
+    selected_layer: Optional[int] = None
     alpha: float = 0.4
     k: int = 7
     stage1: bool = True
@@ -101,13 +103,17 @@ class PruneVidConfig:
     positions: str = "renumber"
     stage1_min_ratio: Optional[float] = None
 
+    # fields resolved from the model (``prunevid.methods.make_config``), with the method's own default
+    layer_fields: ClassVar[dict] = {"selected_layer": 10}
+
     def __post_init__(self) -> None:
         self.tau = _check_number("tau", self.tau, -1.0, 1.0)
         self.temporal_segment_ratio = _check_number(
             "temporal_segment_ratio", self.temporal_segment_ratio, 0.0, 1.0, lo_open=True)
         self.cluster_ratio = _check_number("cluster_ratio", self.cluster_ratio, 0.0, 1.0, lo_open=True)
         self.alpha = _check_number("alpha", self.alpha, 0.0, 1.0, lo_open=True)
-        self.selected_layer = _check_int("selected_layer", self.selected_layer, 0)
+        if self.selected_layer is not None:
+            self.selected_layer = _check_int("selected_layer", self.selected_layer, 0)
         self.k = _check_int("k", self.k, 1)
         self.min_merge_size = _check_int("min_merge_size", self.min_merge_size, 0)
         self.stage1 = _check_bool("stage1", self.stage1)
@@ -138,12 +144,10 @@ class PruneVidConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "PruneVidConfig":
-        """Build from a dict (papermill parameters, ``--set`` pairs); unknown names are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ValueError(f"unknown PruneVid parameter(s) {unknown}; known: {sorted(names)}")
-        return cls(**params)
+        """Build from a dict (papermill parameters, ``--set`` pairs); unknown names are an error
+        (``prunevid.methods.make_config("prunevid", params)`` without a model)."""
+        from .methods import make_config
+        return make_config("prunevid", params)
 
     def replace(self, **changes: Any) -> "PruneVidConfig":
         return dataclasses.replace(self, **changes)

@@ -17,10 +17,12 @@ import base64
 import html
 import io
 import os
-import statistics
 import time
 
 import torch
+
+from . import generation
+from . import state as kit_state
 
 DEFAULT_OUT = os.path.join("reports", "clip")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,28 +136,13 @@ def _figures(frames, merged, grid: int) -> dict:
             "static": _png(vis.static_maps(frames, merged, grid))}
 
 
-def _time_prefill(model, inputs, repeats: int, variants: dict) -> dict:
-    """Median prefill time per variant, repeats interleaved so drift hits every variant alike."""
-    import prunevid
-    times = {name: [] for name in variants}
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            for name, params in variants.items():
-                prunevid.apply(model, **params)
-                t0 = time.perf_counter()
-                model(**inputs, logits_to_keep=1)
-                times[name].append(time.perf_counter() - t0)
-    prunevid.remove(model)
-    return {name: 1000 * statistics.median(v[1:]) for name, v in times.items()}  # first round is warm-up
-
-
 def _check_clip_args(args) -> dict:
     """The PruneVid settings of ``--set`` and the numeric options, checked before the model loads: an unknown
     key or a bad value is a one-line error."""
-    from .cli import check_device, parse_set
-    from .runner import method_config
+    from .cli_args import check_device, parse_set
+    from .methods import make_config
     params = parse_set(args.set)
-    method_config("prunevid", params)              # unknown name: "... has no hyperparameter(s) [...]; known: ..."
+    make_config("prunevid", params)                # unknown name or bad value: one line, before the model loads
     for name in ("frames", "repeats", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -170,10 +157,8 @@ def run(args) -> int:
     params = _check_clip_args(args)
     loaded = models.load(args.model, dtype=args.dtype, device=args.device)
     model, tok = loaded.model, loaded.tokenizer
-    random_weights = str(args.model) in getattr(models, "TINY_ARCH", {"tiny": None})
-    n_layers = len(loaded.spec.module.language_layers(model))
-    params.setdefault("selected_layer", min(loaded.spec.defaults["selected_layer"], n_layers // 2))
-    cfg = prunevid.PruneVidConfig(**params)
+    random_weights = str(args.model) in models.tiny_models()
+    cfg = prunevid.methods.make_config("prunevid", params, model)      # the model's K unless --set gives one
     looks_like_path = os.path.sep in args.video or os.path.splitext(args.video)[1] != ""
     path = args.video if looks_like_path or os.path.exists(args.video) else video.sample_clip(args.video)
     print(f"[clip] model={loaded.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params"
@@ -194,13 +179,14 @@ def run(args) -> int:
         prunevid.apply(model, cfg)
         model(**inputs)
         stats = prunevid.stats(model)
-        merged = model._prunevid.last_merge
+        merged = kit_state.last_merge(model)
         answer = generate()
     prunevid.remove(model)
     if not identical:
         raise RuntimeError("patched model with both stages off differs from the unpatched model")
-    timing = _time_prefill(model, inputs, args.repeats,
-                           {"unpruned": {"method": "none"}, "prunevid": {"config": cfg}})
+    timing = generation.interleaved_prefill_ms(model, inputs, args.repeats,
+                                               {"unpruned": {"method": "none"}, "prunevid": {"config": cfg}},
+                                               device=args.device)
     print(f"[clip] visual tokens {stats['visual_tokens_in']} -> stage 1 {stats['visual_tokens_stage1']} -> "
           f"stage 2 {stats['visual_tokens_stage2']} (retained {100 * stats['retained_ratio']:.1f}%), "
           f"segments {stats['segments']}")

@@ -9,9 +9,11 @@ Conventions (``docs/measurement.md``):
   ``4nd^2 + 2n^2 d + 2ndm``. ``"exact"`` counts what a Llama/Qwen2 decoder layer really multiplies: the
   q/o projections (d x H*hd), the k/v projections of width ``kv_heads * head_dim`` (GQA), the full n x n
   attention scores and mixing (SDPA kernels and both counters ignore causality), and a 3-matrix SwiGLU FFN.
-* **Schedules** follow each method's real layer schedule (``token_schedule``). Layer indices follow
-  ``interfaces.md``: PruneVid's ``selected_layer`` K is 0-indexed and inclusive (layers 0..K at the stage-1
-  length, K+1.. at the kept length); FastV's ``K`` is the number of layers at full length.
+* **Schedules.** A run's count follows what its prefill recorded per decoder layer (``stats["layer_tokens"]``,
+  ``analytic_from_run``); a count without a run follows the schedule the method declares
+  (``Method.schedule``, ``analytic_ratio``). Layer indices follow ``interfaces.md``: PruneVid's
+  ``selected_layer`` K is 0-indexed and inclusive (layers 0..K at the stage-1 length, K+1.. at the kept
+  length); FastV's ``K`` is the number of layers at full length.
 * **Parts.** The vision encoder (+ projector) is reported apart from the LLM; stage-1 merging and embedding
   lookups are ``other``; the LLM is the decoder stack, the ``lm_head`` is its own part.
 * **Ratios** come from one backend only (``ratio`` refuses reports of different backends).
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from . import state as kit_state
 
 # ----------------------------------------------------------------------------------------------------------
 # Shapes and presets
@@ -185,63 +189,30 @@ def vision_macs(vision: VisionShape, frames: int) -> float:
     return frames * per_frame
 
 
-PRE_LLM_METHODS = ("prumerge", "prumerge+", "visionzip", "dycoke", "vidcom2", "random", "pre-llm")
-SCHEDULE_METHODS = ("none", "prunevid", "fastv", "lookm") + PRE_LLM_METHODS
-
-
-def token_schedule(method: str, n_layers: int, n_visual: float, *, n_text: float = 0.0,
-                   stage1_ratio: Optional[float] = None, retained: Optional[float] = None,
-                   selected_layer: Optional[int] = None, fastv_k: Optional[int] = None) -> List[float]:
-    """Sequence length (visual + ``n_text``) at each decoder layer of a prefill under ``method``.
-
-    * ``none`` / ``lookm``: every layer at ``n_visual`` (LOOK-M compresses the cache after the prefill).
-    * ``prunevid``: layers 0..K (``selected_layer`` K, 0-indexed inclusive) at ``stage1_ratio * n_visual``,
-      layers K+1.. at ``retained * n_visual`` (``retained`` is the final ratio, over the original tokens).
-    * ``fastv``: the first ``fastv_k`` layers at ``n_visual``, the rest at ``retained * n_visual``.
-    * pre-LLM methods (``prumerge``, ``prumerge+``, ``visionzip``, ``dycoke``, ``vidcom2``, ``random``,
-      ``pre-llm``): every layer at ``retained * n_visual``.
-
-    Token counts are not rounded: ratios averaged over a benchmark are fractional, as in the papers.
-    """
-    def need(name, value):
-        if value is None:
-            raise ValueError(f"method {method!r} needs {name}")
-        return value
-
-    full = n_visual + n_text
-    if method in ("none", "lookm"):
-        return [full] * n_layers
-    if method == "prunevid":
-        k = need("selected_layer", selected_layer)
-        r1 = need("stage1_ratio", stage1_ratio)
-        r2 = r1 if retained is None else retained
-        if not 0 <= k < n_layers:
-            raise ValueError(f"selected_layer={k} must be in 0..{n_layers - 1} (0-indexed, inclusive)")
-        if r2 > r1 + 1e-12:
-            raise ValueError(f"retained ({r2}) cannot exceed stage1_ratio ({r1})")
-        return [r1 * n_visual + n_text] * (k + 1) + [r2 * n_visual + n_text] * (n_layers - k - 1)
-    if method == "fastv":
-        k = need("fastv_k (layers at full length)", fastv_k)
-        r = need("retained", retained)
-        if not 0 <= k <= n_layers:
-            raise ValueError(f"fastv_k={k} must be in 0..{n_layers} (number of layers at full length)")
-        return [full] * k + [r * n_visual + n_text] * (n_layers - k)
-    if method in PRE_LLM_METHODS:
-        r = need("retained", retained)
-        return [r * n_visual + n_text] * n_layers
-    raise ValueError(f"unknown method {method!r} for a FLOPs schedule; known: {list(SCHEDULE_METHODS)}")
+def method_schedule(method: str, n_layers: int, n_visual: float, *, n_text: float = 0.0,
+                    params: Optional[dict] = None, entering: Optional[float] = None,
+                    kept: Optional[float] = None):
+    """The layer schedule ``method`` declares (``Method.schedule``) for a prefill that was not run: its config from
+    ``params`` (``methods.make_config``, the depth rule at ``n_layers``), the counts a video would decide given as
+    ``entering`` (visual tokens entering the LLM) and ``kept`` (after the in-LLM cut, or a cache's budget)."""
+    from . import methods
+    cfg = methods.make_config(method, params, n_layers=n_layers)
+    return methods.build(method, cfg).schedule(n_layers, n_text, n_visual, entering=entering, kept=kept)
 
 
 def analytic_ratio(shape: LLMShape, method: str, n_visual: float, *, n_text: float = 0.0,
-                   formula: str = "paper", **schedule_kwargs) -> dict:
-    """Prefill MACs of ``method`` vs the unpruned model, from one formula. Returns a dict with
-    ``flops_ratio``, ``macs``, ``macs_unpruned`` and the per-layer ``schedule``."""
-    sched = token_schedule(method, shape.layers, n_visual, n_text=n_text, **schedule_kwargs)
-    base = token_schedule("none", shape.layers, n_visual, n_text=n_text)
-    pruned = llm_prefill_macs(shape, sched, formula=formula)
-    unpruned = llm_prefill_macs(shape, base, formula=formula)
+                   formula: str = "paper", params: Optional[dict] = None, entering: Optional[float] = None,
+                   kept: Optional[float] = None) -> dict:
+    """Prefill MACs of ``method`` vs the unpruned model from its declared schedule (``method_schedule``), one
+    formula. Returns ``flops_ratio``, ``macs``, ``macs_unpruned`` and the per-layer ``schedule`` (visual + text
+    tokens each layer runs on). Token counts are not rounded: ratios averaged over a benchmark are fractional."""
+    sched = method_schedule(method, shape.layers, n_visual, n_text=n_text, params=params, entering=entering,
+                            kept=kept)
+    seq = [t + n_text for t in sched.tokens]
+    pruned = llm_prefill_macs(shape, seq, formula=formula)
+    unpruned = llm_prefill_macs(shape, [n_visual + n_text] * shape.layers, formula=formula)
     return {"flops_ratio": pruned / unpruned, "macs": pruned, "macs_unpruned": unpruned, "formula": formula,
-            "schedule": sched}
+            "schedule": seq}
 
 
 def paper_table() -> List[dict]:
@@ -259,12 +230,36 @@ def paper_table() -> List[dict]:
         (ov, "fastv", 0.30, dict(fastv_k=2, retained=0.30), "assumed: 32 frames, FastV K=2"),
         (ov, "prumerge", 0.49, dict(retained=0.552), "assumed: 32 frames; analytic at the paper's retained 0.552"),
     ):
-        res = analytic_ratio(p.llm, method, p.visual_tokens, formula="paper", **kw)
-        exact = analytic_ratio(p.llm, method, p.visual_tokens, formula="exact", **kw)
+        sched = schedule_kwargs(method, p.visual_tokens, **kw)
+        res = analytic_ratio(p.llm, method, p.visual_tokens, formula="paper", **sched)
+        exact = analytic_ratio(p.llm, method, p.visual_tokens, formula="exact", **sched)
         rows.append({"preset": p.name, "method": method, "params": kw, "flops_ratio": res["flops_ratio"],
                      "flops_ratio_exact": exact["flops_ratio"], "paper": paper, "assumption": assumption,
                      "reproduced": abs(res["flops_ratio"] - paper) <= 0.02})
     return rows
+
+
+def schedule_kwargs(method: str, n_visual: float, *, stage1_ratio: Optional[float] = None,
+                    retained: Optional[float] = None, selected_layer: Optional[int] = None,
+                    fastv_k: Optional[int] = None, **params) -> dict:
+    """The ratios the papers state (``stage1_ratio``, ``retained``, PruneVid's K, FastV's K) as ``analytic_ratio``
+    arguments: ``params`` for the method's config, ``entering`` / ``kept`` token counts over ``n_visual``.
+    ``retained`` is the final visual share: what enters a pre-LLM method, what a FastV / PruneVid cut keeps,
+    a cache method's KV budget."""
+    params = dict(params)
+    if selected_layer is not None:
+        params["selected_layer"] = selected_layer
+    if fastv_k is not None:
+        params["K"] = fastv_k
+    out = {"params": params}
+    if method in ("prunevid", "fastv", "lookm"):
+        if stage1_ratio is not None:
+            out["entering"] = stage1_ratio * n_visual
+        if retained is not None:
+            out["kept"] = retained * n_visual
+    elif retained is not None:
+        out["entering"] = retained * n_visual
+    return out
 
 
 def stage1_ratio_for(shape: LLMShape, n_visual: float, target: float, *, retained: float, selected_layer: int,
@@ -272,8 +267,9 @@ def stage1_ratio_for(shape: LLMShape, n_visual: float, target: float, *, retaine
     """The stage-1 ratio r1 (retained <= r1 <= 1) at which PruneVid's FLOPs ratio equals ``target``
     (bisection; ``None`` when no r1 in that range reaches it)."""
     def f(r1):
-        return analytic_ratio(shape, "prunevid", n_visual, n_text=n_text, formula=formula, stage1_ratio=r1,
-                              retained=retained, selected_layer=selected_layer)["flops_ratio"] - target
+        return analytic_ratio(shape, "prunevid", n_visual, n_text=n_text, formula=formula,
+                              **schedule_kwargs("prunevid", n_visual, stage1_ratio=r1, retained=retained,
+                                                selected_layer=selected_layer))["flops_ratio"] - target
     lo, hi = retained, 1.0
     if f(lo) > 0 or f(hi) < 0:
         return None
@@ -453,39 +449,51 @@ def count_fvcore(model: torch.nn.Module, inputs: dict, *, stage2: bool = True) -
     """
     with torch.no_grad(), capture_llm_inputs(model) as box:
         model(**inputs, logits_to_keep=1)
-    state = getattr(model, "_prunevid", None)
-    plan = getattr(state, "last_plan", None) if stage2 and state is not None else None
+    plan = kit_state.last_plan(model) if stage2 else None
     embeds, pos = box["inputs_embeds"], box["position_ids"]
     if pos is None:
         pos = torch.arange(embeds.shape[1], device=embeds.device)[None]
     elif pos.dim() == 1:
         pos = pos[None]
     return count_fvcore_llm(model.model.language_model, embeds, pos,
-                            pruner=state.pruner if plan is not None else None, plan=plan)
+                            pruner=kit_state.get(model).pruner if plan is not None else None, plan=plan)
 
 
 # -- the analytic count of a measured run ------------------------------------------------------------------
 
 
-def analytic_from_run(shape: LLMShape, stats: dict, *, selected_layer: Optional[int] = None,
-                      n_query: Optional[int] = None, formula: str = "exact", include_text: bool = True,
-                      counter_exact: bool = False) -> float:
-    """Analytic LLM prefill MACs of a run described by ``prunevid.stats(model)``.
-
-    ``selected_layer`` is PruneVid's K when stage 2 ran. ``counter_exact`` adds what the measured counters
-    also see: stage 2's own scoring at layer K (``n_query`` post-video rows).
-    """
+def analytic_from_run(shape: LLMShape, stats: dict, *, n_query: Optional[int] = None, formula: str = "exact",
+                      include_text: bool = True, counter_exact: bool = False, unpruned: bool = False) -> float:
+    """Analytic LLM prefill MACs of a run, from its per-layer record (``stats["layer_tokens"]``, what
+    ``prunevid.stats(model)`` holds after a prefill): each decoder layer at the visual tokens it ran on, plus the
+    text. ``unpruned``: the same prompt with every visual token at every layer. ``counter_exact`` adds what the
+    measured counters also see: an in-LLM cut's own scoring (``n_query`` query rows) at the layer where the
+    record drops."""
+    layer_tokens = stats.get("layer_tokens")
+    if layer_tokens is None:
+        raise ValueError("these statistics carry no per-layer record (layer_tokens): they are not from a prefill "
+                         "of this kit version; use analytic_ratio with the method's declared schedule")
+    if len(layer_tokens) != shape.layers:
+        raise ValueError(f"the record has {len(layer_tokens)} layers, the shape {shape.layers}")
     n_text = stats["text_tokens"] if include_text else 0
-    n1, n2 = stats["visual_tokens_stage1"], stats["visual_tokens_stage2"]
-    if selected_layer is None or n2 == n1:
-        sched = [n1 + n_text] * shape.layers
-    else:
-        k = selected_layer
-        sched = [n1 + n_text] * (k + 1) + [n2 + n_text] * (shape.layers - k - 1)
+    if unpruned:
+        layer_tokens = [stats["visual_tokens_in"]] * shape.layers
+    seq = [t + n_text for t in layer_tokens]
     extra = 0.0
-    if counter_exact and selected_layer is not None and n_query is not None:
-        extra = prunevid_scoring_macs(n1 + n_text, n_query, shape)
-    return llm_prefill_macs(shape, sched, formula=formula, extra=extra)
+    cut = next((i for i in range(len(seq) - 1) if seq[i + 1] < seq[i]), None)
+    if counter_exact and n_query is not None and cut is not None and not unpruned:
+        extra = prunevid_scoring_macs(seq[cut], n_query, shape)
+    return llm_prefill_macs(shape, seq, formula=formula, extra=extra)
+
+
+def flops_ratio_of_run(shape: LLMShape, stats: dict, *, formula: str = "exact",
+                       include_text: bool = True) -> Optional[float]:
+    """Prefill LLM MACs of a run over those of the same prompt unpruned, from the run's per-layer record;
+    ``None`` when the statistics hold no record."""
+    if stats.get("layer_tokens") is None or stats.get("text_tokens") is None:
+        return None
+    kw = dict(formula=formula, include_text=include_text)
+    return analytic_from_run(shape, stats, **kw) / analytic_from_run(shape, stats, unpruned=True, **kw)
 
 
 def fmt_macs(x: float) -> str:
@@ -496,6 +504,7 @@ def fmt_macs(x: float) -> str:
 
 
 __all__ = ["LLMShape", "VisionShape", "Preset", "PRESETS", "preset", "layer_macs_paper", "layer_macs_exact",
-           "llm_prefill_macs", "vision_macs", "token_schedule", "analytic_ratio", "paper_table", "stage1_ratio_for",
+           "llm_prefill_macs", "vision_macs", "method_schedule", "schedule_kwargs", "analytic_ratio", "paper_table",
+           "stage1_ratio_for", "flops_ratio_of_run",
            "FlopReport", "ratio", "count_torch", "count_fvcore", "count_fvcore_llm", "capture_llm_inputs",
            "analytic_from_run", "prunevid_scoring_macs", "fmt_macs"]

@@ -14,18 +14,20 @@ import json
 import os
 
 from . import flops
+from . import state as kit_state
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("flops", help="FLOPs ratio of a method: the paper's table, a preset schedule, or measured on a video")
     p.add_argument("--preset", default="pllava-7b", choices=sorted(flops.PRESETS))
-    p.add_argument("--method", default=None, choices=list(flops.SCHEDULE_METHODS),
-                   help="schedule to count; omit for the paper's FLOPs table")
+    p.add_argument("--method", default=None, help="the method whose declared layer schedule is counted (any of "
+                   "prunevid.methods.available()); omit for the paper's FLOPs table")
     p.add_argument("--stage1-ratio", type=float, default=None, help="PruneVid: visual tokens after stage 1 / all")
     p.add_argument("--retained", type=float, default=None, help="final visual tokens / all (FastV: kept after layer K)")
     p.add_argument("--selected-layer", type=int, default=None,
                    help="PruneVid K, 0-indexed inclusive (default: the preset's, 10)")
-    p.add_argument("--fastv-k", type=int, default=2, help="FastV: number of layers at full length (default 2)")
+    p.add_argument("--fastv-k", type=int, default=None,
+                   help="FastV: number of layers at full length (default: FastV's, 2)")
     p.add_argument("--frames", type=int, default=None, help="frames (default: the preset's; with --video: 16)")
     p.add_argument("--text-tokens", type=int, default=0,
                    help="text tokens counted by the exact formula (the paper's formula always excludes text)")
@@ -56,22 +58,20 @@ def assumed(args) -> dict:
     p = flops.preset(args.preset)
     frames = args.frames or p.frames
     n_vis = frames * p.tokens_per_frame
-    kw = {}
+    from . import methods
+    if args.method not in methods.available():
+        raise ValueError(f"unknown method {args.method!r}; available: {methods.available()}")
+    if args.method == "prunevid" and args.stage1_ratio is None:
+        raise ValueError("--method prunevid needs --stage1-ratio (and --retained for stage 2)")
+    kw = {k: v for k, v in dict(stage1_ratio=args.stage1_ratio, retained=args.retained).items() if v is not None}
     if args.method == "prunevid":
-        if args.stage1_ratio is None:
-            raise ValueError("--method prunevid needs --stage1-ratio (and --retained for stage 2)")
-        kw = dict(stage1_ratio=args.stage1_ratio, retained=args.retained,
-                  selected_layer=p.selected_layer if args.selected_layer is None else args.selected_layer)
-    elif args.method == "fastv":
-        if args.retained is None:
-            raise ValueError("--method fastv needs --retained (share of visual tokens kept after layer K)")
-        kw = dict(fastv_k=args.fastv_k, retained=args.retained)
-    elif args.method not in ("none", "lookm"):
-        if args.retained is None:
-            raise ValueError(f"--method {args.method} needs --retained")
-        kw = dict(retained=args.retained)
-    paper = flops.analytic_ratio(p.llm, args.method, n_vis, n_text=0, formula="paper", **kw)
-    exact = flops.analytic_ratio(p.llm, args.method, n_vis, n_text=args.text_tokens, formula="exact", **kw)
+        kw["selected_layer"] = p.selected_layer if args.selected_layer is None else args.selected_layer
+    if args.method == "fastv" and args.fastv_k is not None:
+        kw["fastv_k"] = args.fastv_k
+    # the method's declared schedule, with the counts a video would decide given as ratios
+    sched = flops.schedule_kwargs(args.method, n_vis, **kw)
+    paper = flops.analytic_ratio(p.llm, args.method, n_vis, n_text=0, formula="paper", **sched)
+    exact = flops.analytic_ratio(p.llm, args.method, n_vis, n_text=args.text_tokens, formula="exact", **sched)
     out = {"preset": p.name, "method": args.method, "params": kw, "frames": frames, "visual_tokens": n_vis,
            "text_tokens_exact": args.text_tokens, "flops_ratio": paper["flops_ratio"],
            "flops_ratio_exact": exact["flops_ratio"], "formula": "paper (4nd^2+2n^2d+2ndm, text excluded)",
@@ -116,15 +116,12 @@ def measure(args) -> dict:
 
     import prunevid
     from . import models, video
-    from .cli import parse_set
+    from .cli_args import parse_set
 
     loaded = models.load(args.model, dtype=args.dtype)
     model = loaded.model
-    n_layers = len(loaded.spec.module.language_layers(model))
     method = args.method or "prunevid"
-    params = parse_set(args.set)
-    if method == "prunevid":
-        params.setdefault("selected_layer", min(loaded.spec.defaults["selected_layer"], n_layers // 2))
+    params = prunevid.methods.make_config(method, parse_set(args.set), model).to_dict()   # the model's K resolved
     path = args.video if os.path.exists(args.video) else video.sample_clip(args.video)
     frames = video.load_video(path, args.frames or 16)
     inputs = video.build_inputs(loaded, frames, args.question)
@@ -140,22 +137,16 @@ def measure(args) -> dict:
         base = count()
         base_stats = prunevid.stats(model)
         prunevid.apply(model, method=method, **params)
-        cfg = model._prunevid.config
+        cfg = kit_state.active_config(model)
         pruned = count()
         stats = prunevid.stats(model)
     prunevid.remove(model)
     n_vis, n_text = stats["visual_tokens_in"], stats["text_tokens"]
-    # the schedule the run followed, in the formula's terms (stage 2 off: every layer at the stage-1 length)
-    k = getattr(cfg, "selected_layer", None) if getattr(cfg, "stage2", False) else None
-    if method == "fastv" and getattr(cfg, "k", getattr(cfg, "K", None)) is not None:   # FastV: K layers at full length
-        k = int(getattr(cfg, "k", getattr(cfg, "K", None))) - 1
-    kw = dict(stage1_ratio=stats["retained_ratio_stage1"], retained=stats["retained_ratio"],
-              selected_layer=shape.layers - 1 if k is None else k)
+    # the formulas follow the schedule the prefill recorded, layer by layer (stats["layer_tokens"])
     out = {"model": loaded.name, "video": path, "frames": frames.shape[0], "method": method, "params": cfg.to_dict(),
            "backend": args.backend, "flops_ratio": flops.ratio(pruned, base, "llm"),
-           "flops_ratio_paper_formula": flops.analytic_ratio(shape, "prunevid", n_vis, formula="paper", **kw)["flops_ratio"],
-           "flops_ratio_exact_with_text": flops.analytic_ratio(shape, "prunevid", n_vis, n_text=n_text, formula="exact",
-                                                                **kw)["flops_ratio"],
+           "flops_ratio_paper_formula": flops.flops_ratio_of_run(shape, stats, formula="paper", include_text=False),
+           "flops_ratio_exact_with_text": flops.flops_ratio_of_run(shape, stats, formula="exact"),
            "measured": {"unpruned": base.to_dict(), "pruned": pruned.to_dict()},
            "stats": stats, "stats_unpruned": base_stats, "units": "MACs (FLOPs = 2 x MACs)",
            "note": "flops_ratio = measured LLM prefill (decoder stack) pruned / unpruned, one backend; vision "

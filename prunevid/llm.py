@@ -209,6 +209,7 @@ class LayerPruner:
         self.plan: Optional[Stage2Plan] = None
         self.policy: Optional[CachePolicy] = None
         self._memo: dict = {}
+        self._seen: Optional[list] = None           # sequence length each layer ran on, while recording
         self._handles = []
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.register_forward_pre_hook(self._make_pre_hook(i), with_kwargs=True))
@@ -233,6 +234,14 @@ class LayerPruner:
         plan, self.plan, self._memo = self.plan, None, {}
         return plan
 
+    def start_record(self) -> None:
+        """Record the sequence length every layer runs on until ``stop_record`` (one prefill)."""
+        self._seen = [None] * len(self.layers)
+
+    def stop_record(self) -> Optional[list]:
+        seen, self._seen = self._seen, None
+        return seen
+
     # -- hooks ----------------------------------------------------------------------------------------------
     def _slice(self, obj, idx: torch.Tensor, dims: int):
         """Slice ``obj`` along its sequence dimension(s), once per object per prefill."""
@@ -243,6 +252,8 @@ class LayerPruner:
 
     def _make_pre_hook(self, i: int) -> Callable:
         def hook(module, args, kwargs):
+            if self._seen is not None:
+                self._seen[i] = int((args[0] if args else kwargs["hidden_states"]).shape[1])
             plan = self.plan
             if plan is None:
                 policy = self.policy

@@ -44,7 +44,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 import traceback
 from typing import Optional
 
@@ -457,11 +456,13 @@ def _fmt(v, pct=False):
 
 
 def _chance(benchmark) -> dict:
-    """Per-category chance level where the benchmark defines one (the synthetic benchmark), in percent."""
-    if str(benchmark).startswith("synthetic"):
-        from .synthetic import CHANCE
-        return {k: 100 * v for k, v in CHANCE.items()}
-    return {}
+    """Per-category chance level where the benchmark defines one (``Benchmark.chance``: the synthetic one), in
+    percent; ``{}`` for a name that is not a registered benchmark."""
+    from . import benchmarks
+    try:
+        return benchmarks.get(str(benchmark)).chance()
+    except ValueError:
+        return {}
 
 
 def _same_items(a: dict, b: dict) -> bool:

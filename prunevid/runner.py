@@ -17,18 +17,17 @@ Generation is greedy with EOS stopping; prefill and per-token decode times are m
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
 import time
 from typing import Optional
 
-import torch
-
 from . import benchmarks, methods, results
+from . import state as kit_state
 from .benchmarks.base import check_protocol
-from .cache import uses_feature_cache
+from .distributed import all_done_ids, barrier, dist_info, init_dist, logged_rows, merge_shards, share
+from .item import eos_ids, run_item
 
 # None = prunevid.models.default_model(): the shipped demo model, or the random tiny model while none is shipped.
 DEFAULT_MODEL = None
@@ -84,7 +83,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .cli import parse_set
+    from .cli_args import parse_set
     res = evaluate(benchmark=args.benchmark, model=args.model, method=args.method, data_root=args.data_root,
                    output_dir=args.output_dir, limit=args.limit, frames=args.frames, dtype=args.dtype,
                    device=args.device, seed=args.seed, protocol=args.protocol, params=parse_set(args.set),
@@ -102,16 +101,6 @@ def run(args) -> int:
 # ---------------------------------------------------------------------------------------------------------
 def default_data_root() -> str:
     return os.environ.get("PRUNEVID_DATA") or "DATAS"
-
-
-def method_config(method: str, params: dict):
-    """The method's config dataclass built from ``--set`` pairs; unknown names are a one-line error."""
-    cls = methods.config_class(method)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"method {method!r} has no hyperparameter(s) {unknown}; known: {sorted(known) or 'none'}")
-    return cls(**params)
 
 
 def check_run_folder(output_dir: str, identity: dict) -> Optional[dict]:
@@ -137,211 +126,6 @@ def _canon(x):
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _sync(device) -> None:
-    if torch.cuda.is_available() and str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _eos_ids(loaded) -> set:
-    ids = set()
-    for src in (getattr(loaded.model, "generation_config", None), loaded.tokenizer):
-        eos = getattr(src, "eos_token_id", None)
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, (list, tuple)):
-            ids.update(int(e) for e in eos)
-    return ids
-
-
-def keywords_stop(tokenizer, keywords=("###", "USER")):
-    """Upstream's ``KeywordsStoppingCriteria`` (``tasks/eval/model_utils.py``) as a ``stop(tokens)`` test: it is not
-    consulted on the first generated token (its first call only records the prompt length) and then stops when
-    EVERY keyword is in the decoded generated text (``skip_special_tokens``) — both, not either."""
-    def stop(tokens) -> bool:
-        if len(tokens) < 2:
-            return False
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        return all(k in text for k in keywords)
-    return stop
-
-
-@torch.no_grad()
-def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set, stop=None):
-    """Greedy decoding with our own loop (prefill call, then one call per token on the returned cache), so
-    prefill and decode are timed apart and the patched prefill path is the one that runs. ``stop(tokens)``
-    (optional) ends the generation after a token, as a transformers stopping criterion would (the token kept).
-
-    Returns (new token ids, prefill stats of the patch, prefill ms, decode ms per token).
-    """
-    import prunevid
-    device = inputs["input_ids"].device
-    _sync(device)
-    t0 = time.perf_counter()
-    out = model(**inputs, use_cache=True, logits_to_keep=1)
-    _sync(device)
-    prefill_ms = 1000 * (time.perf_counter() - t0)
-    stats = prunevid.stats(model) if prunevid.is_patched(model) else {}
-    if stats:
-        stats = dict(stats, **prefill_flops(model, stats))
-    cache = getattr(out, "cache", None)
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    tokens, steps = [], 0
-    t1 = time.perf_counter()
-    while True:
-        tok = int(nxt[0, 0])
-        if tok in eos_ids:
-            break
-        tokens.append(tok)
-        if len(tokens) >= max_new_tokens or (stop is not None and stop(tokens)):
-            break
-        out = model(input_ids=nxt, cache=cache, use_cache=True, logits_to_keep=1)
-        cache = getattr(out, "cache", None)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        steps += 1
-    _sync(device)
-    decode_ms = 1000 * (time.perf_counter() - t1) / steps if steps else None
-    return tokens, stats, prefill_ms, decode_ms
-
-
-def prefill_flops(model, stats: dict) -> dict:
-    """Analytic LLM prefill FLOPs of the last prefill (``prunevid.flops.analytic_from_run``, the kit's "exact"
-    per-layer count, reported as FLOPs = 2 x MACs) and their ratio to the unpruned prefill of the same prompt:
-    layers up to the in-LLM cut run on the stage-1 length, later layers on the stage-2 length."""
-    from . import flops
-    cfg = getattr(model, "config", None)
-    if cfg is None or any(stats.get(k) is None for k in ("visual_tokens_in", "visual_tokens_stage1",
-                                                          "visual_tokens_stage2", "text_tokens")):
-        return {}
-    try:
-        shape = flops.LLMShape.from_config(cfg)
-    except AttributeError:
-        return {}
-    plan = getattr(getattr(model, "_prunevid", None), "last_plan", None)
-    cut = plan.layer if plan is not None and getattr(plan, "keep", None) is not None else None
-    pruned = flops.analytic_from_run(shape, stats, selected_layer=cut)
-    n_in = stats["visual_tokens_in"]
-    full = flops.analytic_from_run(shape, dict(stats, visual_tokens_stage1=n_in, visual_tokens_stage2=n_in))
-    return {"flops_prefill": 2 * pruned, "flops_ratio": pruned / full if full else None}
-
-
-def _frames_error(e: BaseException) -> str:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return f"{type(e).__name__}: {msg}"
-
-
-def _takes_encoded_video(model, inputs: dict) -> bool:
-    """Whether the model can be fed pre-encoded video features: transformers' ``mm_encoder_outputs`` in its
-    forward, a ``get_video_features(..., return_dict=True)`` on its inner model (PLLaVA has neither) and pixels
-    as the only visual input (Qwen2-VL's also need ``video_grid_thw``: encoded by the model itself)."""
-    import inspect
-    if set(inputs) - {"input_ids", "attention_mask", "pixel_values_videos"}:
-        return False
-    inner = getattr(model, "model", None)
-    fn = getattr(inner, "get_video_features", None)
-    if fn is None or "mm_encoder_outputs" not in inspect.signature(type(model).forward).parameters:
-        return False
-    params = inspect.signature(fn).parameters
-    return "return_dict" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _encode(loaded, pixels: torch.Tensor) -> torch.Tensor:
-    """The model's own video features (what the patch receives as ``mm_encoder_outputs``), (1, F*P+1, C)."""
-    with torch.no_grad():
-        out = loaded.model.model.get_video_features(pixels, return_dict=True)
-    return out.pooler_output
-
-
-def _load_clip(bench, item, frames: int, protocol: str, cache):
-    """(frames, short): the item's clip, and whether it had fewer frames than asked (sampled with repeated
-    indices, ``video.ShortClipWarning``). Under ``short_clips="error"`` a short clip raises instead."""
-    import warnings
-    from . import video
-    from .benchmarks.base import PROTOCOL_SAMPLING
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", video.ShortClipWarning)
-        if cache is not None:
-            key = cache.frames_key(item, frames, PROTOCOL_SAMPLING[protocol])
-            clip = cache.frames(key, lambda: bench.frames(item, frames, protocol))
-        else:
-            key, clip = None, bench.frames(item, frames, protocol)
-    short = [w for w in caught if issubclass(w.category, video.ShortClipWarning)]
-    if short and bench.options.short_clips == "error":
-        raise video.VideoError(str(short[0].message))
-    for w in caught:                                      # recorded to be counted, still shown to the user
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return clip, key, bool(short)
-
-
-def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids: set, seed: int,
-             cache=None, method: str = "prunevid") -> dict:
-    """One item -> one samples.jsonl row. ``cache``: a ``prunevid.cache.MediaCache`` (or None).
-
-    The row records the exact ``prompt`` text the model received (the rendered template, the video placeholder
-    written once; ``prompt2`` for VCG's second consistency question) and ``short_clip`` when the clip had
-    fewer frames than asked."""
-    from . import video
-    torch.manual_seed(seed)
-    row = {"id": item.id, "category": item.category, "prediction": None, "parsed": None,
-           "answer": item.answer_letter if bench.multiple_choice else item.answer, "correct": None, "error": None}
-    for key in bench.secondary_categories:
-        row[key] = item.extra.get(key)
-    if bench.multiple_choice and row["answer"] is not None:
-        row["correct"] = False
-    t0 = time.perf_counter()
-    try:
-        clip, key, short = _load_clip(bench, item, frames, protocol, cache)
-    except Exception as e:   # missing / corrupt / too short: recorded, the run goes on
-        row["error"] = _frames_error(e)
-        row["unparsed"] = False
-        row["time_s"] = time.perf_counter() - t0
-        return row
-    if short:
-        row["short_clip"] = True
-    stop = keywords_stop(loaded.tokenizer) if bench.stops_on_keywords(protocol) else None
-    preds, raws, prefill, decode, n_new, stats = [], [], [], [], 0, {}
-    for i, prompt in enumerate(bench.prompts(item, protocol)):
-        rendered = video.build_prompt(loaded.tokenizer, prompt.text, system=prompt.system,
-                                      answer_prefix=prompt.answer_prefix)
-        row["prompt" if i == 0 else f"prompt{i + 1}"] = rendered
-        inputs = video.build_inputs(loaded, clip, prompt.text, system=prompt.system, answer_prefix=prompt.answer_prefix,
-                                    rendered=rendered)
-        if cache is not None and uses_feature_cache(method) and _takes_encoded_video(loaded.model, inputs):
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-            from .cache import model_key
-            pixels = inputs.pop("pixel_values_videos")
-            feats = cache.features(key, model_key(loaded.name, loaded.model.dtype, loaded.preprocessing,
-                                                  getattr(loaded, "fingerprint", None)),
-                                   lambda: _encode(loaded, pixels))
-            inputs["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(
-                pooler_output=feats.to(device=pixels.device, dtype=pixels.dtype))}
-        toks, st, p_ms, d_ms = greedy_generate(loaded.model, inputs, gen["max_new_tokens"], eos_ids, stop=stop)
-        raws.append(loaded.tokenizer.decode(toks, skip_special_tokens=True))
-        preds.append(bench.answer_text(raws[-1], protocol))
-        prefill.append(p_ms)
-        if d_ms is not None:
-            decode.append(d_ms)
-        n_new += len(toks)
-        if i == 0:
-            stats = st
-    score = bench.score(item, preds, protocol)
-    row.update(prediction=preds[0], parsed=score.parsed, correct=score.correct, unparsed=score.unparsed)
-    if score.fallback:
-        row["fallback_parsed"] = True
-    if raws[0] != preds[0]:
-        row["raw_prediction"] = raws[0]            # the generated text, before the protocol's answer extraction
-    if len(preds) > 1:
-        row["prediction2"] = preds[1]
-    row.update({k: stats.get(k) for k in _stats_keys() + ("flops_prefill", "flops_ratio")})
-    row.update(prefill_ms=sum(prefill) / len(prefill), decode_ms_per_token=sum(decode) / len(decode) if decode else None,
-               new_tokens=n_new, time_s=time.perf_counter() - t0)
-    return row
-
-
-def _stats_keys() -> tuple:
-    from .patch import STATS_KEYS
-    return tuple(STATS_KEYS)
-
-
 TOKEN_KEYS = ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2", "kv_visual_tokens", "text_tokens",
               "retained_ratio_stage1", "retained_ratio")
 
@@ -360,14 +144,14 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
     (the model's per-benchmark default, ``models.benchmark_defaults``).
     """
     params = dict(params or {})
-    from .cli import check_device
+    from .cli_args import check_device
     check_device(device)                                 # --device cuda without CUDA: one line, before any work
     if model is None:
         from .models import default_model
         model = default_model()
     bench = benchmarks.get(benchmark)
     bench.options = benchmarks.ProtocolOptions.from_dict(protocol_options)   # unknown / bad option: before any work
-    cfg = method_config(method, params)                  # unknown method / hyperparameter: before any work
+    methods.make_config(method, params)                  # unknown method / hyperparameter: before any work
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     data_root = data_root or default_data_root()
@@ -379,7 +163,7 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
 
     rank, world = dist_info()
     if world > 1:
-        _init_dist()
+        init_dist()
         if str(device).startswith("cuda") and ":" not in str(device):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"   # one GPU per rank
 
@@ -411,9 +195,10 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
     gen = bench.gen_kwargs(protocol)
     output_dir = output_dir or os.path.join("runs", f"{bench.name}-{os.path.basename(str(model).rstrip('/'))}-"
                                                        f"{method}-{protocol}")
-    if "selected_layer" in {f.name for f in dataclasses.fields(cfg)} and "selected_layer" not in params:
-        n_layers = len(loaded.spec.module.language_layers(loaded.model))
-        cfg = cfg.replace(selected_layer=min(defaults.get("selected_layer", 10), n_layers // 2))
+    # the method's model-dependent settings (PruneVid's K...): given > this benchmark's default for the model >
+    # the checkpoint's > the architecture's > the method's, then the depth rule (methods.make_config)
+    kit_state.set_model_defaults(loaded.model, loaded.spec.defaults)
+    cfg = methods.make_config(method, params, loaded.model, benchmark=bench.name)
     method_info = {"name": method, **cfg.to_dict()}
 
     identity = {"benchmark": bench.name, "model": str(model), "weights": getattr(loaded, "fingerprint", None),
@@ -452,7 +237,7 @@ def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit
             problem = str(e)
     # Rank 0's view on every rank: a mixed folder is refused by all (none hangs), and every rank shards the
     # same list of items left (read once, before any rank logs a new item).
-    run_id, problem, done = _share((run_id, problem, done), world)
+    run_id, problem, done = share((run_id, problem, done), world)
     if problem:
         raise ValueError(problem)
     writer = results.RunWriter(output_dir)
@@ -463,7 +248,7 @@ def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit
         todo = todo[rank::world]
         writer.samples_path = os.path.join(output_dir, f"samples.rank{rank}.jsonl")
 
-    eos = _eos_ids(loaded)
+    eos = eos_ids(loaded)
     from .cache import MediaCache
     media_cache = MediaCache.from_env()
     t_start = time.perf_counter()
@@ -494,87 +279,28 @@ def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit
         if bar is not None:
             bar.close()
 
-    _barrier(world)
+    barrier(world)
     if rank != 0:            # rank 0 merges and scores; the others wait for its results
-        _barrier(world)
+        barrier(world)
         with open(writer.results_path) as f:
             return json.load(f)
     writer.samples_path = os.path.join(output_dir, "samples.jsonl")
     merge_shards(output_dir)
     wanted = {it.id for it in items}
     rows = [r for r in writer.read_samples() if r["id"] in wanted]
-    judge_info = None
-    if not bench.multiple_choice:
-        rows, judge_info = _judge(rows, items, output_dir, bench.options)
+    # the benchmark's own last step (VCG: the LLM judge's scores; EgoSchema: the server's submission file)
+    rows, extra = bench.finalize(rows, items, output_dir)
     res = summarize(bench, rows, len(items), run_id=run_id, identity=identity, data_root=data_root, device=device,
                     limit=limit, output_dir=output_dir, session_s=time.perf_counter() - t_start)
-    if judge_info is not None:
-        res["metrics"]["judge"] = judge_info
+    res["metrics"].update(extra or {})
     res.update(results.status_fields(rows, complete=True))
     writer.write_results(res)
-    if bench.name.startswith("egoschema"):
-        from .benchmarks.egoschema import submission
-        results.atomic_write_json(os.path.join(output_dir, "submission.json"), submission(rows))
-    _barrier(world)
+    barrier(world)
     return res
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Several processes (torchrun / accelerate launch): ranks from the environment, gloo for the barriers.
-def dist_info():
-    """(rank, world size) from torchrun's / accelerate's environment; (0, 1) for a plain run."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _init_dist() -> None:
-    import datetime
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        # only barriers travel between ranks, so gloo works for CPU and GPU runs alike; items can take long
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-
-
-def _share(value, world: int):
-    """Rank 0's ``value`` on every rank."""
-    if world <= 1:
-        return value
-    import torch.distributed as dist
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
-
-
-def _shard_paths(output_dir: str) -> list:
-    import glob
-    return sorted(glob.glob(os.path.join(output_dir, "samples.rank*.jsonl")))
-
-
-def logged_rows(output_dir: str, warn=None) -> dict:
-    """{id: row} of samples.jsonl and every rank's shard (one row per id, ``RunWriter.read_samples``); what a
-    log's reading skipped or de-duplicated is passed to ``warn`` as one line per file."""
-    rows = {}
-    for path in [os.path.join(output_dir, "samples.jsonl")] + _shard_paths(output_dir):
-        w = results.RunWriter(output_dir)
-        w.samples_path = path
-        for row in w.read_samples():
-            rows.setdefault(row["id"], row)
-        if warn is not None and w.problems():
-            warn(w.problems())
-    return rows
-
-
-def all_done_ids(output_dir: str) -> set:
-    """Ids logged in samples.jsonl or in any rank's shard (left by an interrupted multi-process run); damaged
-    or duplicated lines are reported on stderr."""
-    return set(logged_rows(output_dir, warn=lambda m: print(f"[eval] warning: {m}", file=sys.stderr, flush=True)))
-
-
 def _interrupted(exc, bench, items, *, run_id, identity, output_dir, data_root, device, limit, rank, t_start):
     """SIGINT / SIGTERM while items run: rank 0 writes an interim results.json (``"complete": false``) from what
     is logged (samples.jsonl and every shard, read without merging: other ranks may still be writing) and
@@ -597,50 +323,14 @@ def check_method_supported(model, method: str) -> None:
     failure on the first item: one that needs the vision tower's attention (VisionZip, PruMerge) on a model
     whose adapter does not extract it (Qwen2-VL's windowed encoder)."""
     from .models.video_patch import VideoModelAdapter
-    impl = getattr(getattr(model, "_prunevid", None), "impl", None)
+    impl = kit_state.active_method(model)
     if impl is None or not getattr(impl, "needs_vision_attention", False) or not getattr(impl, "enabled", True):
         return
-    for module in model.modules():
-        adapter = module.__dict__.get("_prunevid_adapter")
-        if adapter is not None and type(adapter).vision_attention is VideoModelAdapter.vision_attention:
-            raise ValueError(f"method {method!r} needs the vision tower's attention, which the kit does not extract "
-                             f"from {type(model).__name__}; use a method that does not (fastv, prunevid, vidcom2, "
-                             f"dycoke, random, lookm) or another model")
-
-
-def merge_shards(output_dir: str) -> int:
-    """Append the rows of every rank shard to samples.jsonl (skipping ids already there), then remove the
-    shards. Run by rank 0 after all ranks finished, and by any later run (a crashed multi-rank run's shards)."""
-    main = results.RunWriter(output_dir)
-    have = main.done_ids()
-    n = 0
-    for path in _shard_paths(output_dir):
-        shard = results.RunWriter(output_dir)
-        shard.samples_path = path
-        for row in shard.read_samples():
-            if row["id"] not in have:
-                main.append_sample(row)
-                have.add(row["id"])
-                n += 1
-        os.unlink(path)
-    return n
-
-
-def _judge(rows, items, output_dir, options=None):
-    """VCG: score the rows with the LLM judge when ``PRUNEVID_JUDGE_BASE_URL`` is set (replies cached in
-    ``OUTPUT_DIR/judge_cache.jsonl``); without it the predictions are kept and ``metrics.scores`` is None."""
-    from .benchmarks.vcg_judge import Judge, judge_rows
-    from .benchmarks.base import ProtocolOptions
-    options = options or ProtocolOptions()
-    judge = Judge.from_env(cache_path=os.path.join(output_dir, "judge_cache.jsonl"), parse=options.judge_parse,
-                           consistency_labels=options.consistency_labels)
-    if judge is None:
-        return rows, {"status": "not run: set PRUNEVID_JUDGE_BASE_URL (and PRUNEVID_JUDGE_MODEL, OPENAI_API_KEY) "
-                                "and rerun the same command to score"}
-    rows = judge_rows(judge, rows, {it.id: it for it in items})
-    return rows, {"status": "done", "model": judge.model, "endpoint": judge.url, "calls": judge.calls,
-                  "failures": judge.failures, "fallback_parsed": judge.fallback_parsed,
-                  "parse": options.judge_parse, "consistency_labels": options.consistency_labels}
+    adapter = kit_state.get(model).adapter
+    if adapter is not None and type(adapter).vision_attention is VideoModelAdapter.vision_attention:
+        raise ValueError(f"method {method!r} needs the vision tower's attention, which the kit does not extract "
+                         f"from {type(model).__name__}; use a method that does not (fastv, prunevid, vidcom2, "
+                         f"dycoke, random, lookm) or another model")
 
 
 def _flops_summary(rows):

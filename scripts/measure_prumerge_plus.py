@@ -10,7 +10,7 @@ from prunevid import models, synthetic, video
 from prunevid.methods.base import VideoContext
 from prunevid.methods.prumerge import PruMergePlusConfig, PruMergePlusMethod
 from prunevid.models.video_patch import method_probe
-from prunevid.tiny import build_tiny_llava_onevision
+from prunevid.models.tiny import build_tiny_llava_onevision
 
 
 def pool(x, side):                          # (F, side*side, d) -> (F, ceil(side/2)^2, d), as apply_pooling

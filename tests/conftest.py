@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from prunevid.models.llava_onevision import num_video_tokens
-from prunevid.tiny import build_tiny_llava_onevision
+from prunevid.models.tiny import build_tiny_llava_onevision
 
 QUESTION = "Question: What moves?\nOptions:\n(A) the car\n(B) the tree\nOnly give the best option."
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import prunevid
-from prunevid.tiny import build_tiny_llava_onevision
+from prunevid.models.tiny import build_tiny_llava_onevision
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def test_fastv_scores_equal_eager_attention_of_layer_k_minus_1(tiny, tiny_inputs
     try:
         with torch.no_grad():
             model(**tiny_inputs)
-        plan = model._prunevid.last_plan
+        plan = prunevid.state.last_plan(model)
     finally:
         prunevid.remove(model)
     with torch.no_grad():
@@ -37,7 +37,7 @@ def test_vision_importance_equals_eager_siglip_attention(tiny, tiny_inputs, eage
     try:
         with torch.no_grad():
             model(**tiny_inputs)
-        importance = model._prunevid.vision["importance"]                         # (F, Np) before pooling
+        importance = prunevid.state.get(model).vision["importance"]                         # (F, Np) before pooling
     finally:
         prunevid.remove(model)
     pix = tiny_inputs["pixel_values_videos"][0]

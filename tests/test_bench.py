@@ -61,7 +61,7 @@ def test_bench_sweep_mode_times_variants_interleaved_in_one_process(tmp_path, ca
     assert abs(out["variants"][1]["retained_ratio"] - 0.5) < 0.02 and out["variants"][1]["ideal_speedup"] > 1
     # FastV runs its first K=2 layers on every token (its default K), the other layers on the kept ones
     from prunevid import flops
-    from prunevid.tiny import build_tiny_llava_onevision
+    from prunevid.models.tiny import build_tiny_llava_onevision
     shape = flops.LLMShape.from_config(build_tiny_llava_onevision()[0].config)
     t = out["variants"][2]["tokens"]
     n_all, n_kept, n_text = t["visual_tokens_in"], t["visual_tokens_stage2"], t["text_tokens"]

@@ -94,7 +94,7 @@ def test_prunevid_default_unchanged_by_budget_machinery(tiny, tiny_inputs):
     try:
         with torch.no_grad():
             model(**tiny_inputs)
-        assert model._prunevid.last_plan.alpha == 0.4 and "budget" not in prunevid.patch.info(model)
+        assert prunevid.state.last_plan(model).alpha == 0.4 and "budget" not in prunevid.patch.info(model)
     finally:
         prunevid.remove(model)
 
@@ -126,24 +126,26 @@ class _Inert(Method):
 
 def test_divergence_check_catches_silently_inactive_method(tiny, tiny_inputs, monkeypatch):
     model, _ = tiny
-    monkeypatch.setitem(prunevid.methods._METHODS, "inert", ("none", "NoneMethod"))
-    monkeypatch.setattr(prunevid.methods, "method_class",
+    monkeypatch.setitem(prunevid.methods.registry._METHODS, "inert", ("none", "NoneMethod"))
+    monkeypatch.setattr(prunevid.methods.registry, "method_class",
                         lambda name: _Inert if name == "inert" else prunevid.methods.method_class(name))
     with pytest.raises(checks.SilentlyInactiveError):
         checks.divergence_check(model, tiny_inputs, "inert", decode_steps=0)
     assert not prunevid.is_patched(model)
 
 
-def test_analytic_flops_ratio():
-    from types import SimpleNamespace
-    cfg = SimpleNamespace(hidden_size=4, intermediate_size=8, num_hidden_layers=4)
-    st = {"visual_tokens_in": 96, "visual_tokens_stage1": 96, "visual_tokens_stage2": 48, "text_tokens": 4,
-          "kv_visual_tokens": 48}
-    f = budget.layer_flops
-    assert budget.analytic_flops_ratio(st, cfg, cut_layer=1) == pytest.approx(
-        (2 * f(100, 4, 8) + 2 * f(52, 4, 8)) / (4 * f(100, 4, 8)))
-    st_lookm = dict(st, visual_tokens_stage2=96, kv_visual_tokens=20)
-    assert budget.analytic_flops_ratio(st_lookm, cfg) == 1.0
+def test_budget_flops_ratio_follows_the_layer_record():
+    """The papers' convention f(n) = 4nd^2 + 2n^2 d + 2ndm over the token counts each layer recorded."""
+    from prunevid import flops
+    shape = flops.LLMShape(hidden=4, layers=4, heads=1, ffn=8)
+    st = {"visual_tokens_in": 96, "text_tokens": 4, "layer_tokens": [96, 96, 48, 48], "layer_kv_tokens": [48] * 4}
+
+    def f(n):                                                   # worked by hand: d = 4, m = 8
+        return 4 * n * 16 + 2 * n * n * 4 + 2 * n * 4 * 8
+    assert flops.flops_ratio_of_run(shape, st, formula="paper") == pytest.approx((2 * f(100) + 2 * f(52)) / (4 * f(100)))
+    st_lookm = dict(st, layer_tokens=[96] * 4, layer_kv_tokens=[20] * 4)      # a cache method: the prefill is whole
+    assert flops.flops_ratio_of_run(shape, st_lookm, formula="paper") == 1.0
+    assert flops.flops_ratio_of_run(shape, dict(st, layer_tokens=None)) is None
 
 
 def test_budget_record_has_flops(tiny, tiny_inputs):

@@ -123,7 +123,7 @@ def test_dycoke_reduction_order_is_placeable():
 # ====================================================================================== DyCoke, settings, budget
 def test_dycoke_defaults_are_the_lmms_eval_wrapper_settings():
     cfg = dycoke.DyCokeConfig()
-    assert (cfg.K, cfg.L, cfg.P, cfg.similarity_threshold) == (0.7, 3, 0.8, 0.9)
+    assert (cfg.K, cfg.P, cfg.similarity_threshold) == (0.7, 0.8, 0.9) and dycoke.DyCokeConfig.layer_fields == {"L": 3}
     assert not cfg.keep_odd_last_frame and cfg.decode_pruning and cfg.retain is None
 
 

@@ -159,7 +159,7 @@ def test_lookm_per_head_sets_decode(tiny, tiny_inputs, monkeypatch):
             out = model.generate(**tiny_inputs, max_new_tokens=3, do_sample=False)
             st = prunevid.stats(model)
             km = prunevid.methods.kept_map(model)
-            kept = model._prunevid.pruner.policy.kept_positions()
+            kept = prunevid.state.cache_policy(model).kept_positions()
     finally:
         prunevid.remove(model)
     assert out.shape[1] == tiny_inputs["input_ids"].shape[1] + 3
@@ -200,7 +200,7 @@ def test_fastv_positions_cache_and_decode(tiny, tiny_inputs):
     try:
         with torch.no_grad():
             out = model(**tiny_inputs, use_cache=True)
-            plan = model._prunevid.last_plan
+            plan = prunevid.state.last_plan(model)
             cache = getattr(out, "cache", None) or out.past_key_values
             n = tiny_inputs["input_ids"].shape[1]
             model.generate(**tiny_inputs, max_new_tokens=2, do_sample=False)

@@ -11,7 +11,7 @@ import os
 import pytest
 
 import fixtures
-from prunevid import benchmarks, models, results, runner, video
+from prunevid import benchmarks, item, models, results, runner, video
 from prunevid.benchmarks import Item, ProtocolOptions
 from prunevid.benchmarks.base import official_mc_score, official_pred
 from prunevid.benchmarks.vcg_judge import Judge, parse_score
@@ -101,7 +101,7 @@ def test_vcg_answer_text():
 
 def test_vcg_stop_rule_needs_both_keywords():
     tok = build_byte_tokenizer()
-    stop = runner.keywords_stop(tok)
+    stop = item.keywords_stop(tok)
     ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]
     assert not stop(ids("x"))                              # never on the first token
     assert not stop(ids("answer ### more"))                # one keyword is not enough
@@ -117,14 +117,14 @@ def test_vcg_stop_rule_needs_both_keywords():
 
 def test_greedy_generate_stops_on_the_rule(tiny_model_and_inputs):
     model, inputs = tiny_model_and_inputs
-    toks, *_ = runner.greedy_generate(model, inputs, 6, set())
+    toks, *_ = item.greedy_generate(model, inputs, 6, set())
     assert len(toks) == 6
     calls = []
 
     def stop(t):
         calls.append(len(t))
         return len(t) == 3
-    toks2, *_ = runner.greedy_generate(model, inputs, 6, set(), stop=stop)
+    toks2, *_ = item.greedy_generate(model, inputs, 6, set(), stop=stop)
     assert toks2 == toks[:3] and calls == [1, 2, 3]
 
 

@@ -15,7 +15,7 @@ from prunevid import budget, models, video
 from prunevid.methods import prumerge, visionzip
 from prunevid.methods.base import VideoContext
 from prunevid.models.video_patch import vision_layer_index
-from prunevid.tiny import build_tiny_llava_next_video, build_tiny_llava_onevision, build_tiny_pllava
+from prunevid.models.tiny import build_tiny_llava_next_video, build_tiny_llava_onevision, build_tiny_pllava
 
 
 # -- VisionZip: kernel ------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def _vision_record(model, inputs, method, **params):
     try:
         with torch.no_grad():
             model(**inputs)
-        return dict(model.model._prunevid.vision), model.model._prunevid.last_reduction
+        return dict(prunevid.state.get(model).vision), prunevid.state.last_reduction(model.model)
     finally:
         prunevid.remove(model)
 

@@ -7,7 +7,7 @@ import torch
 import prunevid
 from prunevid import flops
 from prunevid.models import LoadedModel, VideoPreprocessing, spec_for
-from prunevid.tiny import build_tiny_llava_onevision
+from prunevid.models.tiny import build_tiny_llava_onevision
 from prunevid.video import build_inputs
 
 
@@ -24,6 +24,7 @@ PLLAVA_ROWS = [
 def test_pllava_flops_column_reproduced(method, kw, paper):
     p = flops.preset("pllava-7b")
     assert p.visual_tokens == 2304
+    kw = flops.schedule_kwargs(method, p.visual_tokens, **kw)        # the paper's ratios -> the method's schedule
     res = flops.analytic_ratio(p.llm, method, p.visual_tokens, n_text=0, formula="paper", **kw)
     assert abs(res["flops_ratio"] - paper) <= 0.02, res["flops_ratio"]
     # the exact variant (SwiGLU, no GQA on Vicuna) rounds the same way
@@ -40,23 +41,30 @@ def test_paper_table_rows():
 
 def test_counting_text_raises_the_ratio():
     p = flops.preset("pllava-7b")
-    kw = dict(stage1_ratio=0.405, retained=0.162, selected_layer=10)
+    kw = flops.schedule_kwargs("prunevid", 2304, stage1_ratio=0.405, retained=0.162, selected_layer=10)
     no_text = flops.analytic_ratio(p.llm, "prunevid", 2304, n_text=0, **kw)["flops_ratio"]
     text = flops.analytic_ratio(p.llm, "prunevid", 2304, n_text=100, **kw)["flops_ratio"]
     assert text > no_text + 0.02          # ~0.26 vs ~0.23: the paper excluded text
 
 
-def test_schedules_follow_layer_conventions():
-    sched = flops.token_schedule("prunevid", 8, 100, n_text=10, stage1_ratio=0.5, retained=0.2, selected_layer=2)
-    assert sched == [60] * 3 + [30] * 5                        # layers 0..K inclusive at the stage-1 length
-    sched = flops.token_schedule("fastv", 8, 100, fastv_k=2, retained=0.25)
-    assert sched == [100] * 2 + [25] * 6                       # FastV: K layers at full length
-    assert flops.token_schedule("prumerge", 4, 100, retained=0.5) == [50] * 4
-    assert flops.token_schedule("none", 3, 100, n_text=5) == [105] * 3
-    with pytest.raises(ValueError):
-        flops.token_schedule("prunevid", 8, 100, stage1_ratio=0.5, retained=0.2, selected_layer=8)
-    with pytest.raises(ValueError):
-        flops.token_schedule("prunevid", 8, 100, stage1_ratio=0.2, retained=0.5, selected_layer=2)
+def test_declared_schedules_follow_layer_conventions():
+    sched = flops.method_schedule("prunevid", 8, 100, params={"selected_layer": 2}, entering=50, kept=20)
+    assert sched.tokens == [50] * 3 + [20] * 5 and sched.kv == [20] * 8   # layers 0..K inclusive at the stage-1 length
+    sched = flops.method_schedule("fastv", 8, 100, params={"K": 2, "R": 0.75})
+    assert sched.tokens == [100] * 2 + [25] * 6 and sched.kv == [25] * 8  # FastV: K layers at full length
+    assert flops.method_schedule("prumerge", 4, 100, entering=50).tokens == [50] * 4
+    assert flops.method_schedule("visionzip", 4, 100, params={"retain": 0.3}).tokens == [30] * 4   # its budget
+    assert flops.method_schedule("none", 3, 100).tokens == [100] * 3
+    look = flops.method_schedule("lookm", 3, 100, params={"retain": 0.25})
+    assert look.tokens == [100] * 3 and look.kv == [25] * 3          # a cache method: the prefill is whole
+    assert flops.method_schedule("fastv", 4, 100).tokens == [100] * 2 + [50] * 2           # K 2, R 0.5 defaults
+    assert flops.method_schedule("fastv", 2, 100).tokens == [100, 50]  # K 2 is beyond 2 layers: the depth rule, 1
+    with pytest.raises(ValueError, match="selected_layer=8"):
+        flops.method_schedule("prunevid", 8, 100, params={"selected_layer": 8}, entering=50, kept=20)
+    with pytest.raises(ValueError, match="cannot exceed"):
+        flops.method_schedule("prunevid", 8, 100, params={"selected_layer": 2}, entering=20, kept=50)
+    with pytest.raises(ValueError, match="depend on the video"):
+        flops.method_schedule("prumerge", 4, 100)
 
 
 def test_exact_formula_reduces_to_paper_formula_without_gqa_and_swiglu():
@@ -71,8 +79,8 @@ def test_stage1_ratio_solver_hits_target():
     p = flops.preset("llava-ov-7b")
     r1 = flops.stage1_ratio_for(p.llm, p.visual_tokens, 0.20, retained=0.17, selected_layer=10)
     assert r1 is not None and 0.17 < r1 < 1
-    got = flops.analytic_ratio(p.llm, "prunevid", p.visual_tokens, stage1_ratio=r1, retained=0.17,
-                               selected_layer=10)["flops_ratio"]
+    got = flops.analytic_ratio(p.llm, "prunevid", p.visual_tokens, **flops.schedule_kwargs(
+        "prunevid", p.visual_tokens, stage1_ratio=r1, retained=0.17, selected_layer=10))["flops_ratio"]
     assert abs(got - 0.20) < 1e-6
 
 
@@ -137,7 +145,7 @@ def test_counters_agree_pruned(tiny):
     try:
         t = flops.count_torch(model, inputs, logits_to_keep=1)
         stats = prunevid.stats(model)
-        plan = model._prunevid.last_plan
+        plan = prunevid.state.last_plan(model)
         fv = flops.count_fvcore(model, inputs)                       # stage 2 runs inside the trace
         fv1 = flops.count_fvcore(model, inputs, stage2=False)        # the stage-1-shortened sequence only
         assert prunevid.stats(model)["visual_tokens_stage2"] == stats["visual_tokens_stage2"]
@@ -146,12 +154,14 @@ def test_counters_agree_pruned(tiny):
     assert stats["visual_tokens_stage1"] < stats["visual_tokens_in"]
     assert stats["visual_tokens_stage2"] < stats["visual_tokens_stage1"]
     n_query = plan.seq_len - plan.query_start
-    analytic = flops.analytic_from_run(shape, stats, selected_layer=k, n_query=n_query, counter_exact=True)
+    n1, n2 = stats["visual_tokens_stage1"], stats["visual_tokens_stage2"]
+    assert stats["layer_tokens"] == [n1] * (k + 1) + [n2] * (shape.layers - k - 1)   # the record: layers 0..K at n1
+    analytic = flops.analytic_from_run(shape, stats, n_query=n_query, counter_exact=True)
     assert _close(t.parts["llm"], analytic) and _close(fv.parts["llm"], analytic), (t.parts, fv.parts, analytic)
     # the plain schedule leaves out stage 2's scoring (a visible share of a 64-wide model, not of a 7B one)
-    plain = flops.analytic_from_run(shape, stats, selected_layer=k)
+    plain = flops.analytic_from_run(shape, stats)
     assert plain < analytic
-    stage1_only = dict(stats, visual_tokens_stage2=stats["visual_tokens_stage1"])
+    stage1_only = dict(stats, layer_tokens=[n1] * shape.layers)
     assert _close(fv1.parts["llm"], flops.analytic_from_run(shape, stage1_only))
     # stage-1 merging is outside the LLM part (FlopCounterMode has no formula for its cdist, so it counts ~0)
     assert t.parts["other"] >= 0

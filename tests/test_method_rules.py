@@ -52,7 +52,7 @@ def test_fastv_keeps_top_by_last_row_attention():
 
 
 def test_fastv_config():
-    assert fastv.FastVConfig().K == 2 and fastv.FastVConfig().R == 0.5 and fastv.FastVConfig().score == "last"
+    assert fastv.FastVConfig.layer_fields == {"K": 2} and fastv.FastVConfig().R == 0.5 and fastv.FastVConfig().score == "last"
     assert fastv.FastVConfig(retain=0.25).drop_ratio == 0.75
     with pytest.raises(ValueError):
         fastv.FastVConfig(score="first")

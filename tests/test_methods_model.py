@@ -67,7 +67,7 @@ class _AlwaysOn(Method):
 def test_patched_path_keeping_everything_is_bit_identical(tiny, tiny_inputs, tiny_ref):
     model, _ = tiny
     prunevid.apply(model, method="none")
-    model._prunevid.impl = _AlwaysOn(NoneConfig())
+    prunevid.state.get(model).impl = _AlwaysOn(NoneConfig())
     try:
         with torch.no_grad():
             logits = model(**tiny_inputs).logits

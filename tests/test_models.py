@@ -5,7 +5,7 @@ import torch
 import prunevid
 from prunevid import models, video
 from prunevid.prune import kept_count
-from prunevid.tiny import (build_tiny_llava_next_video, build_tiny_llava_onevision, build_tiny_pllava,
+from prunevid.models.tiny import (build_tiny_llava_next_video, build_tiny_llava_onevision, build_tiny_pllava,
                            build_tiny_qwen2_vl)
 
 BUILDERS = {"llava_onevision": build_tiny_llava_onevision, "llava_next_video": build_tiny_llava_next_video,
@@ -123,7 +123,7 @@ def test_qwen_reduced_tokens_keep_their_original_positions():
         prunevid.apply(model, selected_layer=1, tau=0.0)          # many static tokens: merged across frames
         with torch.no_grad():
             out = model(**inputs, use_cache=True)
-            red = model._prunevid.last_reduction
+            red = prunevid.state.last_reduction(model)
             feats = torch.cat(list(model.model.get_video_features(inputs["pixel_values_videos"],
                                                                    inputs["video_grid_thw"]).pooler_output))
             token = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -177,7 +177,7 @@ def test_a_selection_equals_the_unpatched_model_on_the_kept_embeddings(method, p
         embeds[0, placeholders] = feats
         prunevid.apply(model, method=method, positions=positions, **params)
         patched = model(**inputs).logits[0, -1]
-        red = model._prunevid.last_reduction
+        red = prunevid.state.last_reduction(model)
         kept = red.info.get("sources", red.kept.reshape(-1).nonzero().squeeze(1))   # DyCoke: its own order
         prunevid.remove(model)
         src = torch.cat([torch.arange(first), first + kept, torch.arange(first + n_feat, ids.numel())])
@@ -201,7 +201,7 @@ def test_original_positions_place_merged_tokens_at_their_earliest_member_and_dec
         prunevid.apply(model, selected_layer=1, tau=0.0, positions="original")   # many tokens merged in time
         with torch.no_grad():
             out = model(**inputs, use_cache=True)
-            red = model._prunevid.last_reduction
+            red = prunevid.state.last_reduction(model)
             feats = model.model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output[0]
             gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     finally:
@@ -235,7 +235,7 @@ def test_original_positions_also_undo_the_reordering_of_a_stage_1_that_removes_n
             for positions in ("renumber", "original"):
                 prunevid.apply(model, tau=1.0, cluster_ratio=1.0, stage2=False, min_merge_size=0, positions=positions)
                 model(**inputs)
-        red = model._prunevid.last_reduction
+        red = prunevid.state.last_reduction(model)
         feats = model.model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output[0]
     finally:
         handle.remove()

@@ -52,7 +52,7 @@ def test_apply_is_idempotent(model_tok):
     prunevid.apply(model, selected_layer=K, alpha=0.3)
     assert type(model.model).__mro__[1].__name__ == "LlavaOnevisionModel"     # not wrapped twice
     assert all(len(layer._forward_pre_hooks) == 1 for layer in model.model.language_model.layers)
-    assert model._prunevid.config.alpha == 0.3
+    assert prunevid.state.active_config(model).alpha == 0.3
 
 
 def test_defaults_prune_generate_and_cache_holds_text_plus_kept(model_tok):
@@ -112,7 +112,7 @@ def test_stage2_matches_a_layer_by_layer_reference(model_tok):
         with torch.no_grad():
             logits = model(**inputs).logits
             s = prunevid.stats(model)
-            plan = model._prunevid.last_plan
+            plan = prunevid.state.last_plan(model)
             sizes = (s["static_tokens"], s["dynamic_tokens"], s["segments"])
             ref, keep = _reference_pruned_logits(model, captured["embeds"], captured["pos"], plan.visual_start,
                                                  plan.visual_len, plan.query_start, sizes, 0.4, K)
@@ -172,7 +172,7 @@ def test_decode_without_positions_uses_the_merged_count(model_tok):
         a = model(input_ids=token, cache=cache).logits
         for layer, (k, v) in zip(cache.layers, snapshot):
             layer.keys, layer.values = k, v
-        model._prunevid.decode.update(seen=0, cache_len=snapshot[0][0].shape[-2], next_pos=n1)
+        prunevid.state.get(model).decode.update(seen=0, cache_len=snapshot[0][0].shape[-2], next_pos=n1)
         b = model(input_ids=token, position_ids=torch.tensor([[inputs["input_ids"].shape[1]]]), cache=cache).logits
     assert torch.allclose(a, b, atol=1e-6)
 
@@ -219,7 +219,7 @@ def test_rope_causal_scoring_changes_the_scores(model_tok):
         prunevid.apply(model, selected_layer=K, scoring=scoring)
         with torch.no_grad():
             model(**inputs)
-        scores.append(model._prunevid.last_plan.scores)
+        scores.append(prunevid.state.last_plan(model).scores)
     assert scores[0].shape == scores[1].shape and not torch.allclose(scores[0], scores[1])
 
 
@@ -261,7 +261,7 @@ def test_unsupported_model_is_named():
 
 def test_small_config_without_spatial_merging():
     """56 px / 14 px patches -> 4 tokens per frame: every group is <= 14 tokens, nothing is merged spatially."""
-    from prunevid.tiny import build_tiny_llava_onevision
+    from prunevid.models.tiny import build_tiny_llava_onevision
     model, tok = build_tiny_llava_onevision(image_size=56, patch_size=14)
     inputs = make_inputs(model, tok, frames=8)
     with torch.no_grad():

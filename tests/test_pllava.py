@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, LlamaConfig
 
 from prunevid.models import pllava_modeling as pm
-from prunevid.tiny import build_byte_tokenizer
+from prunevid.models.tiny import build_byte_tokenizer
 
 
 def tiny_pllava(lora_alpha=14.0):
@@ -136,7 +136,7 @@ def test_generate_and_placeholder_errors():
 def test_registry_loads_a_pllava_directory_and_prunes(tmp_path):
     import prunevid
     from prunevid import models, video
-    from prunevid.tiny import build_tiny_pllava
+    from prunevid.models.tiny import build_tiny_pllava
     model, tok = build_tiny_pllava(lora_alpha=4)
     state = {released_key(k): v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp_path / "model.safetensors"))

@@ -32,9 +32,23 @@ def test_results_json_is_complete_and_atomic(tmp_path):
         w.write_results({"run_id": "x"})
 
 
-def test_parse_set_values():
-    assert cli.parse_set(["alpha=0.3", "selected_layer=2", "stage1=false", "seed=none", "scoring=official"]) == {
-        "alpha": 0.3, "selected_layer": 2, "stage1": False, "seed": None, "scoring": "official"}
+def test_set_pairs_are_typed_by_the_methods_config():
+    from prunevid import methods
+    from prunevid.cli_args import parse_set
+    pairs = parse_set(["alpha=0.3", "selected_layer=2", "stage1=false", "seed=none", "scoring=official"])
+    assert pairs == {"alpha": "0.3", "selected_layer": "2", "stage1": "false", "seed": "none", "scoring": "official"}
+    cfg = methods.make_config("prunevid", pairs)
+    assert (cfg.alpha, cfg.selected_layer, cfg.stage1, cfg.seed, cfg.scoring) == (0.3, 2, False, None, "official")
+    assert methods.make_config("fastv", parse_set(["K=3", "retain=0.25"])).K == 3
+    assert methods.make_config("dycoke", parse_set(["decode_pruning=true", "L=none"])).L == 3    # none: the default
+    with pytest.raises(ValueError, match="stage1 must be true or false"):
+        methods.make_config("prunevid", {"stage1": "yes"})
+    with pytest.raises(ValueError, match="alpha must be a number"):
+        methods.make_config("prunevid", {"alpha": "high"})
+    with pytest.raises(ValueError, match=r"has no parameter\(s\) \['alhpa'\]"):
+        methods.make_config("prunevid", parse_set(["alhpa=0.3"]))
+    with pytest.raises(ValueError, match="expects key=value"):
+        parse_set(["alpha"])
 
 
 def test_clip_walkthrough_writes_report_and_results(tmp_path, capsys):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import fixtures
-from prunevid import cli, models, results, runner
+from prunevid import cli, item, models, results, runner
 
 BENCHES = ("mvbench", "videomme", "egoschema", "vcgbench")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,7 +207,7 @@ def test_method_none_and_lmms_protocol(datas, tiny, tmp_path):
 def test_correct_answers_are_scored(datas, tiny, tmp_path, monkeypatch):
     """With generation replaced by the right letter, every readable item is correct (runner + parser + scorer)."""
     root, _ = datas
-    real = runner.greedy_generate
+    real = item.greedy_generate
     answers = {}
 
     def fake(model, inputs, max_new_tokens, eos_ids, stop=None):
@@ -219,7 +219,7 @@ def test_correct_answers_are_scored(datas, tiny, tmp_path, monkeypatch):
     from prunevid import benchmarks
     for it in benchmarks.get("mvbench").items(root):
         answers[it.question + "\nOptions:\n" + "\n".join(f"({'ABCDE'[i]}) {c}" for i, c in enumerate(it.candidates))] = it.answer_letter
-    monkeypatch.setattr(runner, "greedy_generate", fake)
+    monkeypatch.setattr(item, "greedy_generate", fake)
     res = _eval(tiny, root, tmp_path / "run", "mvbench")
     assert res["metrics"]["accuracy"] == pytest.approx(80.0)          # 4 of 5; the corrupt video is wrong
     assert res["metrics"]["accuracy_valid"] == 100.0 and res["n_samples"]["unparsed"] == 0
@@ -352,8 +352,8 @@ def test_generate_prunes_like_the_runner_loop(tiny):
     inputs = video.build_inputs(tiny, frames, "Question: what?", system="sys", answer_prefix="Best option:(")
     prunevid.apply(tiny.model, selected_layer=2)
     try:
-        toks, stats, _, _ = runner.greedy_generate(tiny.model, inputs, 8, set())
-        tiny.model._prunevid.stats = prunevid.patch.empty_stats()
+        toks, stats, _, _ = item.greedy_generate(tiny.model, inputs, 8, set())
+        prunevid.state.get(tiny.model).stats = prunevid.patch.empty_stats()
         with torch.no_grad():
             gen = tiny.model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=None,
                                       min_new_tokens=8)
@@ -450,10 +450,10 @@ def test_media_cache_sweep_decodes_and_encodes_once(datas, tiny, tmp_path, monke
     plain = {m: _eval(tiny, root, tmp_path / f"plain-{m}", "mvbench", method=m) for m in ("prunevid", "none")}
     monkeypatch.setenv("PRUNEVID_CACHE_DIR", str(tmp_path / "cache"))
     decoded, encoded = [], []
-    real_video, real_folder, real_encode = video.load_video, video.load_frame_folder, runner._encode
+    real_video, real_folder, real_encode = video.load_video, video.load_frame_folder, item._encode
     monkeypatch.setattr(video, "load_video", lambda *a, **k: decoded.append(a[0]) or real_video(*a, **k))
     monkeypatch.setattr(video, "load_frame_folder", lambda *a, **k: decoded.append(a[0]) or real_folder(*a, **k))
-    monkeypatch.setattr(runner, "_encode", lambda *a: encoded.append(1) or real_encode(*a))
+    monkeypatch.setattr(item, "_encode", lambda *a: encoded.append(1) or real_encode(*a))
     for m in ("prunevid", "none"):
         res = _eval(tiny, root, tmp_path / f"cached-{m}", "mvbench", method=m)
         assert res["metrics"] == plain[m]["metrics"] and res["tokens"] == plain[m]["tokens"]
@@ -513,7 +513,8 @@ def test_other_architectures(arch, datas, tmp_path, monkeypatch):
     the model's (PLLaVA: official), and the feature cache gives the same answers."""
     import torch
     import prunevid
-    from prunevid import tiny as tiny_mod, video
+    from prunevid import video
+    from prunevid.models import tiny as tiny_mod
     builder = "qwen2_vl" if arch.startswith("qwen") else arch
     model, tok = getattr(tiny_mod, f"build_tiny_{builder}")(**ARCHS[arch])
     spec = models.spec_for(model)
@@ -524,7 +525,7 @@ def test_other_architectures(arch, datas, tmp_path, monkeypatch):
     inputs = video.build_inputs(lm, frames, "Question: what?", system="sys", answer_prefix="Best option:(")
     prunevid.apply(model, selected_layer=1)
     try:
-        toks, _, _, _ = runner.greedy_generate(model, inputs, 6, set())
+        toks, _, _, _ = item.greedy_generate(model, inputs, 6, set())
         with torch.no_grad():
             gen = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False, eos_token_id=None)
         assert gen[0, inputs["input_ids"].shape[1]:].tolist() == toks

@@ -331,6 +331,16 @@ class Benchmark:
         count as wrong) and per category; ``accuracy_valid`` leaves errored items out."""
         return mc_metrics(rows, self.secondary_categories)
 
+    def finalize(self, rows: List[dict], items: List[Item], output_dir: str) -> Tuple[List[dict], Optional[dict]]:
+        """The benchmark's own step after its last item and before ``aggregate`` (lmms-eval's
+        ``process_results``/``aggregation`` idea): returns the rows (possibly scored further) and extra
+        ``metrics`` entries, or ``None``. VCG runs its LLM judge here; EgoSchema writes its submission file."""
+        return rows, None
+
+    def chance(self) -> Dict[str, float]:
+        """Per-category chance level in percent, where the benchmark defines one (reports draw it); ``{}``."""
+        return {}
+
 
 def linspace_in_bound(path: str, num_frames: int, bound: Tuple[float, float]) -> torch.Tensor:
     """``np.linspace`` frame indices between the bound's first and last frame -> (T, H, W, 3) uint8."""

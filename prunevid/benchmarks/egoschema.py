@@ -45,6 +45,13 @@ class EgoSchema(Benchmark):
         return Prompt(system=LMMS_SYSTEM, text=item.question + "\n" + options + LMMS_POST)
 
 
+    def finalize(self, rows: List[dict], items: List[Item], output_dir: str):
+        """Writes ``OUTPUT_DIR/submission.json`` (``{q_uid: answer index}``, the server's upload format)."""
+        from ..results import atomic_write_json
+        atomic_write_json(os.path.join(output_dir, "submission.json"), submission(rows))
+        return rows, None
+
+
 class EgoSchemaSubset(EgoSchema):
     name = "egoschema-subset"
     subset_only = True

@@ -28,6 +28,11 @@ class Synthetic(MVBench):
         check_protocol(protocol)
         return NUM_FRAMES
 
+    def chance(self) -> dict:
+        """One over the number of options of each task, in percent."""
+        from ..synthetic import CHANCE
+        return {k: 100 * v for k, v in CHANCE.items()}
+
     def prompt(self, item: Item, protocol: str) -> Prompt:
         """Under ``official``: the frozen prompt the demo model was trained on (``prunevid.synthetic.
         SYNTHETIC_SYSTEM`` / ``synthetic_question``: no newline after the system text, no space before the post

@@ -19,7 +19,9 @@ import urllib.error
 import urllib.request
 from typing import Callable, Dict, List, Optional
 
-from .vcgbench import DIMENSIONS
+
+# The five scores of VideoChatGPT-Bench and the question file each is judged on (generic: CI, DO, CU).
+DIMENSIONS = {"CI": "generic", "DO": "generic", "CU": "generic", "TU": "temporal", "CO": "consistency"}
 
 DEFAULT_MODEL = "gpt-3.5-turbo-0125"
 PROMPT_KEYS = {"CI": "correctness", "DO": "detailed_orientation", "CU": "context", "TU": "temporal",

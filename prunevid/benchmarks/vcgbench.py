@@ -10,6 +10,7 @@ import os
 from typing import List
 
 from .base import LMMS_SYSTEM, Benchmark, Item, Prompt, Score, load_json, official_answer_text
+from .vcg_judge import DIMENSIONS  # the judge scores these; the benchmark averages them
 
 SYSTEM = ("You are Video-ChatGPT, a large vision-language assistant. You are able to understand the video content "
           "that the user provides, and assist the user with a variety of tasks using natural language.Follow the "
@@ -18,7 +19,6 @@ SYSTEM = ("You are Video-ChatGPT, a large vision-language assistant. You are abl
 FILES = {"generic": "generic_qa.json", "temporal": "temporal_qa.json", "consistency": "consistency_qa.json"}
 TOTALS = {"generic": 1996, "temporal": 499, "consistency": 499}
 VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".mov")
-DIMENSIONS = {"CI": "generic", "DO": "generic", "CU": "generic", "TU": "temporal", "CO": "consistency"}
 
 
 def find_video(folder: str, name: str) -> str:
@@ -85,6 +85,22 @@ class VCGBench(Benchmark):
 
     def score(self, item: Item, predictions: List[str], protocol: str) -> Score:
         return Score(parsed=None, correct=None, unparsed=False)
+
+    def finalize(self, rows: List[dict], items: List[Item], output_dir: str):
+        """Score the rows with the LLM judge when ``PRUNEVID_JUDGE_BASE_URL`` is set (replies cached in
+        ``OUTPUT_DIR/judge_cache.jsonl``); without it the predictions are kept and ``metrics.scores`` is None.
+        Returns the rows and ``{"judge": what happened}``."""
+        from .vcg_judge import Judge, judge_rows          # its HTTP client: loaded when a run ends
+        options = self.options
+        judge = Judge.from_env(cache_path=os.path.join(output_dir, "judge_cache.jsonl"), parse=options.judge_parse,
+                               consistency_labels=options.consistency_labels)
+        if judge is None:
+            return rows, {"judge": {"status": "not run: set PRUNEVID_JUDGE_BASE_URL (and PRUNEVID_JUDGE_MODEL, "
+                                              "OPENAI_API_KEY) and rerun the same command to score"}}
+        rows = judge_rows(judge, rows, {it.id: it for it in items})
+        return rows, {"judge": {"status": "done", "model": judge.model, "endpoint": judge.url, "calls": judge.calls,
+                                "failures": judge.failures, "fallback_parsed": judge.fallback_parsed,
+                                "parse": options.judge_parse, "consistency_labels": options.consistency_labels}}
 
     def aggregate(self, rows: List[dict]) -> dict:
         counts = {}

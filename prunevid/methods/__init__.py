@@ -2,51 +2,15 @@
 
 Every method is one small module here: pure tensor functions for its token rule, a config dataclass with the
 original defaults, and a ``Method`` subclass answering the model file's three questions (pre-LLM reduction,
-in-LLM plan, KV-cache policy). Shared mechanics live in ``prunevid.llm`` / ``prunevid.prune`` and are never
+in-LLM plan, KV-cache policy). Adding a method = its module plus one line in ``registry._METHODS``;
+``resolve.make_config`` builds every config (names checked, model-dependent defaults resolved). Shared mechanics live in ``prunevid.llm`` / ``prunevid.prune`` and are never
 copied here.
 """
 from __future__ import annotations
 
-import importlib
-
 from .base import ConfigMixin, Method, Reduction, SequenceLayout, VideoContext
-
-# name -> (module in this package, Method subclass)
-_METHODS = {
-    "prunevid": ("prunevid_method", "PruneVidMethod"),
-    "none": ("none", "NoneMethod"),
-    "random": ("random_keep", "RandomKeepMethod"),
-    "fastv": ("fastv", "FastVMethod"),
-    "visionzip": ("visionzip", "VisionZipMethod"),
-    "dycoke": ("dycoke", "DyCokeMethod"),
-    "vidcom2": ("vidcom2", "VidCom2Method"),
-    "prumerge": ("prumerge", "PruMergeMethod"),
-    "prumerge+": ("prumerge", "PruMergePlusMethod"),
-    "lookm": ("lookm", "LookMMethod"),
-}
-
-
-def available() -> list:
-    """Names accepted by ``prunevid.apply(model, method=...)``."""
-    return list(_METHODS)
-
-
-def method_class(method: str) -> type:
-    try:
-        module, cls = _METHODS[method]
-    except KeyError:
-        raise ValueError(f"unknown method {method!r}; available: {available()}") from None
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
-
-
-def config_class(method: str) -> type:
-    return method_class(method).config_class
-
-
-def build(method: str, config) -> Method:
-    """The ``Method`` instance for ``method`` with ``config`` (an instance of ``config_class(method)``)."""
-    return method_class(method)(config)
-
+from .registry import available, build, config_class, method_class
+from .resolve import make_config
 
 def kept_map(model):
     """(F, P) bool for the last prefill of a patched model: which input visual tokens survive as themselves or
@@ -55,9 +19,8 @@ def kept_map(model):
     method keeps on the frames. ``None`` before any prefill."""
     import torch
 
-    state = getattr(model, "_prunevid", None)
-    if state is None:
-        raise ValueError("model is not patched: call prunevid.apply(model, ...) first")
+    from .. import state as kit_state
+    state = kit_state.get(model)
     red = state.last_reduction
     st = state.stats
     if red is None or not st.get("visual_tokens_in"):
@@ -102,5 +65,5 @@ def __getattr__(name):  # backwards compatible: prunevid.methods.NoneConfig
     raise AttributeError(name)
 
 
-__all__ = ["available", "config_class", "method_class", "build", "kept_map", "Method", "Reduction", "SequenceLayout",
+__all__ = ["available", "config_class", "method_class", "build", "make_config", "kept_map", "Method", "Reduction", "SequenceLayout",
            "VideoContext", "ConfigMixin"]

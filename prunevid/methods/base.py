@@ -12,6 +12,11 @@ tensor functions plus three optional answers the model file asks for at the pref
 3. ``cache_policy(layout) -> CachePolicy | None`` — post-prefill / decode-time KV-cache behaviour, run by the
    same hooks.
 
+A method also declares its layer schedule (``schedule``): the visual tokens each decoder layer runs on and keeps
+in its KV cache, for the analytic presets that run no prefill. A prefill records the same two lists as they
+happened (``stats["layer_tokens"]``, ``stats["layer_kv_tokens"]``); FLOPs, ideal speed-ups and budgets read the
+record when there was a prefill and the schedule otherwise.
+
 ``enabled`` False means the method is a no-op at its settings: the model file then runs the unpatched
 forward (bit-identical outputs). ``prunes`` says whether the method claims to remove tokens anywhere (the
 divergence check holds it to that claim).
@@ -96,6 +101,15 @@ class SequenceLayout:
         return slice(self.visual_start, self.visual_start + self.visual_len)
 
 
+@dataclass
+class LayerSchedule:
+    """Visual tokens per decoder layer of one prefill: ``tokens[i]`` the layer runs on, ``kv[i]`` its KV cache
+    holds when the prefill ends. Fractional where a count is an expectation (ratios averaged over videos)."""
+
+    tokens: List[float]
+    kv: List[float]
+
+
 class Method:
     """Base class: a no-op. Subclasses set ``name``, ``config_class`` and override what they use."""
 
@@ -104,7 +118,8 @@ class Method:
     needs_vision_attention: bool = False
 
     def __init__(self, config):
-        self.config = config
+        from .resolve import resolve
+        self.config = resolve(config)          # a layer field left None (no model to ask): the method's default
         self.info: dict = {}
 
     # -- properties the patch and the checks read ----------------------------------------------------------
@@ -128,6 +143,29 @@ class Method:
 
     def cache_policy(self, layout: SequenceLayout):
         return None
+
+    # -- the declared layer schedule -----------------------------------------------------------------------
+    def schedule(self, n_layers: int, n_text: float, n_visual: float, *, entering: Optional[float] = None,
+                 kept: Optional[float] = None) -> LayerSchedule:
+        """The visual tokens each of ``n_layers`` decoder layers runs on and caches, for ``n_visual`` visual and
+        ``n_text`` text tokens in. ``entering`` (tokens entering the LLM) and ``kept`` (after an in-LLM cut, or
+        the KV budget of a cache method) are the counts a video decides; a method fills what its settings
+        decide alone (a ``retain`` budget) and asks for the rest. This base: every layer on what enters."""
+        e = self.entering(n_visual, entering)
+        return LayerSchedule([e] * n_layers, [e] * n_layers)
+
+    def entering(self, n_visual: float, given: Optional[float] = None) -> float:
+        """The visual tokens entering the LLM: ``given``, else what the settings fix (all of them for a no-op,
+        ``retain x n_visual`` for a budget), else a ``ValueError`` (the count depends on the video)."""
+        if given is not None:
+            return given
+        if not self.enabled:
+            return n_visual
+        retain = getattr(self.config, "retain", None)
+        if retain is not None:
+            return retain * n_visual
+        raise ValueError(f"{self.name}: the visual tokens entering the LLM depend on the video at these settings; "
+                         f"give the count (entering=, the CLI's --retained)")
 
 
 def frames_reduction(frames: torch.Tensor, kept: torch.Tensor, info: Optional[dict] = None) -> Reduction:

@@ -66,7 +66,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,8 @@ from .base import ConfigMixin, Method, Reduction, SequenceLayout, VideoContext
 @dataclass
 class DyCokeConfig(ConfigMixin):
     K: float = 0.7                     # TTM merging ratio (dycoke_k)
-    L: int = 3                         # decode pruning from layer L, scored at layer L - 1 (dycoke_l)
+    L: Optional[int] = None            # decode pruning from layer L, scored at layer L - 1 (dycoke_l; None: the
+                                       # model's, ``make_config``: 3, or n_layers // 2 beyond the depth)
     P: float = 0.8                     # decode pruning ratio (dycoke_p)
     decode_pruning: bool = True
     similarity_threshold: float = 0.9  # re-select when the attention's cosine similarity to the last step's is below
@@ -87,11 +88,14 @@ class DyCokeConfig(ConfigMixin):
     keep_odd_last_frame: bool = False  # kit option: keep the last frame of an odd count whole (upstream drops it)
     positions: str = "renumber"        # or "original": kept tokens keep their RoPE positions (PruneVidConfig)
 
+    layer_fields: ClassVar[dict] = {"L": 3}
+
     def __post_init__(self):
         self.positions = check_positions(self.positions)
         self.K = _check_number("K", self.K, 0.0, 1.0)
         self.P = _check_number("P", self.P, 0.0, 1.0)
-        self.L = _check_int("L", self.L, 0)
+        if self.L is not None:
+            self.L = _check_int("L", self.L, 0)
         self.decode_pruning = _check_bool("decode_pruning", self.decode_pruning)
         self.keep_odd_last_frame = _check_bool("keep_odd_last_frame", self.keep_odd_last_frame)
         self.similarity_threshold = _check_number("similarity_threshold", self.similarity_threshold, -1.0, 1.0)
@@ -291,6 +295,12 @@ class DyCokeMethod(Method):
             raise ValueError(f"DyCoke L={cfg.L}: the language model has {num_layers} decoder layers, so there is no "
                              f"layer L to prune from (valid L: 1..{num_layers - 1}); pass a smaller L or "
                              f"decode_pruning=False")
+
+    def entering(self, n_visual: float, given: Optional[float] = None) -> float:
+        """Its temporal merging decides what enters; the decode-time pruning leaves the prefill's cache whole."""
+        if given is None and not self.config.merges:
+            return n_visual
+        return super().entering(n_visual, given)
 
     def reduce(self, video: VideoContext) -> Optional[Reduction]:
         cfg = self.config

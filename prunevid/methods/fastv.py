@@ -12,25 +12,28 @@ the prefill. ``retain`` (matched budget) overrides ``R`` with ``1 - retain``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from ..config import _check_int, _check_number
 from ..llm import Stage2Plan
 from ..prune import count_for_ratio
-from .base import ConfigMixin, Method, SequenceLayout
+from .base import ConfigMixin, LayerSchedule, Method, SequenceLayout
 
 SCORES = ("last", "all")
 
 
 @dataclass
 class FastVConfig(ConfigMixin):
-    K: int = 2
+    K: Optional[int] = None            # None: resolved from the model (``make_config``): 2, or n_layers // 2 beyond
     R: float = 0.5
     score: str = "last"
     retain: Optional[float] = None
 
+    layer_fields: ClassVar[dict] = {"K": 2}
+
     def __post_init__(self):
-        self.K = _check_int("K", self.K, 1)
+        if self.K is not None:
+            self.K = _check_int("K", self.K, 1)
         self.R = _check_number("R", self.R, 0.0, 1.0)
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
@@ -67,3 +70,21 @@ class FastVMethod(Method):
                           alpha=1.0, layer=cfg.K - 1, scoring="rope_causal", reduce="mean",
                           query=cfg.score, select="topk",
                           n_keep=fastv_keep_count(layout.visual_len, cfg.drop_ratio))
+
+    def schedule(self, n_layers: int, n_text: float, n_visual: float, *, entering: Optional[float] = None,
+                 kept: Optional[float] = None) -> LayerSchedule:
+        """The first K layers on every visual token, layers K.. on the kept ones; every layer's cache holds the
+        kept ones. ``kept`` defaults to ``floor((1 - R) x n_visual)`` (fractional for a fractional count)."""
+        k = self.config.K
+        if not 0 <= k <= n_layers:
+            raise ValueError(f"FastV K={k} must be in 0..{n_layers} (the layers at full length)")
+        n = self.entering(n_visual, entering)
+        if kept is None:
+            drop = self.config.drop_ratio
+            kept = fastv_keep_count(int(n), drop) if float(n).is_integer() else (1.0 - drop) * n
+        if not self.enabled:
+            kept = n
+        return LayerSchedule([n] * k + [kept] * (n_layers - k), [kept] * n_layers)
+
+    def entering(self, n_visual: float, given: Optional[float] = None) -> float:
+        return n_visual if given is None else given            # FastV prunes inside the LLM only

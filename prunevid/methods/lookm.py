@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from ..config import _check_int, _check_number
 from ..llm import CachePolicy, cached_keys, rope_queries
 from ..prune import attention_column_sums, count_for_ratio
-from .base import ConfigMixin, Method, SequenceLayout
+from .base import ConfigMixin, LayerSchedule, Method, SequenceLayout
 
 MERGES = ("pivotal", "average", "weighted", "none")
 RATIOS_OF = ("sequence", "visual")
@@ -297,6 +297,25 @@ class LookMMethod(Method):
         if cfg.retain is not None:
             return cfg.retain < 1.0
         return cfg.hh_ratio + cfg.recent_ratio < 1.0
+
+    def entering(self, n_visual: float, given: Optional[float] = None) -> float:
+        return n_visual if given is None else given            # the prefill runs on every token
+
+    def schedule(self, n_layers: int, n_text: float, n_visual: float, *, entering: Optional[float] = None,
+                 kept: Optional[float] = None) -> LayerSchedule:
+        """Every layer runs on every token; after the prefill each layer's cache holds ``kept`` visual entries
+        (default: ``floor(retain x n_visual)`` with a budget; without one the count depends on the text prior
+        and must be given)."""
+        n = self.entering(n_visual, entering)
+        if kept is None:
+            if not self.enabled:
+                kept = n
+            elif self.config.retain is not None:
+                kept = count_for_ratio(self.config.retain, int(n)) if float(n).is_integer() else self.config.retain * n
+            else:
+                raise ValueError("lookm: the visual entries its cache keeps depend on the prompt's text at these "
+                                 "settings; give the count (kept=, the CLI's --retained)")
+        return LayerSchedule([n] * n_layers, [kept] * n_layers)
 
     def cache_policy(self, layout: SequenceLayout):
         n_heavy, n_recent = self.config.sizes(layout.seq_len, layout.visual_len)

@@ -22,7 +22,7 @@ from ..config import PruneVidConfig
 from ..llm import Stage2Plan
 from ..merge import merge_video_tokens
 from ..prune import kept_count
-from .base import Method, Reduction, SequenceLayout, VideoContext
+from .base import LayerSchedule, Method, Reduction, SequenceLayout, VideoContext
 
 ALPHA_GRID = [i / 1000 for i in range(1, 1001)]
 CLUSTER_RATIO_STEPS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -109,6 +109,31 @@ class PruneVidMethod(Method):
                               "cluster_ratio": cluster_ratio, "stage1_min_tokens": floor, "expected_tokens": kept, "reachable": ok,
                               "note": note}
         return red
+
+    def entering(self, n_visual: float, given: Optional[float] = None) -> float:
+        if given is not None or not self.config.stage1:
+            return n_visual if given is None else given
+        raise ValueError("prunevid: the tokens after stage 1 depend on the video; give the count (entering=, the "
+                         "CLI's --stage1-ratio)")
+
+    def schedule(self, n_layers: int, n_text: float, n_visual: float, *, entering: Optional[float] = None,
+                 kept: Optional[float] = None) -> LayerSchedule:
+        """Layers 0..K (``selected_layer``, inclusive) run on the stage-1 tokens, layers K+1.. on the kept ones,
+        and every layer's cache holds the kept ones (the caches of 0..K are cut after layer K). ``kept``
+        defaults to ``retain x n_visual`` with a budget, else ``alpha x`` the stage-1 count (floor per group
+        in a real prefill)."""
+        cfg = self.config
+        e = self.entering(n_visual, entering)
+        if not cfg.stage2:
+            return LayerSchedule([e] * n_layers, [e] * n_layers)
+        k = cfg.selected_layer
+        if not 0 <= k < n_layers:
+            raise ValueError(f"selected_layer={k} must be in 0..{n_layers - 1} (0-indexed, inclusive)")
+        if kept is None:
+            kept = cfg.retain * n_visual if cfg.retain is not None else cfg.alpha * e
+        if kept > e + 1e-9:
+            raise ValueError(f"the kept tokens ({kept}) cannot exceed the stage-1 tokens ({e})")
+        return LayerSchedule([e] * (k + 1) + [kept] * (n_layers - k - 1), [kept] * n_layers)
 
     def plan(self, layout: SequenceLayout) -> Optional[Stage2Plan]:
         cfg = self.config

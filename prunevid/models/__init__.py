@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from .. import state as kit_state
+
 
 @dataclass
 class ModelSpec:
@@ -42,16 +44,11 @@ _REGISTRY = {
 }
 
 
-# Random-weight tiny models of every registered architecture, by name (tests, demos, smoke runs).
-TINY_ARCH = {"tiny": "llava_onevision", "tiny-llava-next-video": "llava_next_video", "tiny-pllava": "pllava",
-             "tiny-qwen2.5-vl": "qwen2_vl", "tiny-qwen2-vl": "qwen2_vl"}
-TINY_MODELS = {
-    "tiny": ("build_tiny_llava_onevision", {}),
-    "tiny-llava-next-video": ("build_tiny_llava_next_video", {}),
-    "tiny-pllava": ("build_tiny_pllava", {}),
-    "tiny-qwen2.5-vl": ("build_tiny_qwen2_vl", {"version": "2.5"}),
-    "tiny-qwen2-vl": ("build_tiny_qwen2_vl", {"version": "2"}),
-}
+def tiny_models() -> dict:
+    """The random-weight tiny models of every registered architecture (tests, demos, smoke runs), by name:
+    ``{name: (builder, registry entry, builder kwargs)}``; ``prunevid.models.tiny`` declares them."""
+    from . import tiny
+    return tiny.TINY_MODELS
 
 
 # The demo model (a plain LLaVA-OneVision trained on the synthetic benchmark) ships inside the package.
@@ -164,7 +161,7 @@ def fingerprint_of(name_or_path: Optional[str]) -> Optional[str]:
     """The fingerprint ``load(name_or_path)`` would record, without loading: None for the tiny models, for hub
     ids (resolved only when loaded) and for names that resolve to nothing here."""
     name = name_or_path or default_model()
-    if name in TINY_MODELS:
+    if name in tiny_models():
         return None
     path = DEMO_MODEL_DIR if name == "demo" else name
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -178,8 +175,9 @@ def peek_defaults(name_or_path: Optional[str]) -> dict:
     id not downloaded). ``"arch"`` names the registry entry and ``"kit_model"`` is True for the kit's own demo
     and tiny models."""
     name = name_or_path or default_model()
-    if name in TINY_ARCH:
-        return {**registry()[TINY_ARCH[name]].defaults, "arch": TINY_ARCH[name], "kit_model": True}
+    if name in tiny_models():
+        arch = tiny_models()[name][1]
+        return {**registry()[arch].defaults, "arch": arch, "kit_model": True}
     path = DEMO_MODEL_DIR if name == "demo" else name
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
@@ -196,10 +194,8 @@ def peek_defaults(name_or_path: Optional[str]) -> dict:
 
 
 def benchmark_defaults(defaults: dict, benchmark: str) -> dict:
-    """A model's defaults for one benchmark: its ``benchmarks[benchmark]`` entry laid over the rest (PLLaVA on
-    VCG: ``selected_layer`` 5 and ``lora_alpha`` 4, as PruneVid's ``scripts/eval.sh``)."""
-    per = (defaults.get("benchmarks") or {}).get(benchmark) or {}
-    return {**{k: v for k, v in defaults.items() if k != "benchmarks"}, **per}
+    """A model's defaults for one benchmark (``prunevid.state.defaults_for_benchmark``)."""
+    return kit_state.defaults_for_benchmark(defaults, benchmark)
 
 
 def default_dtype(defaults: dict, protocol: str) -> str:
@@ -247,19 +243,18 @@ def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementatio
         loaded = load(demo_model_dir(), dtype=dtype, device=device, attn_implementation=attn_implementation)
         loaded.name = "demo"
         return loaded
-    if name_or_path in TINY_MODELS:
-        from .. import tiny
-        model, tok = getattr(tiny, TINY_MODELS[name_or_path][0])(attn_implementation=attn_implementation,
-                                                                 **TINY_MODELS[name_or_path][1])
+    if name_or_path in tiny_models():
+        build, _, kwargs = tiny_models()[name_or_path]
+        model, tok = build(attn_implementation=attn_implementation, **kwargs)
         model = model.to(device=device, dtype=torch_dtype)
         size = getattr(model.config.vision_config, "image_size", 112)
-        return LoadedModel(model, tok, spec_for(model), VideoPreprocessing(size=size), name_or_path)
+        return _attach(LoadedModel(model, tok, spec_for(model), VideoPreprocessing(size=size), name_or_path))
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
     path = name_or_path
     if not os.path.isdir(path):
         if path.startswith((".", "/", "~")) or path.count("/") != 1:
             raise FileNotFoundError(f"model directory not found: {path} (a hub id looks like 'org/name'; "
-                                    f"registry names: {sorted(TINY_MODELS)})")
+                                    f"registry names: {sorted(['demo', *tiny_models()])})")
         from huggingface_hub import snapshot_download
         path = snapshot_download(name_or_path)
     with open(os.path.join(path, "config.json")) as f:
@@ -274,8 +269,15 @@ def load(name_or_path: str, *, dtype="float32", device="cpu", attn_implementatio
     if getattr(tokenizer, "chat_template", None) is None and os.path.isfile(template):
         with open(template) as f:
             tokenizer.chat_template = json.load(f)["chat_template"]
-    return LoadedModel(model, tokenizer, with_kit_defaults(spec_for(model), path), preprocessing_from_dir(path, config),
-                       name_or_path, weights_fingerprint(path))
+    return _attach(LoadedModel(model, tokenizer, with_kit_defaults(spec_for(model), path),
+                               preprocessing_from_dir(path, config), name_or_path, weights_fingerprint(path)))
+
+
+def _attach(loaded: LoadedModel) -> LoadedModel:
+    """The model carries its defaults (registry + checkpoint), so ``prunevid.apply(loaded.model)`` resolves the
+    same settings as the runner does."""
+    kit_state.set_model_defaults(loaded.model, loaded.spec.defaults)
+    return loaded
 
 
 def _load_pllava(path, name, dtype, device, attn_implementation, lora_alpha) -> LoadedModel:
@@ -296,4 +298,4 @@ def _load_pllava(path, name, dtype, device, attn_implementation, lora_alpha) -> 
             cfg = json.load(f)
         pre.mean = tuple(cfg.get("image_mean", pre.mean))
         pre.std = tuple(cfg.get("image_std", pre.std))
-    return LoadedModel(model, tokenizer, spec_for(model), pre, name, weights_fingerprint(path))
+    return _attach(LoadedModel(model, tokenizer, spec_for(model), pre, name, weights_fingerprint(path)))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 
 from .video_patch import VideoModelAdapter, probing_get_video_features, standard_module_functions
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import state as kit_state
 from .video_patch import VideoModelAdapter, method_probe, probe_call, standard_module_functions
 
 ARCHITECTURES = ("PllavaForConditionalGeneration",)
@@ -44,7 +45,7 @@ class Adapter(VideoModelAdapter):
         return int(config.pooling_shape[1]) * int(config.pooling_shape[2])
 
     def encode(self, inner, videos, kwargs):
-        state = inner.__dict__.get("_prunevid")
+        state = kit_state.find(inner)
         if state is None or not state.impl.needs_vision_attention:
             return inner.get_video_features(videos)
         probe = method_probe(inner.vision_tower, inner.config.vision_feature_layer, state.impl)

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from .. import state as kit_state
 from .video_patch import VideoModelAdapter, patch_inner, standard_module_functions, unpatch_inner
 
 ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
@@ -34,7 +35,7 @@ def _grid(kwargs, inner=None):
     if thw is None and inner is not None:
         # generate() encodes the video first and drops video_grid_thw from the prefill's arguments; the patched
         # get_video_features recorded it
-        thw = inner.__dict__.get("_prunevid_grid")
+        thw = inner.__dict__.get("_recorded_video_grid_thw")
     if thw is None:
         raise ValueError("Qwen2-VL needs video_grid_thw with pixel_values_videos")
     return [int(v) for v in thw[0]]
@@ -43,11 +44,11 @@ def _grid(kwargs, inner=None):
 def _recording_get_video_features(parent):
     @functools.wraps(parent.get_video_features)   # generate() reads this signature to pick its arguments
     def get_video_features(self, pixel_values_videos, video_grid_thw=None, *args, **kwargs):
-        state = self.__dict__.get("_prunevid")
+        state = kit_state.find(self)
         if state is not None and state.impl.enabled and state.impl.needs_vision_attention:
             raise NotImplementedError(f"method {state.method!r} needs the vision tower's attention, which the kit "
                                       "does not extract from Qwen2-VL's windowed vision encoder")
-        self.__dict__["_prunevid_grid"] = video_grid_thw
+        self.__dict__["_recorded_video_grid_thw"] = video_grid_thw
         return parent.get_video_features(self, pixel_values_videos, video_grid_thw, *args, **kwargs)
     return get_video_features
 
@@ -149,5 +150,5 @@ def patch(model, state) -> None:
 
 
 def unpatch(model) -> None:
-    model.model.__dict__.pop("_prunevid_grid", None)
+    model.model.__dict__.pop("_recorded_video_grid_thw", None)
     unpatch_inner(model.model)

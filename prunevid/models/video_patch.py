@@ -32,7 +32,8 @@ import torch
 
 from ..llm import get_cache
 from ..methods.base import Reduction, SequenceLayout, VideoContext
-from ..patch import empty_stats, finish_stats
+from .. import state as kit_state
+from ..state import empty_stats, finish_stats
 
 
 class VideoModelAdapter:
@@ -94,19 +95,18 @@ def patch_inner(inner, state, adapter: VideoModelAdapter, extra: Optional[dict] 
             kwargs.update(zip(arg_names, args))
             return _forward(self, parent, kwargs)
 
-        attrs = {"forward": forward, "_prunevid_parent": parent}
+        attrs = {"forward": forward, "_unpatched_class": parent}
         attrs.update(extra or {})
         _CLASS_CACHE[key] = type(f"PruneVid{parent.__name__}", (parent,), attrs)
     inner.__class__ = _CLASS_CACHE[key]
-    inner._prunevid = state
-    inner._prunevid_adapter = adapter
+    state.adapter = adapter
+    kit_state.attach(inner, state)
 
 
 def unpatch_inner(inner) -> None:
-    if hasattr(inner, "_prunevid_parent"):
-        inner.__class__ = inner._prunevid_parent
-    inner.__dict__.pop("_prunevid", None)
-    inner.__dict__.pop("_prunevid_adapter", None)
+    if hasattr(inner, "_unpatched_class"):
+        inner.__class__ = inner._unpatched_class
+    kit_state.detach(inner)
 
 
 def standard_module_functions(adapter: VideoModelAdapter, class_extras=None):
@@ -149,8 +149,8 @@ def _features_of(encoded) -> torch.Tensor:
 
 
 def _forward(self, parent, kwargs):
-    state = self._prunevid
-    adapter = self._prunevid_adapter
+    state = kit_state.find(self)
+    adapter = state.adapter
     method = state.impl
     videos = kwargs.get("pixel_values_videos")
     encoded = _encoded_video(kwargs)
@@ -163,9 +163,14 @@ def _forward(self, parent, kwargs):
         state.pruner.set_policy(None)
         state.info = {}
         if not method.enabled:
-            state.stats = _unpruned_stats(self, adapter, input_ids)
-            return parent.forward(self, **kwargs)
-        return _pruned_prefill(self, parent, adapter, state, kwargs)
+            state.pruner.start_record()
+            try:
+                out = parent.forward(self, **kwargs)
+            finally:
+                seen = state.pruner.stop_record()
+            state.stats = _record_layers(_unpruned_stats(self, adapter, input_ids), seen, out, past)
+            return out
+        return _pruned_prefill(self, parent, adapter, state, kwargs, past)
 
     dec = state.decode
     if dec is not None and past > 0 and past == dec["cache_len"]:
@@ -185,7 +190,21 @@ def _unpruned_stats(self, adapter, input_ids) -> dict:
     return finish_stats(stats)
 
 
-def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
+def _record_layers(stats: dict, seen, out, past: int) -> dict:
+    """``layer_tokens`` / ``layer_kv_tokens`` of a prefill (``prunevid.state.STATS_KEYS``): the visual tokens each
+    decoder layer ran on, as its hook saw the sequence, and the visual entries its cache holds at the end."""
+    text = stats.get("text_tokens")
+    if text is None or not seen or any(n is None for n in seen):
+        return stats
+    stats["layer_tokens"] = [n - text for n in seen]
+    cache = getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    if layers and past == 0 and len(layers) == len(seen):
+        stats["layer_kv_tokens"] = [layer.get_seq_length() - text for layer in layers]
+    return stats
+
+
+def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs, past: int = 0):
     method = state.impl
     input_ids = kwargs.get("input_ids")
     videos = kwargs.get("pixel_values_videos")
@@ -290,9 +309,11 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
     if policy is not None:
         policy.phase = "prefill"
     state.pruner.set_policy(policy)
+    state.pruner.start_record()
     try:
         out = parent.forward(self, **new_kwargs)
     finally:
+        seen = state.pruner.stop_record()
         if plan is not None:
             state.pruner.disarm()
         if policy is not None:
@@ -316,7 +337,7 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs):
                         else (full_pos.shape[0] if full_pos.dim() == 3 else None)}
     else:
         state.pruner.set_policy(None)
-    state.stats = finish_stats(stats)
+    state.stats = _record_layers(finish_stats(stats), seen, out, past)
     state.info = dict(red.info)
     state.info.pop("merge", None)
     state.info.pop("sources", None)                        # a tensor, on the reduction (representative_sources)
@@ -512,7 +533,7 @@ def probing_get_video_features(parent):
     video *before* the prefill (``mm_encoder_outputs``) through this method."""
     @functools.wraps(parent.get_video_features)   # generate() reads this signature to pick its arguments
     def get_video_features(self, pixel_values_videos, *args, **kwargs):
-        state = self.__dict__.get("_prunevid")
+        state = kit_state.find(self)
         if state is None or not state.impl.enabled or not state.impl.needs_vision_attention:
             return parent.get_video_features(self, pixel_values_videos, *args, **kwargs)
         layer = kwargs.get("vision_feature_layer", args[0] if args else None)
