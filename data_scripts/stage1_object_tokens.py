@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from prunevid import benchmarks, merge, models, synthetic as S, video          # noqa: E402
 from prunevid.runner import default_data_root                                  # noqa: E402
-from train_demo_model import cell_fractions                                    # noqa: E402
+from prunevid.synthetic.training.labels import cell_fractions                  # noqa: E402
 
 SETTINGS = {
     "paper (tau 0.8, cluster_ratio 0.5)": dict(tau=0.8, cluster_ratio=0.5),

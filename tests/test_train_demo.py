@@ -1,4 +1,6 @@
-"""Pieces of data_scripts/train_demo_model.py that need no training: sequences, loss masks, aux labels, batches."""
+"""Pieces of the demo model's trainer (``prunevid.synthetic.training``, run by data_scripts/train_demo_model.py) that
+need no training: sequences, loss masks, aux labels, batches."""
+import ast
 import importlib.util
 import json
 import math
@@ -12,21 +14,40 @@ import torch
 
 from prunevid import synthetic as S
 from prunevid.synthetic import demo_model as D
-
-_PATH = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "train_demo_model.py")
+from prunevid.synthetic import training
+from prunevid.synthetic.training import checkpoints
 
 
 @pytest.fixture(scope="module")
 def T():
-    spec = importlib.util.spec_from_file_location("train_demo_model", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return training
 
 
 @pytest.fixture(scope="module")
 def enc(T):
     return T.Encoder(D.build_demo_tokenizer())
+
+
+def test_the_script_runs_the_package_and_the_synthetic_world_never_imports_it(T):
+    """data_scripts/train_demo_model.py is the package's entry point, nothing more; no file of prunevid.synthetic
+    imports the training package (importing the world does not load the trainer)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "train_demo_model.py")
+    spec = importlib.util.spec_from_file_location("train_demo_model", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main is T.main
+    root = os.path.dirname(S.__file__)
+    for f in sorted(os.listdir(root)):
+        if not f.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(open(os.path.join(root, f)).read())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            else:
+                continue
+            assert not any("training" in n.split(".") for n in names), f"prunevid/synthetic/{f} imports the trainer"
 
 
 def test_training_sequence_is_the_chat_template_of_a_multi_turn_conversation(T, enc):
@@ -362,9 +383,9 @@ def test_command_line_round_trips(T):
     cmd = T.command_line(args)
     assert "--minutes" not in cmd and "--out" not in cmd and "--no-bf16" in cmd
     again = T.parse_args(cmd.split())
-    skip = set(T._SITTING_OPTIONS)
-    assert {k: v for k, v in T._plain_args(again).items() if k not in skip} == \
-        {k: v for k, v in T._plain_args(args).items() if k not in skip}
+    skip = set(checkpoints._SITTING_OPTIONS)
+    assert {k: v for k, v in checkpoints._plain_args(again).items() if k not in skip} == \
+        {k: v for k, v in checkpoints._plain_args(args).items() if k not in skip}
     assert again.ground_task_weights == args.ground_task_weights
     # an export records the planned schedule and where the sitting stopped
     cut = T.command_line(args, steps=6800, stop_at=6450)

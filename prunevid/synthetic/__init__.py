@@ -6,7 +6,8 @@ prompt, options, each task's question maker, captions, vocabulary); ``splits.py`
 files on disk, checksums, in-memory training draws); ``demo_model.py`` the demo model's tokenizer and architecture.
 Each file imports only the ones listed before it, and none imports ``prunevid.benchmarks``
 (``benchmarks/synthetic.py`` imports this package). Every public name but ``demo_model``'s is re-exported here;
-``demo_model`` needs torch and transformers, so it is imported on its own (``prunevid.synthetic.demo_model``).
+``demo_model`` needs torch and transformers, so it is imported on its own (``prunevid.synthetic.demo_model``), and
+so is ``training/``, the demo model's trainer (run by ``data_scripts/train_demo_model.py``).
 """
 from .pixels import (COLORS, FILE_FRAMES, FPS, FRAME_SIZE, NUM_FRAMES, SCENES, make_background, object_pixels,
                      render, shape_mask, token_coverage, write_mp4)

@@ -1,0 +1,128 @@
+"""The trainer's command line: every option of the recipe and of a sitting, with its help text, parsed and checked."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ... import synthetic as S
+from .. import demo_model as D
+
+# the --help description: the first line of data_scripts/train_demo_model.py's docstring, as before the package
+DESCRIPTION = ("Train the demo video LLM (a plain LlavaOnevisionForConditionalGeneration) on the synthetic benchmark, "
+               "on CPU.")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=DESCRIPTION)
+    ap.add_argument("--out", default="runs/demo_model")
+    ap.add_argument("--size", default="s", choices=sorted(D.SIZES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=3000, help="planned total steps (for the LR schedule)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--questions-per-video", type=int, default=4, help="QA turns per training sequence")
+    ap.add_argument("--caption-weight", type=float, default=0.5, help="loss weight of the caption (0: no caption)")
+    ap.add_argument("--letter-weight", type=float, default=1.0,
+                    help="loss weight of the option letter, the one token the benchmark scores (others: 1)")
+    ap.add_argument("--letter-weight-from", type=int, default=0, help="step from which --letter-weight applies")
+    ap.add_argument("--aux-weight", type=float, default=0.3, help="weight of the per-patch loss (0: off)")
+    ap.add_argument("--lm-aux-weight", type=float, default=0.0,
+                    help="weight of the per-video-token loss on the language model's hidden states (0: off)")
+    ap.add_argument("--lm-aux-layer", type=int, default=-2,
+                    help="decoder layer whose output feeds that loss (negative: from the end; -2 leaves the last "
+                         "layer free to read it)")
+    ap.add_argument("--answer-aux-weight", type=float, default=0.0,
+                    help="weight of the answer-content loss at the positions that predict a letter (0: off)")
+    ap.add_argument("--answer-aux-layer", type=int, default=-2,
+                    help="decoder layer whose output feeds that loss (-2: the input of the last layer)")
+    ap.add_argument("--answer-aux-from", type=int, default=0, help="step from which the answer loss is on")
+    ap.add_argument("--bind-weight", type=float, default=0.0,
+                    help="weight of the attention supervision from each letter position to the gold option (0: off)")
+    ap.add_argument("--probe-weight", type=float, default=0.0,
+                    help="weight of the option-letter probe at the option tokens entering --bind-layer")
+    ap.add_argument("--flag-weight", type=float, default=0.0,
+                    help="weight of the gold-flag probe at the option tokens entering --bind-layer")
+    ap.add_argument("--bind-layer", type=int, default=-1, help="LLM layer whose attention is supervised")
+    ap.add_argument("--bind-head", type=int, default=0, help="attention head that is supervised")
+    ap.add_argument("--pos-weight", type=float, default=0.0,
+                    help="weight of the per-patch row/column loss on the projector output (0: off)")
+    ap.add_argument("--ground-weight", type=float, default=0.0,
+                    help="weight of the video read-out attention supervision (0: off)")
+    ap.add_argument("--ground-layer", type=int, default=-2, help="LLM layer whose read-out attention is supervised")
+    ap.add_argument("--ground-head", type=int, default=0, help="attention head that is supervised")
+    ap.add_argument("--ground-probe-weight", type=float, default=0.0,
+                    help="weight of a training-only probe that reads the named object's colour and shape at the "
+                         "letter position, from the read-out layer's input (0: off)")
+    ap.add_argument("--ground-task-weight", action="append", default=[], metavar="TASK:W",
+                    help="weight of one task's questions in the read-out loss (default 1; repeatable), e.g. "
+                         "object_existence:4 for the only task whose read-out must match colour and shape together")
+    ap.add_argument("--pos-ordinal-weight", type=float, default=0.0,
+                    help="weight of the per-patch ordinal position loss (row and column as one direction each)")
+    ap.add_argument("--track-weight", type=float, default=0.0,
+                    help="weight of the tracking loss: one head attends from an object's later tokens to its first frame")
+    ap.add_argument("--track-layer", type=int, default=0, help="LLM layer whose tracking attention is supervised")
+    ap.add_argument("--track-head", type=int, default=0, help="attention head that is supervised")
+    ap.add_argument("--track-queries", type=int, default=48, help="tracked tokens per sequence (a random subset)")
+    ap.add_argument("--track-probe-weight", type=float, default=0.0,
+                    help="weight of the probe that reads the object's first cell from the tracking layer's output")
+    ap.add_argument("--motion-weight", type=float, default=1.0,
+                    help="weight of 'motion so far' among the per-video-token targets (--lm-aux-weight)")
+    ap.add_argument("--task-mix", action="append", default=[], metavar="TASK:W",
+                    help="sampling weight of one task's training videos (default 1, uniform; repeatable), e.g. "
+                         "moving_direction:3 for three times as many direction videos")
+    ap.add_argument("--curriculum-steps", type=int, default=600)
+    ap.add_argument("--start-difficulty", type=float, default=0.0)
+    ap.add_argument("--shuffle-from", type=float, default=0.3,
+                    help="fraction of the curriculum after which shuffled options are phased in")
+    ap.add_argument("--lookup", type=int, default=32, help="text-only option look-up sequences per step (0: off)")
+    ap.add_argument("--lookup-weight", type=float, default=0.5)
+    ap.add_argument("--indirect", type=int, default=0,
+                    help="text-only questions per step whose answer must be worked out from stated facts (0: off)")
+    ap.add_argument("--lookup-pretrain", type=int, default=0,
+                    help="first steps train on text-only look-up sequences only (no video), a cheap warm start")
+    ap.add_argument("--lookup-pretrain-batch", type=int, default=64)
+    ap.add_argument("--frames-schedule", default="",
+                    help='fewer frames early, e.g. "4:300,8:600" (4 frames before step 300, 8 before 600, then 16)')
+    ap.add_argument("--no-zero-init", dest="zero_init", action="store_false")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="fp32 (use on CPUs without native bf16, e.g. AVX2-only: emulated bf16 is several times slower)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (training data stay on CPU)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--minutes", type=float, default=0, help="stop this sitting after this many minutes (0: none)")
+    ap.add_argument("--stop-at", type=int, default=0,
+                    help="stop this sitting at this step (0: none; --steps still sets the LR schedule)")
+    ap.add_argument("--ckpt-every", type=int, default=25)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-n", type=int, default=30, help="held-out items per task")
+    ap.add_argument("--eval-batch", type=int, default=16)
+    ap.add_argument("--no-eval-fixed", dest="eval_fixed", action="store_false",
+                    help="skip the diagnostic evaluation with options in canonical order")
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--export", action="store_true", help="only write <out>/model from the checkpoint (no training)")
+    ap.add_argument("--slim", action="store_true",
+                    help="only write <out>/checkpoint-slim.pt: the checkpoint without optimizer state (to keep)")
+    ap.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    args = ap.parse_args(argv)
+    args.device_type = torch.device(args.device).type          # for torch.autocast
+    def task_weights(specs, flag):
+        out = {}
+        for spec in specs:
+            task, _, w = spec.partition(":")
+            try:
+                w = float(w)
+            except ValueError:
+                w = -1.0
+            if task not in S.TASKS or not w >= 0:
+                ap.error(f"{flag} {spec!r}: expected TASK:W with a task of {list(S.TASKS)} and W >= 0")
+            out[task] = w
+        return out
+
+    args.ground_task_weights = task_weights(args.ground_task_weight, "--ground-task-weight")
+    args.task_mix_weights = task_weights(args.task_mix, "--task-mix")
+    if args.task_mix_weights and sum(args.task_mix_weights.get(t, 1.0) for t in S.TASKS) <= 0:
+        ap.error("--task-mix: every task has weight 0")
+    return args
