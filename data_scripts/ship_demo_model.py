@@ -4,7 +4,7 @@ test split through the kit's runner, write the model card.
 
     python data_scripts/ship_demo_model.py --run runs/demo_model            # -> prunevid/assets/demo_model/
 
-Steps (all through ``prunevid.runner``, the same code path as ``python -m prunevid eval``):
+Steps (all through ``prunevid.harness.runner``, the same code path as ``python -m prunevid eval``):
 
 1. copy ``<run>/model`` (safetensors, config, tokenizer, ``training.json``) and ``<run>/log.jsonl``;
 2. write ``prunevid_defaults.json``: the official MVBench protocol at 16 frames and PruneVid's
@@ -27,7 +27,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from prunevid import models, runner  # noqa: E402
+from prunevid import models  # noqa: E402
+from prunevid.harness import runner  # noqa: E402
 from prunevid import synthetic as S  # noqa: E402
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from prunevid import benchmarks, merge, models, synthetic as S, video          # noqa: E402
-from prunevid.runner import default_data_root                                  # noqa: E402
+from prunevid.harness.runner import default_data_root                          # noqa: E402
 from prunevid.synthetic.training.labels import cell_fractions                  # noqa: E402
 
 SETTINGS = {

@@ -3,7 +3,7 @@ from .config import PruneVidConfig
 from .patch import apply, remove, stats, info, is_patched, STATS_KEYS
 from . import merge, prune, methods, state
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["PruneVidConfig", "apply", "remove", "stats", "info", "is_patched", "STATS_KEYS", "merge", "prune",
            "methods", "state", "__version__"]

@@ -1,5 +1,6 @@
+"""``python -m prunevid``: the kit's command line (``prunevid.harness.cli``)."""
 import sys
 
-from .cli import main
+from .harness.cli import main
 
 sys.exit(main())

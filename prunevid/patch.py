@@ -2,7 +2,7 @@
 
 ``apply`` finds the model's entry in the registry (``prunevid.models``), swaps the class of this instance's
 multimodal module for a generated subclass that runs stage 1 and arms stage 2, and hooks the decoder layers
-(``prunevid.llm.LayerPruner``). Everything lives in one ``PatchState`` (``prunevid.state``). ``remove``
+(``prunevid.layer_pruner.LayerPruner``). Everything lives in one ``PatchState`` (``prunevid.state``). ``remove``
 restores the classes and removes the hooks; ``apply`` on a patched model first removes the old patch.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from . import state as _state
-from .llm import LayerPruner
-from .state import STATS_KEYS, PatchState, empty_stats, finish_stats, info, is_patched, stats  # noqa: F401 (API)
+from .layer_pruner import LayerPruner
+from .state import STATS_KEYS, PatchState, empty_stats, finish_stats, info, is_patched, stats  # the API, re-exported
 
 
 def apply(model: torch.nn.Module, config=None, *, method: str = "prunevid", benchmark=None, **params):
@@ -51,3 +51,6 @@ def remove(model: torch.nn.Module) -> torch.nn.Module:
         state.pruner.remove()
     _state.detach(model)
     return model
+
+
+__all__ = ["apply", "remove", "stats", "info", "is_patched", "STATS_KEYS", "PatchState", "empty_stats", "finish_stats"]

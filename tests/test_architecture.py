@@ -103,7 +103,7 @@ def test_the_walker_sees_relative_and_lazy_imports():
     # a lazy import inside a function counts: methods.method_class imports nothing lazily, but kept_map does
     assert "prunevid.state" in graph["prunevid.methods"]
     # an import of a package's module runs the package's __init__ first
-    assert "prunevid.benchmarks" in graph["prunevid.runner"]
+    assert "prunevid.benchmarks" in graph["prunevid.harness.runner"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -127,3 +127,22 @@ def test_only_the_state_module_touches_the_patch_state_attribute():
         if f.endswith(".ipynb") and re.search(r"_prunevid\b", open(os.path.join(nb_dir, f)).read()):
             offenders.append(f"notebooks/{f}")
     assert not offenders, f"use the accessors of prunevid.state instead: {offenders}"
+
+
+def test_the_library_never_imports_the_harness():
+    """``prunevid.harness`` (CLI, runner, reports, bench, FLOPs) sits on top: nothing below imports it."""
+    modules = _modules()
+    offenders = sorted(f"{m} -> {t}" for m, p in modules.items()
+                       if not m.startswith("prunevid.harness") and m != "prunevid.__main__"
+                       for t in _imports(m, p, modules) if t.startswith("prunevid.harness"))
+    assert not offenders, offenders
+
+
+def test_every_module_says_what_it_owns():
+    missing = []
+    for name, path in _modules().items():
+        tree = ast.parse(open(path).read(), path)
+        doc = ast.get_docstring(tree)
+        if not doc or not doc.strip():
+            missing.append(name)
+    assert not missing, f"modules without a docstring: {missing}"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from prunevid.cli import main
+from prunevid.harness.cli import main
 
 
 @pytest.mark.slow
@@ -60,7 +60,7 @@ def test_bench_sweep_mode_times_variants_interleaved_in_one_process(tmp_path, ca
     # the random keep at 50% keeps half of the visual tokens in every layer: the FLOPs ideal is above 1
     assert abs(out["variants"][1]["retained_ratio"] - 0.5) < 0.02 and out["variants"][1]["ideal_speedup"] > 1
     # FastV runs its first K=2 layers on every token (its default K), the other layers on the kept ones
-    from prunevid import flops
+    from prunevid.harness import flops
     from prunevid.models.tiny import build_tiny_llava_onevision
     shape = flops.LLMShape.from_config(build_tiny_llava_onevision()[0].config)
     t = out["variants"][2]["tokens"]

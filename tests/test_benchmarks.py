@@ -10,7 +10,7 @@ import fixtures
 from prunevid import benchmarks
 from prunevid.benchmarks import Item, check_ans, lmms_extract_letter
 from prunevid.benchmarks.base import official_mc_score, official_pred, lmms_mc_score, mc_metrics
-from prunevid.tiny import build_byte_tokenizer
+from prunevid.models.tiny import build_byte_tokenizer
 from prunevid.video import build_prompt
 
 SNAPSHOT = os.path.join(os.path.dirname(__file__), "snapshots", "prompts.json")

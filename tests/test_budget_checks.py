@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import prunevid
-from prunevid import budget, checks
+from prunevid.harness import budget, checks
 from prunevid.methods.base import Method
 from prunevid.methods.none import NoneConfig
 
@@ -136,7 +136,7 @@ def test_divergence_check_catches_silently_inactive_method(tiny, tiny_inputs, mo
 
 def test_budget_flops_ratio_follows_the_layer_record():
     """The papers' convention f(n) = 4nd^2 + 2n^2 d + 2ndm over the token counts each layer recorded."""
-    from prunevid import flops
+    from prunevid.harness import flops
     shape = flops.LLMShape(hidden=4, layers=4, heads=1, ffn=8)
     st = {"visual_tokens_in": 96, "text_tokens": 4, "layer_tokens": [96, 96, 48, 48], "layer_kv_tokens": [48] * 4}
 

@@ -9,7 +9,7 @@ import fixtures
 import nbformat
 import pytest
 
-from prunevid import course
+from prunevid.harness import course
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COURSE = os.path.join(ROOT, "reports", "course")

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import fixtures
-from prunevid import cli
+from prunevid.harness import cli
 from prunevid.data import common, egoschema, mvbench, vcgbench, videomme
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from prunevid import models, runner
+from prunevid import models
+from prunevid.harness import runner
 from prunevid import synthetic as S
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import torch
 
 from prunevid import synthetic as S
 from prunevid.synthetic import demo_model as D
-from prunevid.tiny import LLAVA_ONEVISION_CHAT_TEMPLATE
+from prunevid.models.tiny import LLAVA_ONEVISION_CHAT_TEMPLATE
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import prunevid
-from prunevid import budget
+from prunevid.harness import budget
 from prunevid.methods import dycoke, vidcom2
 from prunevid.methods.base import VideoContext
 from prunevid.models.video_patch import representative_sources

@@ -11,12 +11,13 @@ import os
 import pytest
 
 import fixtures
-from prunevid import benchmarks, item, models, results, runner, video
+from prunevid import benchmarks, models, video
+from prunevid.harness import item, results, runner
 from prunevid.benchmarks import Item, ProtocolOptions
 from prunevid.benchmarks.base import official_mc_score, official_pred
 from prunevid.benchmarks.vcg_judge import Judge, parse_score
 from prunevid.models.pllava import PLLAVA_CHAT_TEMPLATE
-from prunevid.tiny import build_byte_tokenizer
+from prunevid.models.tiny import build_byte_tokenizer
 
 ITEM = Item(id="x", category="c", video="v.mp4", question="What happened after the person took the food?",
             candidates=["Ate the medicine.", "Tidied up the blanket.", "Put down the cup."],
@@ -241,7 +242,7 @@ def test_official_mvbench_run_records_upstreams_prompt(datas, tiny_pllava, tmp_p
 @pytest.fixture(scope="module")
 def deep_pllava():
     """A tiny PLLaVA with 20 decoder layers, so K 10 and K 5 are not clamped to the depth."""
-    from prunevid.tiny import build_tiny_pllava
+    from prunevid.models.tiny import build_tiny_pllava
     model, tok = build_tiny_pllava(layers=20)
     return models.LoadedModel(model, tok, models.spec_for(model), models.VideoPreprocessing(size=112), "tiny-pllava-20")
 
@@ -278,7 +279,7 @@ def test_lora_alpha_is_for_pllava_only(datas, tmp_path):
 
 def test_real_pllava_loads_with_upstreams_frames_pooling_and_template(tmp_path):
     from safetensors.torch import save_file
-    from prunevid.tiny import build_tiny_pllava
+    from prunevid.models.tiny import build_tiny_pllava
     from test_pllava import released_key
     model, tok = build_tiny_pllava()
     model.config.pooling_shape = [4, 7, 7]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import prunevid
-from prunevid import budget, models, video
+from prunevid import models, video
+from prunevid.harness import budget
 from prunevid.methods import prumerge, visionzip
 from prunevid.methods.base import VideoContext
 from prunevid.models.video_patch import vision_layer_index

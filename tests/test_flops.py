@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import prunevid
-from prunevid import flops
+from prunevid.harness import flops
 from prunevid.models import LoadedModel, VideoPreprocessing, spec_for
 from prunevid.models.tiny import build_tiny_llava_onevision
 from prunevid.video import build_inputs
@@ -189,7 +189,7 @@ def test_ratio_from_one_backend_only(tiny):
     (["--method", "prumerge", "--retained", "0.557"], 0.53),
 ])
 def test_flops_command_json(argv, paper, capsys):
-    from prunevid.cli import main
+    from prunevid.harness.cli import main
     assert main(["flops", "--preset", "pllava-7b", *argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert abs(out["flops_ratio"] - paper) <= 0.02
@@ -197,7 +197,7 @@ def test_flops_command_json(argv, paper, capsys):
 
 @pytest.mark.parametrize("backend", ["torch", "fvcore"])
 def test_flops_command_measures_on_a_video(backend, capsys):
-    from prunevid.cli import main
+    from prunevid.harness.cli import main
     from prunevid.video import sample_clip
     assert main(["flops", "--video", sample_clip("bikes"), "--model", "tiny", "--frames", "8",
                  "--backend", backend, "--json"]) == 0

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunevid.llm import get_cache, query_rows
+from prunevid.layer_pruner import get_cache, query_rows
 from prunevid.methods import dycoke, fastv, lookm, prumerge, random_keep, vidcom2, visionzip
 from prunevid.methods.prunevid_method import alpha_for_budget
 from prunevid.prune import attention_column_sums, count_for_ratio, kept_count, top_k_sorted, visual_token_scores

@@ -59,7 +59,7 @@ def test_benchmark_notebook_through_papermill_with_overrides(tmp_path):
     """The papermill target, run as the report command runs it: parameters injected, results written, HTML made."""
     import papermill as pm
     from fixtures import make_mvbench
-    from prunevid import report
+    from prunevid.harness import report
     make_mvbench(str(tmp_path / "DATAS"))
     out_dir = tmp_path / "run"
     executed = tmp_path / "10.ipynb"

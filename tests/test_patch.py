@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import prunevid
-from prunevid.llm import LayerPruner
+from prunevid.layer_pruner import LayerPruner
 from prunevid.prune import kept_count, select_tokens
 
 from conftest import make_inputs

@@ -6,14 +6,15 @@ import fixtures
 import nbformat
 import pytest
 
-from prunevid import models, report
+from prunevid import models
+from prunevid.harness import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A stand-in for the benchmark notebook: writes a results.json in the kit's schema from its parameters.
 FAKE_PARAMS = 'method = "none"\nalpha = 0.4\nfail = False\nbenchmark = "fake"\nmodel = "tiny"\noutput_dir = "."\n'
 FAKE_BODY = '''
-from prunevid import results
+from prunevid.harness import results
 if fail:
     raise RuntimeError("this cell was told to fail")
 retained = 1.0 if method == "none" else alpha * 0.5
@@ -134,7 +135,7 @@ def test_index_compares_with_unpruned_and_lists_categories(sweep_dir):
 
 
 def test_demo_command_runs_a_sweep_with_an_absolute_data_root(tmp_path, capsys):
-    from prunevid import cli
+    from prunevid.harness import cli
     _fake_notebook(tmp_path / "fake.ipynb")
     (tmp_path / "d.yaml").write_text(f"name: study\ndescription: first paragraph\nnotebook: {tmp_path / 'fake.ipynb'}\n"
                                      "base: {benchmark: fake, model: demo}\ncells: [{method: none}]\n")
@@ -195,7 +196,8 @@ def test_record_keeps_results_samples_and_index_but_not_pages(sweep_dir, tmp_pat
 
 RECORDING_CELL = '''
 import os
-from prunevid import models, results
+from prunevid import models
+from prunevid.harness import results
 os.makedirs(output_dir, exist_ok=True)
 with open(os.path.join(output_dir, "samples.jsonl"), "a") as f:      # one line per execution into this folder
     f.write("{}\\n")

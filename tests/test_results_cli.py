@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from prunevid import cli, results
+from prunevid.harness import cli, results
 
 
 def test_run_writer_resumes_and_repairs_a_torn_line(tmp_path):
@@ -34,7 +34,7 @@ def test_results_json_is_complete_and_atomic(tmp_path):
 
 def test_set_pairs_are_typed_by_the_methods_config():
     from prunevid import methods
-    from prunevid.cli_args import parse_set
+    from prunevid.harness.cli_args import parse_set
     pairs = parse_set(["alpha=0.3", "selected_layer=2", "stage1=false", "seed=none", "scoring=official"])
     assert pairs == {"alpha": "0.3", "selected_layer": "2", "stage1": "false", "seed": "none", "scoring": "official"}
     cfg = methods.make_config("prunevid", pairs)

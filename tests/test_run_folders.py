@@ -13,7 +13,8 @@ import time
 import pytest
 
 import fixtures
-from prunevid import cli, models, report, results, runner
+from prunevid import models
+from prunevid.harness import cli, report, results, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
@@ -126,7 +127,7 @@ def holder(tmp_path):
     procs = []
 
     def start(folder):
-        code = HOLDER.format(path=os.path.join(REPO, "prunevid", "results.py"))
+        code = HOLDER.format(path=os.path.join(REPO, "prunevid", "harness", "results.py"))
         p = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
         procs.append(p)
         assert p.stdout.readline().strip() == "held"
@@ -212,7 +213,7 @@ def test_without_flock_the_recorded_holder_decides(tmp_path, monkeypatch, holder
 # in the child even where the test runner's own parent ignores it.
 SLOW_CLI = """
 import sys, time
-from prunevid import cli, runner
+from prunevid.harness import cli, runner
 real = runner.run_item
 def slow(*a, **k):
     time.sleep(1.0)

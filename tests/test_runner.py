@@ -8,7 +8,8 @@ import sys
 import pytest
 
 import fixtures
-from prunevid import cli, item, models, results, runner
+from prunevid import models
+from prunevid.harness import cli, item, results, runner
 
 BENCHES = ("mvbench", "videomme", "egoschema", "vcgbench")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -488,7 +489,7 @@ def test_every_method_runs(datas, tiny, tmp_path):
 
 def test_media_cache_gives_same_answers_for_every_method(datas, tiny, tmp_path, monkeypatch):
     from prunevid import methods
-    from prunevid.cache import uses_feature_cache
+    from prunevid.harness.cache import uses_feature_cache
     root, _ = datas
     assert not uses_feature_cache("visionzip") and uses_feature_cache("fastv")
     plain = {}

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import prunevid
-from prunevid import bench, flops, methods, models, state, video
-from prunevid.cli import main
+from prunevid import methods, models, state, video
+from prunevid.harness import bench, flops
+from prunevid.harness.cli import main
 
 ARCHS = ["tiny", "tiny-llava-next-video", "tiny-pllava", "tiny-qwen2.5-vl"]
 # settings that make every method act on a 4-layer tiny model at 8 frames (Look-M without a budget keeps a count

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from prunevid import benchmarks, report
+from prunevid import benchmarks
+from prunevid.harness import report
 from prunevid.benchmarks.base import mc_metrics
 from prunevid.benchmarks.vcgbench import judge_score_errors, judge_scores
 from prunevid.statistics import (accuracy_stderr, compare_paired, holm_adjust, mcnemar_exact_p, mean_interval,
@@ -160,7 +161,7 @@ def test_vcg_scores_get_stderr_and_normal_interval():
 # ------------------------------------------------------------------------------------------------ sweep index
 def _cell(out, rid, params, correct, *, ids=None, timing=None):
     """A cell folder written by hand: params.json, results.json (metrics from mc_metrics) and samples.jsonl."""
-    from prunevid import results
+    from prunevid.harness import results
     ids = ids or [f"q{i}" for i in range(len(correct))]
     rows = [{"id": i, "category": "cat", "prediction": "A", "parsed": "A", "answer": "A", "correct": bool(c),
              "error": None} for i, c in zip(ids, correct)]

@@ -262,7 +262,7 @@ def test_validation_split_is_a_benchmark_of_its_own(tmp_path):
 @pytest.mark.slow
 def test_runner_reads_16_frames_under_either_protocol(tmp_path):
     """The files hold 16 generated frames (+1): lmms-eval's default of 32 would fail every item."""
-    from prunevid import runner
+    from prunevid.harness import runner
     for protocol in ("official", "lmms-eval"):
         res = runner.evaluate(benchmark="synthetic", model="tiny", method="none", data_root=str(tmp_path / "D"),
                               output_dir=str(tmp_path / protocol), limit=7, protocol=protocol, progress=False)

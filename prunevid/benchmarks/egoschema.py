@@ -46,9 +46,13 @@ class EgoSchema(Benchmark):
 
 
     def finalize(self, rows: List[dict], items: List[Item], output_dir: str):
-        """Writes ``OUTPUT_DIR/submission.json`` (``{q_uid: answer index}``, the server's upload format)."""
-        from ..results import atomic_write_json
-        atomic_write_json(os.path.join(output_dir, "submission.json"), submission(rows))
+        """Writes ``OUTPUT_DIR/submission.json`` (``{q_uid: answer index}``, the server's upload format), whole or
+        not at all (a temporary file renamed over it)."""
+        import json
+        path = os.path.join(output_dir, "submission.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(submission(rows), f, indent=1)
+        os.replace(path + ".tmp", path)
         return rows, None
 
 

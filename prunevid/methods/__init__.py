@@ -3,7 +3,7 @@
 Every method is one small module here: pure tensor functions for its token rule, a config dataclass with the
 original defaults, and a ``Method`` subclass answering the model file's three questions (pre-LLM reduction,
 in-LLM plan, KV-cache policy). Adding a method = its module plus one line in ``registry._METHODS``;
-``resolve.make_config`` builds every config (names checked, model-dependent defaults resolved). Shared mechanics live in ``prunevid.llm`` / ``prunevid.prune`` and are never
+``resolve.make_config`` builds every config (names checked, model-dependent defaults resolved). Shared mechanics live in ``prunevid.layer_pruner`` / ``prunevid.prune`` and are never
 copied here.
 """
 from __future__ import annotations

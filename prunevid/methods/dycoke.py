@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import _check_bool, _check_int, _check_number, check_positions
-from ..llm import CachePolicy, cached_keys, rope_queries
+from ..layer_pruner import CachePolicy, cached_keys, rope_queries
 from .base import ConfigMixin, Method, Reduction, SequenceLayout, VideoContext
 
 

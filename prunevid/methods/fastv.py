@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from ..config import _check_int, _check_number
-from ..llm import Stage2Plan
+from ..layer_pruner import Stage2Plan
 from ..prune import count_for_ratio
 from .base import ConfigMixin, LayerSchedule, Method, SequenceLayout
 

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import _check_int, _check_number
-from ..llm import CachePolicy, cached_keys, rope_queries
+from ..layer_pruner import CachePolicy, cached_keys, rope_queries
 from ..prune import attention_column_sums, count_for_ratio
 from .base import ConfigMixin, LayerSchedule, Method, SequenceLayout
 

@@ -27,7 +27,7 @@ Per frame with P tokens:
   5. ``summary_token``: one extra token, the importance-weighted *sum* of the tokens not kept.
 Output per frame: the kept tokens (merged) in selection order, then the summary token.
 PruMerge's kept count is adaptive, so it cannot be driven to a budget (``retain`` is refused and
-``prunevid.budget`` reports it unreachable). No-op: ``prumerge+`` with ``retain=1, k_neighbors=0,
+``prunevid.harness.budget`` reports it unreachable). No-op: ``prumerge+`` with ``retain=1, k_neighbors=0,
 summary_token=False``.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..config import PruneVidConfig
-from ..llm import Stage2Plan
+from ..layer_pruner import Stage2Plan
 from ..merge import merge_video_tokens
 from ..prune import kept_count
 from .base import LayerSchedule, Method, Reduction, SequenceLayout, VideoContext

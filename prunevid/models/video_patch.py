@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..llm import get_cache
+from ..layer_pruner import get_cache
 from ..methods.base import Reduction, SequenceLayout, VideoContext
 from .. import state as kit_state
 from ..state import empty_stats, finish_stats

@@ -16,7 +16,7 @@ from typing import Iterable, List, Optional
 
 import torch
 
-from ..tiny import LLAVA_ONEVISION_CHAT_TEMPLATE, SPECIAL_TOKENS
+from ..models.tiny import LLAVA_ONEVISION_CHAT_TEMPLATE, SPECIAL_TOKENS
 from .questions import SYNTHETIC_ANSWER_PREFIX, SYNTHETIC_SYSTEM, synthetic_question, vocabulary_strings
 
 WORD_RE = re.compile(r"[A-Za-z]+")
@@ -69,7 +69,7 @@ SIZES = {
 
 def demo_config(tokenizer, size: str = "s", *, image_size: int = 112, patch_size: int = 8,
                 attn_implementation: str = "sdpa"):
-    from ..tiny import tiny_llava_onevision_config
+    from ..models.tiny import tiny_llava_onevision_config
 
     vh, vl, vheads, h, layers, heads, kv = SIZES[size]
     return tiny_llava_onevision_config(tokenizer, image_size=image_size, patch_size=patch_size, vision_hidden=vh,

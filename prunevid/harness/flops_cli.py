@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 
+from .. import state as kit_state
 from . import flops
-from . import state as kit_state
 
 
 def add_parser(sub) -> None:
@@ -58,7 +58,7 @@ def assumed(args) -> dict:
     p = flops.preset(args.preset)
     frames = args.frames or p.frames
     n_vis = frames * p.tokens_per_frame
-    from . import methods
+    from .. import methods
     if args.method not in methods.available():
         raise ValueError(f"unknown method {args.method!r}; available: {methods.available()}")
     if args.method == "prunevid" and args.stage1_ratio is None:
@@ -115,7 +115,7 @@ def measure(args) -> dict:
     import torch
 
     import prunevid
-    from . import models, video
+    from .. import models, video
     from .cli_args import parse_set
 
     loaded = models.load(args.model, dtype=args.dtype)

@@ -47,8 +47,8 @@ import shutil
 import traceback
 from typing import Optional
 
+from ..statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from .results import is_complete
-from .statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 DEFAULT_NOTEBOOK = os.path.join("notebooks", "10_benchmark.ipynb")
 
@@ -131,7 +131,7 @@ def _stale_weights(run_dir: str, params: dict, fingerprints: dict) -> Optional[s
     path = os.path.join(run_dir, "run_config.json")
     if not os.path.isfile(path):
         return None
-    from .models import fingerprint_of
+    from ..models import fingerprint_of
     try:
         with open(path) as f:
             stored = json.load(f).get("weights")
@@ -281,7 +281,7 @@ def _row(rec: dict) -> dict:
 def _score_interval(metrics: dict) -> Optional[list]:
     """The 95% interval of a cell's score: ``accuracy_ci95`` (Wilson), else for results written before it existed
     the Wilson interval from ``n_scored`` and the accuracy, else the judge's ``scores_ci95.avg``."""
-    from .statistics import wilson_interval
+    from ..statistics import wilson_interval
     if metrics.get("accuracy") is not None:
         if metrics.get("accuracy_ci95"):
             return list(metrics["accuracy_ci95"])
@@ -292,7 +292,7 @@ def _score_interval(metrics: dict) -> Optional[list]:
 
 def _category_intervals(metrics: dict) -> dict:
     """``by_category_ci95``, or for older results the Wilson intervals from ``by_category_counts``."""
-    from .statistics import wilson_interval
+    from ..statistics import wilson_interval
     if metrics.get("by_category_ci95"):
         return dict(metrics["by_category_ci95"])
     counts = metrics.get("by_category_counts") or {}
@@ -458,7 +458,7 @@ def _fmt(v, pct=False):
 def _chance(benchmark) -> dict:
     """Per-category chance level where the benchmark defines one (``Benchmark.chance``: the synthetic one), in
     percent; ``{}`` for a name that is not a registered benchmark."""
-    from . import benchmarks
+    from .. import benchmarks
     try:
         return benchmarks.get(str(benchmark)).chance()
     except ValueError:
@@ -535,7 +535,7 @@ def _paired(rows: list, out_dir: str, reference: Optional[dict] = None) -> None:
     ``statistics.compare_paired`` (difference in points with its paired-bootstrap 95% interval, exact McNemar p)
     plus ``p_holm`` (Holm across every comparison of the index) and ``verdict``; ``row["paired_note"]`` says
     why a cell has none. The reference cell gets ``is_reference``."""
-    from .statistics import compare_paired, holm_adjust
+    from ..statistics import compare_paired, holm_adjust
     reference = dict(reference or DEFAULT_REFERENCE)
     for r in rows:
         r["paired"], r["paired_note"], r["paired_reason"], r["is_reference"] = None, None, None, False

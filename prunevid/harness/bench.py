@@ -34,8 +34,8 @@ from typing import Optional
 
 import torch
 
+from .. import state as kit_state
 from . import flops, generation
-from . import state as kit_state
 
 DEFAULT_QUESTION = "What is happening in this video? Describe the main action briefly."
 
@@ -117,12 +117,12 @@ def build(args):
     """(LoadedModel, notes) for ``args.preset`` with random weights, in ``args.dtype`` on ``args.device``."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from .models import LoadedModel, VideoPreprocessing, _dtype, spec_for
-    from .models.tiny import build_byte_tokenizer, build_tiny_llava_onevision
+    from ..models import LoadedModel, VideoPreprocessing, _dtype, spec_for
+    from ..models.tiny import build_byte_tokenizer, build_tiny_llava_onevision
     dtype = _dtype(args.dtype)
     notes = []
     if getattr(args, "model", None):
-        from . import models
+        from .. import models
         loaded = models.load(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
         loaded.model.requires_grad_(False)
         return loaded, notes
@@ -153,7 +153,7 @@ def build(args):
 
 
 def make_inputs(loaded, args):
-    from . import video
+    from .. import video
     path = args.video if os.path.exists(args.video) else video.sample_clip(args.video)
     frames = video.load_video(path, args.frames)
     return video.build_inputs(loaded, frames, args.question), path
@@ -162,7 +162,7 @@ def make_inputs(loaded, args):
 def method_params(loaded, args) -> dict:
     """The method's whole config as a dict: ``--set`` pairs checked and typed, the model-dependent settings
     (PruneVid's K, FastV's K, DyCoke's L) resolved by the library's one rule (``methods.make_config``)."""
-    from . import methods
+    from .. import methods
     from .cli_args import parse_set
     kit_state.set_model_defaults(loaded.model, loaded.spec.defaults)
     return methods.make_config(args.method, parse_set(args.set), loaded.model).to_dict()
@@ -361,7 +361,7 @@ def measure_memory(loaded, inputs, args, params) -> dict:
     for pair in args.set:
         argv += ["--set", pair]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                          env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     for name in variants:
         res = subprocess.run(argv + ["--_memory-child", name], capture_output=True, text=True, env=env)

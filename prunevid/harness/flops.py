@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import state as kit_state
+from .. import state as kit_state
 
 # ----------------------------------------------------------------------------------------------------------
 # Shapes and presets
@@ -153,7 +153,7 @@ def layer_macs_exact(n: float, shape: LLMShape, kv_len: Optional[float] = None) 
 
 
 def prunevid_scoring_macs(n: float, n_query: float, shape: LLMShape) -> float:
-    """Stage-2 scoring at layer K (``prunevid.llm.score_at_layer``): q for the ``n_query`` post-video rows,
+    """Stage-2 scoring at layer K (``prunevid.layer_pruner.score_at_layer``): q for the ``n_query`` post-video rows,
     k for all ``n`` tokens, and the (H, n_query, n) logits."""
     d, hd = shape.hidden, shape.hd
     return n_query * d * shape.heads * hd + n * d * shape.kv * hd + shape.heads * n_query * n * hd
@@ -195,7 +195,7 @@ def method_schedule(method: str, n_layers: int, n_visual: float, *, n_text: floa
     """The layer schedule ``method`` declares (``Method.schedule``) for a prefill that was not run: its config from
     ``params`` (``methods.make_config``, the depth rule at ``n_layers``), the counts a video would decide given as
     ``entering`` (visual tokens entering the LLM) and ``kept`` (after the in-LLM cut, or a cache's budget)."""
-    from . import methods
+    from .. import methods
     cfg = methods.make_config(method, params, n_layers=n_layers)
     return methods.build(method, cfg).schedule(n_layers, n_text, n_visual, entering=entering, kept=kept)
 
@@ -377,7 +377,7 @@ def _fvcore_sdpa_handle(inputs, outputs):
 
 class _LMTraceWrapper(torch.nn.Module):
     """Tensor in, tensor out around a decoder stack for ``torch.jit`` tracing (fvcore). ``plan`` (a
-    ``prunevid.llm.Stage2Plan``) re-arms PruneVid's stage 2 on ``pruner`` for the traced forward."""
+    ``prunevid.layer_pruner.Stage2Plan``) re-arms PruneVid's stage 2 on ``pruner`` for the traced forward."""
 
     def __init__(self, lm, pruner=None, plan=None):
         super().__init__()

@@ -20,7 +20,7 @@ import torch
 
 def uses_feature_cache(method: str) -> bool:
     """True for methods that act after the vision encoder (their input is the encoder's output alone)."""
-    from . import methods
+    from .. import methods
     try:
         cls = methods.method_class(method)
     except (ValueError, AttributeError):
@@ -53,7 +53,7 @@ class MediaCache:
         """Cached frames; a clip that was short when decoded (``video.ShortClipWarning``) keeps a ``.short``
         note beside its file and warns again on every hit, so a cached run counts it as a fresh one does."""
         import warnings
-        from .video import ShortClipWarning
+        from ..video import ShortClipWarning
         path = os.path.join(self.root, "frames", key[:2], key + ".npy")
         note = path[:-len(".npy")] + ".short"
         if os.path.exists(path):

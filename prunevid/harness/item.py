@@ -101,8 +101,8 @@ def _load_clip(bench, item, frames: int, protocol: str, cache):
     """(frames, short): the item's clip, and whether it had fewer frames than asked (sampled with repeated
     indices, ``video.ShortClipWarning``). Under ``short_clips="error"`` a short clip raises instead."""
     import warnings
-    from . import video
-    from .benchmarks.base import PROTOCOL_SAMPLING
+    from .. import video
+    from ..benchmarks.base import PROTOCOL_SAMPLING
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", video.ShortClipWarning)
         if cache is not None:
@@ -125,7 +125,7 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     The row records the exact ``prompt`` text the model received (the rendered template, the video placeholder
     written once; ``prompt2`` for VCG's second consistency question) and ``short_clip`` when the clip had
     fewer frames than asked."""
-    from . import video
+    from .. import video
     torch.manual_seed(seed)
     row = {"id": item.id, "category": item.category, "prediction": None, "parsed": None,
            "answer": item.answer_letter if bench.multiple_choice else item.answer, "correct": None, "error": None}
@@ -184,5 +184,5 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
 
 
 def _stats_keys() -> tuple:
-    from .patch import STATS_KEYS
+    from ..patch import STATS_KEYS
     return tuple(STATS_KEYS)

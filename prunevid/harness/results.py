@@ -47,7 +47,7 @@ def git_hash() -> Optional[str]:
 def versions() -> dict:
     import torch
     import transformers
-    from . import __version__
+    from .. import __version__
     return {"prunevid": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
 

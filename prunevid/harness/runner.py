@@ -23,9 +23,10 @@ import sys
 import time
 from typing import Optional
 
-from . import benchmarks, methods, results
-from . import state as kit_state
-from .benchmarks.base import check_protocol
+from .. import benchmarks, methods
+from .. import state as kit_state
+from ..benchmarks.base import check_protocol
+from . import results
 from .distributed import all_done_ids, barrier, dist_info, init_dist, logged_rows, merge_shards, share
 from .item import eos_ids, run_item
 
@@ -147,7 +148,7 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
     from .cli_args import check_device
     check_device(device)                                 # --device cuda without CUDA: one line, before any work
     if model is None:
-        from .models import default_model
+        from ..models import default_model
         model = default_model()
     bench = benchmarks.get(benchmark)
     bench.options = benchmarks.ProtocolOptions.from_dict(protocol_options)   # unknown / bad option: before any work
@@ -167,7 +168,7 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
         if str(device).startswith("cuda") and ":" not in str(device):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"   # one GPU per rank
 
-    from . import models
+    from .. import models
     # the model's registry defaults decide what was not given (LLaVA-OneVision: lmms-eval; PLLaVA: official), read
     # before loading so the dtype is decided before the load
     peek = models.peek_defaults(model) if loaded is None else {**loaded.spec.defaults, "kit_model": True}
@@ -322,7 +323,7 @@ def check_method_supported(model, method: str) -> None:
     """A method the patched model cannot run is a one-line error before the run folder is created, not a
     failure on the first item: one that needs the vision tower's attention (VisionZip, PruMerge) on a model
     whose adapter does not extract it (Qwen2-VL's windowed encoder)."""
-    from .models.video_patch import VideoModelAdapter
+    from ..models.video_patch import VideoModelAdapter
     impl = kit_state.active_method(model)
     if impl is None or not getattr(impl, "needs_vision_attention", False) or not getattr(impl, "enabled", True):
         return

@@ -21,11 +21,11 @@ import time
 
 import torch
 
+from .. import state as kit_state
 from . import generation
-from . import state as kit_state
 
 DEFAULT_OUT = os.path.join("reports", "clip")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_SWEEP = os.path.join("sweeps", "demo.yaml")
 
 
@@ -81,7 +81,8 @@ def _resolve(path: str) -> str:
 
 
 def run_study(args) -> int:
-    from . import models, report, runner, synthetic
+    from .. import models, synthetic
+    from . import report, runner
     t0 = time.time()
     sweep = report.load_sweep(_resolve(args.sweep))
     sweep["notebook"] = _resolve(sweep["notebook"])
@@ -129,7 +130,7 @@ def _png(fig) -> str:
 def _figures(frames, merged, grid: int) -> dict:
     import matplotlib
     matplotlib.use("Agg")
-    from . import vis
+    from .. import vis
     # rows of at most 8 frames, each large enough to see (16 in one row were thumbnails)
     return {"segments": _png(vis.frame_strip(frames, merged.window_sizes, title="frames, framed by temporal segment",
                                              per_row=min(8, frames.shape[0]), size=2.2)),
@@ -140,7 +141,7 @@ def _check_clip_args(args) -> dict:
     """The PruneVid settings of ``--set`` and the numeric options, checked before the model loads: an unknown
     key or a bad value is a one-line error."""
     from .cli_args import check_device, parse_set
-    from .methods import make_config
+    from ..methods import make_config
     params = parse_set(args.set)
     make_config("prunevid", params)                # unknown name or bad value: one line, before the model loads
     for name in ("frames", "repeats", "max_new_tokens"):
@@ -152,7 +153,8 @@ def _check_clip_args(args) -> dict:
 
 def run(args) -> int:
     import prunevid
-    from . import models, results, video
+    from .. import models, video
+    from . import results
 
     params = _check_clip_args(args)
     loaded = models.load(args.model, dtype=args.dtype, device=args.device)

@@ -16,14 +16,14 @@ import sys
 
 # (module, command) in the order ``--help`` shows them; the first is the kit's main job.
 COMMANDS = [
-    "prunevid.demo",
-    "prunevid.runner",
-    "prunevid.flops_cli",
-    "prunevid.bench",
+    "prunevid.harness.demo",
+    "prunevid.harness.runner",
+    "prunevid.harness.flops_cli",
+    "prunevid.harness.bench",
     "prunevid.data",
     "prunevid.benchmarks.egoschema",
-    "prunevid.report",
-    "prunevid.course",
+    "prunevid.harness.report",
+    "prunevid.harness.course",
 ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import state as kit_state
+from .. import state as kit_state
 
 
 class SilentlyInactiveError(AssertionError):
