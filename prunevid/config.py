@@ -142,12 +142,5 @@ class PruneVidConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_params(cls, params: dict) -> "PruneVidConfig":
-        """Build from a dict (papermill parameters, ``--set`` pairs); unknown names are an error
-        (``prunevid.methods.make_config("prunevid", params)`` without a model)."""
-        from .methods import make_config
-        return make_config("prunevid", params)
-
     def replace(self, **changes: Any) -> "PruneVidConfig":
         return dataclasses.replace(self, **changes)

@@ -22,10 +22,11 @@ def test_out_of_range_values_name_the_field(field, value):
         PruneVidConfig(**{field: value})
 
 
-def test_from_params_rejects_unknown_names_and_coerces_integral_floats():
+def test_make_config_rejects_unknown_names_and_coerces_integral_floats():
+    from prunevid.methods import make_config        # the one builder (PruneVidConfig.from_params is gone)
     with pytest.raises(ValueError, match=r"has no parameter\(s\) \[.alhpa.\]"):
-        PruneVidConfig.from_params({"alhpa": 0.3})
-    assert PruneVidConfig.from_params({"selected_layer": 3.0}).selected_layer == 3
+        make_config("prunevid", {"alhpa": 0.3})
+    assert make_config("prunevid", {"selected_layer": 3.0}).selected_layer == 3
 
 
 # ------------------------------------------------------------------------------------- defaults resolved once
