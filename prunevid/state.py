@@ -3,9 +3,10 @@ reads or writes it on a model object.
 
 Everything a patch keeps lives in one ``PatchState`` stored on the model instance (and on the multimodal module
 the model file patches). Code elsewhere in the kit, notebooks and tests reach it through the accessors here
-(``stats``, ``info``, ``last_plan``, ``last_merge``, ``last_reduction``, ``active_method``, ``active_config``), never
-through the attribute itself. The checkpoint's kit defaults (``prunevid_defaults.json``), which ``models.load``
-attaches to the model it returns, are kept here too so a bare model object carries them to ``apply``.
+(``stats``, ``info``, ``last_plan``, ``last_merge``, ``last_reduction``, ``active_method``, ``active_config``,
+``set_hints`` / ``hints`` / ``clear_hints``), never through the attribute itself. The checkpoint's kit defaults
+(``prunevid_defaults.json``), which ``models.load`` attaches to the model it returns, are kept here too so a bare
+model object carries them to ``apply``.
 
 This module sits below ``methods`` and ``models``: it imports neither.
 """
@@ -59,6 +60,7 @@ class PatchState:
         self.last_reduction = None             # pre-LLM ``Reduction`` of the last prefill (any method)
         self.vision: Optional[dict] = None     # what a vision-tower probe recorded (attention, keys)
         self.info: dict = {}                   # method-specific extras of the last prefill (budget, decode counts)
+        self.hints: dict = {}                  # ground truth a caller gives for the next calls (``set_hints``)
 
     def generator(self) -> Optional[torch.Generator]:
         seed = getattr(self.config, "seed", None)
@@ -140,6 +142,29 @@ def cache_policy(model: torch.nn.Module):
     state = find(model)
     pruner = None if state is None else state.pruner
     return None if pruner is None else pruner.policy
+
+
+# ---------------------------------------------------------------------------------------------- hints
+# Ground truth a caller gives a method for one call (the oracle's ``object_masks``): the runner sets them per item
+# from the benchmark (``Benchmark.hints``) when the active method declares ``needs_hints``, and clears them after;
+# the model file hands them to the method in ``VideoContext.hints``. ``remove`` drops them with the state.
+def set_hints(model: torch.nn.Module, **hints: Any) -> None:
+    """Give the patched model's method ground truth for its next prefills (replaces any hints set before), e.g.
+    ``set_hints(model, object_masks=masks)`` for ``oracle``."""
+    get(model).hints = dict(hints)
+
+
+def hints(model: torch.nn.Module) -> dict:
+    """The hints ``set_hints`` gave (``{}`` when none, or on an unpatched model)."""
+    state = find(model)
+    return {} if state is None else dict(state.hints)
+
+
+def clear_hints(model: torch.nn.Module) -> None:
+    """Drop the hints (a no-op on an unpatched model)."""
+    state = find(model)
+    if state is not None:
+        state.hints = {}
 
 
 # ---------------------------------------------------------------------------------------------- model defaults

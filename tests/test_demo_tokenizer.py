@@ -74,3 +74,17 @@ def test_demo_model_saves_and_loads_through_the_registry(tok, tmp_path):
         a = loaded.model(**inputs).logits[0, -1]
         b = model(**inputs).logits[0, -1]
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_version_2_needs_no_new_words(tok):
+    """The benchmark's version 2 asks in the same words: every word of its questions and options is already a known
+    word (one token), and its prompts round-trip."""
+    known = set(D.demo_words())
+    for task in S.TASKS:
+        for i in range(20):
+            q = S.ask(task, S.item_rng(S.SPLIT_SEEDS_V2["test"], task, i))
+            words = D.WORD_RE.findall(q["question"] + " " + " ".join(q["candidates"]))
+            assert set(w for w in words if len(w) > 1) <= known, (task, q)
+            _roundtrip(tok, D.render_prompt(tok, q["question"], q["candidates"], num_video_tokens=785))
+            for c in q["candidates"]:
+                _roundtrip(tok, S.mvbench_answer(q["candidates"], c)[1:] + "<|im_end|>\n")

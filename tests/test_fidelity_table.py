@@ -1,5 +1,6 @@
 """docs/fidelity.md covers everything the kit could do differently from the authors' code: a row for every
-configuration field of every method and for every protocol option, each with one of the three verdicts."""
+configuration field of every method and for every protocol option, each with one of the verdicts ("kit reference" for
+a method of the kit's own with no upstream, the oracle)."""
 import dataclasses
 import os
 import re
@@ -10,7 +11,8 @@ from prunevid import methods
 from prunevid.benchmarks import ProtocolOptions
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "fidelity.md")
-VERDICTS = ("identical", "documented adaptation", "named option")
+# "kit reference": a method of the kit's own with no upstream to be faithful to (the oracle)
+VERDICTS = ("identical", "documented adaptation", "named option", "kit reference")
 
 
 def sections() -> dict:

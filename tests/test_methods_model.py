@@ -24,14 +24,30 @@ CASES = {
     "prumerge": ({}, None),                       # adaptive: no no-op setting
     "prumerge+": ({}, {"retain": 1.0, "k_neighbors": 0, "summary_token": False}),
     "lookm": ({}, {"hh_ratio": 0.5, "recent_ratio": 0.5}),
+    "oracle": ({}, {"retain": 1.0}),
     "none": ({}, {}),
 }
 FILLED = ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2", "kv_visual_tokens", "text_tokens",
           "retained_ratio_stage1", "retained_ratio")
 
 
-def _run(model, inputs, method, params):
+def _hint_masks(frames=FRAMES):
+    """Object masks for a method that reads them (``oracle``): a square moving across the 112 px frames."""
+    m = torch.zeros(frames, 112, 112)
+    for t in range(frames):
+        m[t, 40:72, 8 * t:8 * t + 32] = 1.0
+    return m
+
+
+def _apply(model, method, params):
+    """``prunevid.apply`` plus the hints the method reads (``Method.needs_hints``)."""
     prunevid.apply(model, method=method, **params)
+    if "object_masks" in prunevid.state.active_method(model).needs_hints:
+        prunevid.state.set_hints(model, object_masks=_hint_masks())
+
+
+def _run(model, inputs, method, params):
+    _apply(model, method, params)
     try:
         with torch.no_grad():
             logits = model(**inputs).logits
@@ -85,7 +101,7 @@ def test_defaults_prune_documented_amount(tiny, tiny_inputs, tiny_ref, method):
     assert st["visual_tokens_in"] == N_IN
     assert st["retained_ratio"] == st["visual_tokens_stage2"] / N_IN
     s1, s2, kv = st["visual_tokens_stage1"], st["visual_tokens_stage2"], st["kv_visual_tokens"]
-    if method == "random":
+    if method in ("random", "oracle"):
         assert s1 == s2 == kv == count_for_ratio(0.25, N_IN)
     elif method == "fastv":                     # K=2, R=0.5: half the visual tokens after layer 1
         assert s1 == N_IN and s2 == kv == N_IN // 2
@@ -123,7 +139,7 @@ def test_defaults_prune_documented_amount(tiny, tiny_inputs, tiny_ref, method):
 def test_generate_agrees_with_forward(tiny, tiny_inputs, method):
     model, _ = tiny
     params = CASES[method][0]
-    prunevid.apply(model, method=method, **params)
+    _apply(model, method, params)
     try:
         with torch.no_grad():
             logits = model(**tiny_inputs).logits[:, -1]
@@ -148,7 +164,7 @@ def test_generate_agrees_with_forward(tiny, tiny_inputs, method):
 def test_remove_restores(tiny, tiny_inputs, tiny_ref, method):
     model, _ = tiny
     cls = type(model.model)
-    prunevid.apply(model, method=method, **CASES[method][0])
+    _apply(model, method, CASES[method][0])
     prunevid.remove(model)
     assert type(model.model) is cls and not prunevid.is_patched(model)
     for layer in model.model.language_model.layers:
@@ -206,10 +222,10 @@ def test_lookm_cache_sizes(tiny, tiny_inputs):
 
 @pytest.mark.parametrize("method,key", [("random", "visual_tokens_stage2"), ("fastv", "visual_tokens_stage2"),
                                         ("dycoke", "visual_tokens_stage2"), ("vidcom2", "visual_tokens_stage2"),
-                                        ("lookm", "kv_visual_tokens")])
+                                        ("oracle", "visual_tokens_stage2"), ("lookm", "kv_visual_tokens")])
 def test_kept_map_matches_counts(tiny, tiny_inputs, method, key):
     model, _ = tiny
-    prunevid.apply(model, method=method, **CASES[method][0])
+    _apply(model, method, CASES[method][0])
     try:
         with torch.no_grad():
             model(**tiny_inputs)

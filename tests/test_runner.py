@@ -482,6 +482,8 @@ def test_every_method_runs(datas, tiny, tmp_path):
     from prunevid import methods
     root, _ = datas
     for m in methods.available():
+        if m == "oracle":         # reads the generator's object masks: a one-line error here (tests/test_oracle.py)
+            continue
         params = {"L": 1} if m == "dycoke" else {}
         res = _eval(tiny, root, tmp_path / m, "videomme", method=m, params=params, limit=2)
         assert res["n_samples"]["done"] == 2 and res["method"]["name"] == m
@@ -493,12 +495,13 @@ def test_media_cache_gives_same_answers_for_every_method(datas, tiny, tmp_path, 
     root, _ = datas
     assert not uses_feature_cache("visionzip") and uses_feature_cache("fastv")
     plain = {}
-    for m in methods.available():
+    every = [m for m in methods.available() if m != "oracle"]    # the oracle needs the synthetic benchmark's masks
+    for m in every:
         params = {"L": 1} if m == "dycoke" else {}
         _eval(tiny, root, tmp_path / f"plain-{m}", "videomme", method=m, params=params, limit=2)
         plain[m] = {r["id"]: (r["prediction"], r.get("visual_tokens_stage2")) for r in _rows(tmp_path / f"plain-{m}")}
     monkeypatch.setenv("PRUNEVID_CACHE_DIR", str(tmp_path / "cache"))
-    for m in methods.available():
+    for m in every:
         params = {"L": 1} if m == "dycoke" else {}
         _eval(tiny, root, tmp_path / f"cached-{m}", "videomme", method=m, params=params, limit=2)
         got = {r["id"]: (r["prediction"], r.get("visual_tokens_stage2")) for r in _rows(tmp_path / f"cached-{m}")}

@@ -14,7 +14,7 @@ ARCHS = ["tiny", "tiny-llava-next-video", "tiny-pllava", "tiny-qwen2.5-vl"]
 # settings that make every method act on a 4-layer tiny model at 8 frames (Look-M without a budget keeps a count
 # that depends on the text prior: the schedule is then given the recorded count)
 PARAMS = {"prunevid": {}, "fastv": {}, "lookm": {"retain": 0.25}, "dycoke": {}, "random": {}, "visionzip": {},
-          "vidcom2": {}, "prumerge": {}, "prumerge+": {}, "none": {}}
+          "vidcom2": {}, "prumerge": {}, "prumerge+": {}, "oracle": {}, "none": {}}
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -32,7 +32,12 @@ def test_every_method_is_in_the_table():
 def test_declared_schedule_equals_the_recorded_prefill(arch, method):
     loaded, inputs = arch
     model = loaded.model
+    if method == "oracle":                # its hint: object masks, one per frame the model sees (Qwen merges pairs)
+        masks = torch.zeros(_frames_seen(model, inputs), 64, 64)
+        masks[:, 16:40, 8:32] = 1.0
     prunevid.apply(model, method=method, **PARAMS[method])
+    if method == "oracle":
+        state.set_hints(model, object_masks=masks)
     impl = state.active_method(model)
     if impl.needs_vision_attention and loaded.name.startswith("tiny-qwen"):
         prunevid.remove(model)
@@ -52,10 +57,21 @@ def test_declared_schedule_equals_the_recorded_prefill(arch, method):
                           kept=kept)
     assert sched.tokens == st["layer_tokens"], (method, sched.tokens, st["layer_tokens"])
     assert sched.kv == st["layer_kv_tokens"], (method, sched.kv, st["layer_kv_tokens"])
-    if method in ("fastv", "lookm", "random", "none"):     # their settings alone fix the counts: no hint needed
+    if method in ("fastv", "lookm", "random", "oracle", "none"):   # their settings alone fix the counts: no hint
         alone = impl.schedule(n_layers, st["text_tokens"], st["visual_tokens_in"])
-        if method != "random":                              # random keep's analytic count is retain x n, not floor
+        if method not in ("random", "oracle"):              # a retain budget's analytic count is retain x n, not floor
             assert (alone.tokens, alone.kv) == (st["layer_tokens"], st["layer_kv_tokens"]), method
+
+
+def _frames_seen(model, inputs) -> int:
+    """The frames the method sees (the rows of random keep's kept map), for giving the oracle its masks."""
+    prunevid.apply(model, method="random")
+    try:
+        with torch.no_grad():
+            model(**inputs)
+        return int(methods.kept_map(model).shape[0])
+    finally:
+        prunevid.remove(model)
 
 
 # ------------------------------------------------------------------------------- FastV's ideal speed-up, by hand

@@ -296,6 +296,15 @@ class Benchmark:
         return video.load_video(item.video, num_frames, bound=item.bound if sampling == "middle" else None,
                                 sampling=sampling)
 
+    # ground truth a method may ask for (``Method.needs_hints``, e.g. the oracle's ``object_masks``): the names
+    # this benchmark can give, and ``hints`` gives them for one item (the runner sets them on the patched model)
+    provides_hints: Tuple[str, ...] = ()
+
+    def hints(self, item: Item, num_frames: int, protocol: str) -> dict:
+        """Ground truth for one item at the frames ``frames(item, num_frames, protocol)`` samples, keyed by the
+        names in ``provides_hints``; ``{}`` here (a benchmark of real videos knows none)."""
+        return {}
+
     def prompt(self, item: Item, protocol: str) -> Prompt:
         raise NotImplementedError
 

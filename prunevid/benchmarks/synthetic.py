@@ -3,6 +3,10 @@
 The test split is generated on first use (deterministic from its seed; a few seconds). Items are listed round
 robin over the tasks, so ``--limit N`` covers every task. ``synthetic-val`` is the held-out validation split
 (``DATAS/Synthetic/val``, another seed): choose settings there, report on ``synthetic``.
+
+``synthetic-v2`` / ``synthetic-v2-val`` are the benchmark's version 2 (``prunevid.synthetic.version2``: clutter,
+more objects, no question answerable from its text; 300 items per task in the test split) under
+``DATAS/Synthetic-v2``; ``synthetic`` keeps meaning version 1 until a demo model trained on version 2 ships.
 """
 from __future__ import annotations
 
@@ -43,6 +47,67 @@ class Synthetic(MVBench):
                           answer_prefix=SYNTHETIC_ANSWER_PREFIX)
         return super().prompt(item, protocol)
 
+    provides_hints = ("object_masks",)
+
+    def hints(self, item: Item, num_frames: int, protocol: str) -> dict:
+        """``object_masks``: (num_frames, H, W) float32 in {0, 1}, the pixels the objects the generator placed
+        cover in each frame the protocol samples (clutter, where a generator version has any, is background).
+
+        The item is regenerated from its split's seed (the ``meta.json`` above its videos), task and index (its id
+        ``task/index``) with the generator version the split was written by (``generator_version``), and checked
+        against the item's question and options; each mask is the union of
+        ``pixels.object_pixels`` over the item's tracks. Frames are picked by the same samplers over the file's
+        ``FILE_FRAMES`` frames as ``frames`` (at 16 frames both pick the 16 generated frames; the repeated last
+        frame of the file is the last generated one)."""
+        import numpy as np
+        import torch
+        from .base import PROTOCOL_SAMPLING, check_protocol
+        from .. import video as kit_video
+        from ..synthetic import FILE_FRAMES, FPS, FRAME_SIZE, object_pixels
+        sample, meta = self._regenerate(item)
+        total = int(meta.get("file_frames", FILE_FRAMES))
+        if PROTOCOL_SAMPLING[check_protocol(protocol)] == "middle":
+            idx = kit_video.segment_midpoint_indices(num_frames, total - 1, float(meta.get("fps", FPS)))
+        else:
+            idx = kit_video.linspace_indices(num_frames, total)
+        last = len(sample.video.scenes) - 1
+        size = int(meta.get("frame_size", FRAME_SIZE))
+        objects = [tr for tr in sample.video.tracks if not getattr(tr, "clutter", False)]
+        masks = np.zeros((num_frames, size, size), np.float32)
+        for k, t in enumerate(idx):
+            for tr in objects:
+                masks[k] = np.maximum(masks[k], object_pixels(tr, min(int(t), last), size))
+        return {"object_masks": torch.from_numpy(masks)}
+
+    def _regenerate(self, item: Item):
+        """(the item's ``splits.Sample``, its split's ``meta.json``), checked against the item's question."""
+        from .. import synthetic as S
+        folder = os.path.dirname(os.path.abspath(item.video))
+        meta_path = None
+        for _ in range(4):                                   # <root>/video/<task>/<task>_0000.mp4 -> <root>
+            if os.path.isfile(os.path.join(folder, "meta.json")):
+                meta_path = os.path.join(folder, "meta.json")
+                break
+            folder = os.path.dirname(folder)
+        if meta_path is None:
+            raise ValueError(f"{self.name}: no meta.json above {item.video}: cannot regenerate the item's objects")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        task, _, index = item.id.rpartition("/")
+        if task not in S.TASKS or not index.isdigit() or os.path.basename(item.video) != S.video_name(task, int(index)):
+            raise ValueError(f"{self.name}: item {item.id!r} ({item.video}) is not task/index of a generated split")
+        version = meta.get("generator_version", S.GENERATOR_VERSION)        # the generator that wrote the split
+        try:
+            sample = S.make_item(task, S.item_rng(int(meta["seed"]), task, int(index)),
+                                 **({} if version == S.GENERATOR_VERSION else {"version": version}))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{self.name}: cannot regenerate item {item.id!r} with generator version {version} "
+                             f"({meta_path}): {e}") from None
+        if sample.item["question"] != item.question or list(sample.item["candidates"]) != list(item.candidates):
+            raise ValueError(f"{self.name}: item {item.id!r} does not match its regeneration from seed "
+                             f"{meta['seed']}: the split on disk is not this generator's")
+        return sample, meta
+
     def required_files(self, data_root: str) -> List[str]:
         return [os.path.join(self.root(data_root), "meta.json")]
 
@@ -70,4 +135,23 @@ class Synthetic(MVBench):
 class SyntheticVal(Synthetic):
     name = "synthetic-val"
     folder = os.path.join("Synthetic", "val")
+    split = "val"
+
+
+class SyntheticV2(Synthetic):
+    """Version 2 of the synthetic benchmark (``DATAS/Synthetic-v2``): the same layout, prompts and scoring."""
+
+    name = "synthetic-v2"
+    folder = "Synthetic-v2"
+    split = "test"
+    version = 2
+
+    def check_data(self, data_root: str) -> None:
+        from .. import synthetic
+        synthetic.ensure_split(data_root, self.split, version=self.version)
+
+
+class SyntheticV2Val(SyntheticV2):
+    name = "synthetic-v2-val"
+    folder = os.path.join("Synthetic-v2", "val")
     split = "val"

@@ -27,7 +27,7 @@ none          unreachable below 1
 ``run_at_budget`` applies, runs one prefill and returns the record with the *achieved* ratio (visual tokens
 after the LLM's pruning / visual tokens in; for Look-M the visual KV entries / visual tokens in), never the
 target, and an analytic prefill FLOPs ratio (the papers' 4nd^2 + 2n^2d + 2ndm convention over the token counts
-each decoder layer recorded: ``prunevid.flops.flops_ratio_of_run``).
+each decoder layer recorded: ``prunevid.harness.flops.flops_ratio_of_run``).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``python -m prunevid <command>``: one argparse program; each command lives in its own module.
 
 A command module provides ``add_parser(subparsers)`` (which sets ``func``) and is listed in ``COMMANDS``; the
-argument helpers the commands share (``--set`` pairs, ``--device``) are in ``prunevid.cli_args``, so no command
+argument helpers the commands share (``--set`` pairs, ``--device``) are in ``prunevid.harness.cli_args``, so no command
 imports this module (which imports every command).
 Bad input is one ``error: ...`` line on stderr and exit status 2 (a ``ValueError`` or ``FileNotFoundError``
 raised by the command); Ctrl-C and SIGTERM are one line too (exit 130 / 143): a command that was interrupted

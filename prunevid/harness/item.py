@@ -1,5 +1,5 @@
 """One benchmark item -> one ``samples.jsonl`` row: its clip (through the media cache), each of its prompts
-rendered and generated greedily (``prunevid.generation``), the patch's statistics and FLOPs of the prefill, the
+rendered and generated greedily (``prunevid.harness.generation``), the patch's statistics and FLOPs of the prefill, the
 protocol's answer extraction and score."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from .. import state as kit_state
 from . import generation
 from .cache import uses_feature_cache
 
@@ -54,7 +55,7 @@ def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set, stop
 
 
 def prefill_flops(model, stats: dict) -> dict:
-    """Analytic LLM prefill FLOPs of the last prefill (``prunevid.flops.analytic_from_run``, the kit's "exact"
+    """Analytic LLM prefill FLOPs of the last prefill (``prunevid.harness.flops.analytic_from_run``, the kit's "exact"
     per-layer count over the layers' recorded token counts, reported as FLOPs = 2 x MACs) and their ratio to the
     unpruned prefill of the same prompt."""
     from . import flops
@@ -120,12 +121,12 @@ def _load_clip(bench, item, frames: int, protocol: str, cache):
 
 def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids: set, seed: int,
              cache=None, method: str = "prunevid") -> dict:
-    """One item -> one samples.jsonl row. ``cache``: a ``prunevid.cache.MediaCache`` (or None).
+    """One item -> one samples.jsonl row. ``cache``: a ``prunevid.harness.cache.MediaCache`` (or None).
 
     The row records the exact ``prompt`` text the model received (the rendered template, the video placeholder
     written once; ``prompt2`` for VCG's second consistency question) and ``short_clip`` when the clip had
-    fewer frames than asked."""
-    from .. import video
+    fewer frames than asked. A method that reads hints (``Method.needs_hints``: the oracle's object masks) gets
+    them from ``bench.hints`` for this item (``prunevid.state.set_hints``), cleared after its prompts."""
     torch.manual_seed(seed)
     row = {"id": item.id, "category": item.category, "prediction": None, "parsed": None,
            "answer": item.answer_letter if bench.multiple_choice else item.answer, "correct": None, "error": None}
@@ -144,6 +145,42 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
     if short:
         row["short_clip"] = True
     stop = keywords_stop(loaded.tokenizer) if bench.stops_on_keywords(protocol) else None
+    hinted = bool(needed_hints(loaded.model))
+    if hinted:                     # ground truth the method reads (the oracle's object masks), for this item only
+        kit_state.set_hints(loaded.model, **bench.hints(item, frames, protocol))
+    try:
+        preds, raws, prefill, decode, n_new, stats = _generate_prompts(bench, item, loaded, protocol, clip, key, gen,
+                                                                       eos_ids, stop, cache, method, row)
+    finally:
+        if hinted:
+            kit_state.clear_hints(loaded.model)
+    score = bench.score(item, preds, protocol)
+    row.update(prediction=preds[0], parsed=score.parsed, correct=score.correct, unparsed=score.unparsed)
+    if score.fallback:
+        row["fallback_parsed"] = True
+    if raws[0] != preds[0]:
+        row["raw_prediction"] = raws[0]            # the generated text, before the protocol's answer extraction
+    if len(preds) > 1:
+        row["prediction2"] = preds[1]
+    row.update({k: stats.get(k) for k in _stats_keys() + ("flops_prefill", "flops_ratio")})
+    row.update(prefill_ms=sum(prefill) / len(prefill), decode_ms_per_token=sum(decode) / len(decode) if decode else None,
+               new_tokens=n_new, time_s=time.perf_counter() - t0)
+    return row
+
+
+def needed_hints(model) -> tuple:
+    """The hints the patched model's method reads (``Method.needs_hints``), ``()`` when it reads none or is a
+    no-op at its settings."""
+    impl = kit_state.active_method(model)
+    if impl is None or not getattr(impl, "enabled", True):
+        return ()
+    return tuple(getattr(impl, "needs_hints", ()) or ())
+
+
+def _generate_prompts(bench, item, loaded, protocol, clip, key, gen, eos_ids, stop, cache, method, row):
+    """Each of the item's prompts rendered and generated greedily: (predictions, raw texts, prefill ms, decode
+    ms per token, new tokens, the first prompt's prefill stats); the rendered prompts go into ``row``."""
+    from .. import video
     preds, raws, prefill, decode, n_new, stats = [], [], [], [], 0, {}
     for i, prompt in enumerate(bench.prompts(item, protocol)):
         rendered = video.build_prompt(loaded.tokenizer, prompt.text, system=prompt.system,
@@ -169,18 +206,7 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
         n_new += len(toks)
         if i == 0:
             stats = st
-    score = bench.score(item, preds, protocol)
-    row.update(prediction=preds[0], parsed=score.parsed, correct=score.correct, unparsed=score.unparsed)
-    if score.fallback:
-        row["fallback_parsed"] = True
-    if raws[0] != preds[0]:
-        row["raw_prediction"] = raws[0]            # the generated text, before the protocol's answer extraction
-    if len(preds) > 1:
-        row["prediction2"] = preds[1]
-    row.update({k: stats.get(k) for k in _stats_keys() + ("flops_prefill", "flops_ratio")})
-    row.update(prefill_ms=sum(prefill) / len(prefill), decode_ms_per_token=sum(decode) / len(decode) if decode else None,
-               new_tokens=n_new, time_s=time.perf_counter() - t0)
-    return row
+    return preds, raws, prefill, decode, n_new, stats
 
 
 def _stats_keys() -> tuple:

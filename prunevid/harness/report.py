@@ -114,7 +114,7 @@ def _kernel() -> str:
 
 def export_html(executed_path: str, html_path: str, *, code: bool = False) -> None:
     """Executed notebook -> HTML without code cells (outputs and markdown only); ``code=True`` keeps every cell's
-    code as well (the course pages, ``prunevid.course``)."""
+    code as well (the course pages, ``prunevid.harness.course``)."""
     import nbformat
     from nbconvert import HTMLExporter
     nb = nbformat.read(executed_path, as_version=4)
@@ -319,7 +319,11 @@ METHOD_COLOURS = {
     "none": "#000000", "prunevid": "#d62728", "fastv": "#1f77b4", "visionzip": "#ff7f0e", "vidcom2": "#2ca02c",
     "prumerge": "#9467bd", "prumerge+": "#8c564b", "dycoke": "#bcbd22", "lookm": "#17becf", "random": "#7f7f7f",
     "fastvid": "#aec7e8", "holitom": "#ffbb78", "framefusion": "#98df8a", "divprune": "#c5b0d5", "pdrop": "#e377c2",
+    "oracle": "#b8860b",       # dark gold: a reference line (the ceiling of token selection), not a contender
 }
+# Methods that are references rather than contenders, with what the index and the plot legend say of them: the
+# oracle reads the synthetic generator's object masks (``prunevid.methods.oracle``).
+ORACLES = {"oracle": "oracle: the ceiling of token selection, reads the generator's object masks"}
 _SPARE_COLOURS = ("#ff9896", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79", "#637939", "#8c6d31")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LINESTYLES = ("-", "--", "-.", ":")
@@ -370,7 +374,8 @@ def plot_panels(rows: list, x: str) -> list:
             per_method[method] = i + 1
             pts = sorted(((100 * g[x], g["score"], g["run_id"], g.get("score_ci95")) for g in groups[(method, label)]),
                          key=lambda p: p[:2])
-            series.append({"label": label, "method": method, "colour": method_colour(method),
+            series.append({"label": f"{label} (ceiling)" if method in ORACLES else label, "method": method,
+                           "colour": method_colour(method),
                            "marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)],
                            "points": pts})
         nones = [r for r in rs if r["method"] == "none"]
@@ -685,7 +690,8 @@ def build_index(out_dir: str, title: str = "sweep", description: str = "", cells
         status = r["status"] if not r["error"] else f'failed: {html.escape(r["error"])}'
         cls = ' class="failed"' if r["status"] != "done" else ""
         speed_cell = (f"<td>{_fmt(r['speedup'])}{'×' if r['speedup'] is not None else ''}</td>" if speed else "")
-        lines.append(f"<tr{cls}><td>{_fmt(r['method'])}</td><td>{_fmt(r['settings'])}</td><td>{_fmt(r['model'])}</td>"
+        lines.append(f"<tr{cls}><td>{_method_cell(r['method'])}</td><td>{_fmt(r['settings'])}</td>"
+                     f"<td>{_fmt(r['model'])}</td>"
                      f"<td>{_fmt(r['benchmark'])}</td><td>{_fmt(r['retained'], pct=True)}</td>"
                      f"<td>{_fmt(r['flops'])}{'×' if r['flops'] is not None else ''}</td>"
                      f"<td>{_fmt(r['score'])}{_interval_text(r.get('score_ci95'))}</td>"
@@ -753,6 +759,13 @@ unpruned model (achieved, not the target); FLOPs = LLM prefill FLOPs relative to
     with open(path, "w") as f:
         f.write(page)
     return path
+
+
+def _method_cell(method) -> str:
+    """A row's method name; an oracle (``ORACLES``) is labelled as one, so it is not read as a contender."""
+    if method in ORACLES:
+        return f'{_fmt(method)} <small title="{html.escape(ORACLES[method])}">(oracle: ceiling)</small>'
+    return _fmt(method)
 
 
 def _relative_cell(r: dict) -> str:

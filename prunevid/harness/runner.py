@@ -211,6 +211,7 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
     lock = results.RunLock(output_dir)                   # taken by rank 0 in _run, before anything is written
     try:
         check_method_supported(loaded.model, method)     # e.g. VisionZip on Qwen2-VL: before the folder exists
+        check_hints_available(bench, loaded.model, method)   # e.g. the oracle off the synthetic benchmark
         return _run(bench, items, loaded, identity, output_dir=output_dir, data_root=data_root, device=device,
                     limit=limit, progress=progress, rank=rank, world=world, lock=lock)
     finally:
@@ -332,6 +333,17 @@ def check_method_supported(model, method: str) -> None:
         raise ValueError(f"method {method!r} needs the vision tower's attention, which the kit does not extract "
                          f"from {type(model).__name__}; use a method that does not (fastv, prunevid, vidcom2, "
                          f"dycoke, random, lookm) or another model")
+
+
+def check_hints_available(bench, model, method: str) -> None:
+    """A method that reads ground truth (``Method.needs_hints``: the oracle's object masks) on a benchmark that
+    cannot give it (``Benchmark.provides_hints``) is a one-line error before the run folder is created."""
+    from .item import needed_hints
+    missing = [h for h in needed_hints(model) if h not in bench.provides_hints]
+    if missing:
+        raise ValueError(f"method {method!r} needs the hint {', '.join(missing)}, which the {bench.name} benchmark "
+                         f"cannot give (the synthetic benchmarks can); outside the runner give it with "
+                         f"prunevid.state.set_hints")
 
 
 def _flops_summary(rows):

@@ -5,9 +5,11 @@ from, how the prompt marks them, which modules are the decoder layers. A method 
 tensor functions plus three optional answers the model file asks for at the prefill that carries a video:
 
 1. ``reduce(video) -> Reduction | None`` — pre-LLM: the visual tokens that enter the LLM (kept or merged),
-   from ``VideoContext`` (frame features (F, P, C), the per-frame grid, and — only when the method sets
+   from ``VideoContext`` (frame features (F, P, C), the per-frame grid, — only when the method sets
    ``needs_vision_attention`` — the vision tower's last-layer importance (F, P) and keys (F, P, Dk) pooled to
-   the same grid). ``None`` = the frames enter unchanged.
+   the same grid, and the ``hints``: ground truth a caller gave for this call, ``prunevid.state.set_hints``, such
+   as the oracle's object masks; a method names those it reads in ``needs_hints``). ``None`` = the frames enter
+   unchanged.
 2. ``plan(layout) -> Stage2Plan | None`` — in-LLM pruning, carried out by the shared ``LayerPruner``.
 3. ``cache_policy(layout) -> CachePolicy | None`` — post-prefill / decode-time KV-cache behaviour, run by the
    same hooks.
@@ -50,6 +52,8 @@ class VideoContext:
     importance: Optional[torch.Tensor] = None          # (F, P) attention each patch receives (vision tower)
     keys: Optional[torch.Tensor] = None                # (F, P, Dk) vision keys, pooled: as the method asks
                                                        # (VisionZip: mean over heads; PruMerge: full key vectors)
+    hints: dict = field(default_factory=dict)          # ground truth the caller gave (``prunevid.state.set_hints``):
+                                                       # what a method declares in ``needs_hints`` (oracle: masks)
 
     @property
     def num_frames(self) -> int:
@@ -116,6 +120,8 @@ class Method:
     name: str = "none"
     config_class: type = None
     needs_vision_attention: bool = False
+    needs_hints: tuple = ()                # ground truth the method reads from ``VideoContext.hints`` (``oracle``:
+                                           # ``"object_masks"``); the runner asks the benchmark for them
 
     def __init__(self, config):
         from .resolve import resolve

@@ -16,6 +16,7 @@ _METHODS = {
     "prumerge": ("prumerge", "PruMergeMethod"),
     "prumerge+": ("prumerge", "PruMergePlusMethod"),
     "lookm": ("lookm", "LookMMethod"),
+    "oracle": ("oracle", "OracleMethod"),
 }
 
 

@@ -245,7 +245,7 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs, pas
     if method.needs_vision_attention:
         importance, keys = adapter.vision_attention(self, state, kwargs, frames)
     video = VideoContext(frames=frames, grid=adapter.grid(self, kwargs, per_frame), generator=state.generator(),
-                         importance=importance, keys=keys)
+                         importance=importance, keys=keys, hints=dict(state.hints))
 
     stats = empty_stats()
     stats.update(visual_tokens_in=n_frames * per_frame)

@@ -2,8 +2,10 @@
 deterministically from a seed, and the demo model that lives in it. ``pixels.py`` owns how a video looks (frame
 format, palettes, shape masks, backgrounds, painting, per-token coverage, mp4); ``world.py`` what happens in it
 (names, tasks, object tracks, placement, each task's video maker); ``questions.py`` what is asked (the frozen
-prompt, options, each task's question maker, captions, vocabulary); ``splits.py`` items and splits (per-item seeds,
-files on disk, checksums, in-memory training draws); ``demo_model.py`` the demo model's tokenizer and architecture.
+prompt, options, each task's question maker, captions, vocabulary); ``version2.py`` the benchmark's version 2
+(clutter, more and smaller objects, the question drawn before the video so no text-only rule beats chance);
+``splits.py`` items and splits (per-item seeds, files on disk, checksums, in-memory training draws; ``version=2``
+selects version 2); ``demo_model.py`` the demo model's tokenizer and architecture.
 Each file imports only the ones listed before it, and none imports ``prunevid.benchmarks``
 (``benchmarks/synthetic.py`` imports this package). Every public name but ``demo_model``'s is re-exported here;
 ``demo_model`` needs torch and transformers, so it is imported on its own (``prunevid.synthetic.demo_model``), and
@@ -16,8 +18,12 @@ from .world import (CHANCE, COLOR_NAMES, DIRECTIONS, GENERATOR_VERSION, NUM_OPTI
 from .questions import (NUMBERS, OPTION_LETTERS, QUESTION_MAKERS, SYNTHETIC_ANSWER_PREFIX, SYNTHETIC_POST_PROMPT,
                         SYNTHETIC_SYSTEM, YES_NO, all_questions, describe, mvbench_answer, synthetic_question,
                         vocabulary_strings)
-from .splits import (BENCHMARK_DIR, DEFAULT_N_PER_TASK, SPLIT_SEEDS, Sample, ensure_split, frames_tensor, item_rng,
-                     make_item, named_track, sample, split_checksum, split_dir, split_items, video_name, write_split)
+from .version2 import (CLUTTER_COLORS, GENERATOR_VERSION_V2, Clutter, VideoV2, ask, cluttered_background,
+                       covered_share, make_question_and_video)
+from .splits import (BENCHMARK_DIR, BENCHMARK_DIR_V2, DEFAULT_N_PER_TASK, DEFAULT_N_PER_TASK_V2, SPLIT_SEEDS,
+                     SPLIT_SEEDS_V2, VERSIONS, Sample, default_n_per_task, ensure_split, frames_tensor, item_rng,
+                     make_item, named_track, sample, split_checksum, split_dir, split_items, split_seeds, video_name,
+                     write_split)
 
 __all__ = ["COLORS", "FILE_FRAMES", "FPS", "FRAME_SIZE", "NUM_FRAMES", "SCENES", "make_background", "object_pixels",
            "render", "shape_mask", "token_coverage", "write_mp4",
@@ -26,6 +32,9 @@ __all__ = ["COLORS", "FILE_FRAMES", "FPS", "FRAME_SIZE", "NUM_FRAMES", "SCENES",
            "NUMBERS", "OPTION_LETTERS", "QUESTION_MAKERS", "SYNTHETIC_ANSWER_PREFIX", "SYNTHETIC_POST_PROMPT",
            "SYNTHETIC_SYSTEM", "YES_NO", "all_questions", "describe", "mvbench_answer", "synthetic_question",
            "vocabulary_strings",
-           "BENCHMARK_DIR", "DEFAULT_N_PER_TASK", "SPLIT_SEEDS", "Sample", "ensure_split", "frames_tensor", "item_rng",
-           "make_item", "named_track", "sample", "split_checksum", "split_dir", "split_items", "video_name",
-           "write_split"]
+           "CLUTTER_COLORS", "GENERATOR_VERSION_V2", "Clutter", "VideoV2", "ask", "cluttered_background",
+           "covered_share", "make_question_and_video",
+           "BENCHMARK_DIR", "BENCHMARK_DIR_V2", "DEFAULT_N_PER_TASK", "DEFAULT_N_PER_TASK_V2", "SPLIT_SEEDS",
+           "SPLIT_SEEDS_V2", "VERSIONS", "Sample", "default_n_per_task", "ensure_split", "frames_tensor", "item_rng",
+           "make_item", "named_track", "sample", "split_checksum", "split_dir", "split_items", "split_seeds",
+           "video_name", "write_split"]

@@ -15,6 +15,12 @@ For training, :func:`sample` draws items in memory with the same generator (no m
 a curriculum (``difficulty``, ``shuffle``) and every valid question about the same video
 (:func:`~prunevid.synthetic.questions.all_questions`) plus a dense caption
 (:func:`~prunevid.synthetic.questions.describe`).
+
+Version 2 of the benchmark (``version2.py``: question drawn before the video, clutter, more objects) is chosen by
+``version=2`` on :func:`make_item`, :func:`split_items`, :func:`split_checksum`, :func:`split_dir`,
+:func:`write_split`, :func:`ensure_split` and :func:`sample`; it has its own seeds (:data:`SPLIT_SEEDS_V2`), its
+own folder (``DATAS/Synthetic-v2``, ``DATAS/Synthetic-v2/<split>``) and ``generator_version: 2`` in ``meta.json``.
+Version 1 stays the default and its draws are untouched (its checksums are pinned in tests/test_synthetic.py).
 """
 from __future__ import annotations
 
@@ -31,10 +37,32 @@ import numpy as np
 from .questions import QUESTION_MAKERS, all_questions, describe
 from .pixels import COLORS, FILE_FRAMES, FPS, FRAME_SIZE, NUM_FRAMES, write_mp4
 from .world import CHANCE, GENERATOR_VERSION, NUM_OPTIONS, SHAPES, TASKS, VIDEO_MAKERS, Track, Video, _PlacementError
+from .version2 import GENERATOR_VERSION_V2, covered_share, make_question_and_video
 
 BENCHMARK_DIR = "Synthetic"
 SPLIT_SEEDS = {"test": 20261124, "val": 777, "train": 1}
 DEFAULT_N_PER_TASK = {"test": 50, "val": 50, "train": 500}
+# Version 2: new seeds; a 2,100-item test split (300 per task) so that 2-point gaps between methods resolve.
+BENCHMARK_DIR_V2 = "Synthetic-v2"
+SPLIT_SEEDS_V2 = {"test": 20270124, "val": 7772, "train": 2}
+DEFAULT_N_PER_TASK_V2 = {"test": 300, "val": 50, "train": 500}
+VERSIONS = (GENERATOR_VERSION, GENERATOR_VERSION_V2)
+
+
+def _check_version(version: int) -> int:
+    if version not in VERSIONS:
+        raise ValueError(f"unknown synthetic benchmark version {version!r} (known: {list(VERSIONS)})")
+    return int(version)
+
+
+def split_seeds(version: int = 1) -> Dict[str, int]:
+    """The default seed of each split of ``version``."""
+    return SPLIT_SEEDS if _check_version(version) == 1 else SPLIT_SEEDS_V2
+
+
+def default_n_per_task(version: int = 1) -> Dict[str, int]:
+    """The default items per task of each split of ``version``."""
+    return DEFAULT_N_PER_TASK if _check_version(version) == 1 else DEFAULT_N_PER_TASK_V2
 
 
 @dataclass
@@ -53,10 +81,18 @@ class Sample:
 
 
 def make_item(task: str, rng: np.random.Generator, *, difficulty: float = 1.0, shuffle: bool = True,
-              extras: bool = False) -> Sample:
-    """Generate one item of ``task`` from ``rng``."""
+              extras: bool = False, version: int = 1) -> Sample:
+    """Generate one item of ``task`` from ``rng`` (``version=2``: :mod:`~prunevid.synthetic.version2`, which has no
+    curriculum: ``difficulty`` and ``shuffle`` apply to version 1 and to the extras only)."""
     if task not in VIDEO_MAKERS:
         raise ValueError(f"unknown task {task!r}; tasks: {list(TASKS)}")
+    if _check_version(version) == 2:
+        q, video = make_question_and_video(task, rng)
+        sample = Sample(task=task, item=q, video=video)
+        if extras:           # other tasks' questions use version 1's makers (training aids, not benchmark items)
+            sample.extra = {k: v for k, v in all_questions(video, rng, shuffle=shuffle).items() if k != task}
+            sample.caption = describe(video)
+        return sample
     for _ in range(100):
         try:
             video = VIDEO_MAKERS[task](rng, difficulty)
@@ -78,11 +114,11 @@ def item_rng(seed: int, task: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), TASKS.index(task), int(index)]))
 
 
-def split_items(seed: int, n_per_task: int, tasks=TASKS):
+def split_items(seed: int, n_per_task: int, tasks=TASKS, version: int = 1):
     """Yield (task, index, Sample) of a split, in file order, from the per-item seeds."""
     for task in tasks:
         for i in range(n_per_task):
-            yield task, i, make_item(task, item_rng(seed, task, i))
+            yield task, i, make_item(task, item_rng(seed, task, i), version=version)
 
 
 def video_name(task: str, index: int) -> str:
@@ -110,38 +146,44 @@ def _hash_item(h, item: dict, frames: np.ndarray) -> None:
     h.update(np.ascontiguousarray(frames).tobytes())
 
 
-def split_checksum(seed: int, n_per_task: int, tasks=TASKS) -> str:
+def split_checksum(seed: int, n_per_task: int, tasks=TASKS, version: int = 1) -> str:
     """sha256 over every item's JSON and raw frames, without writing anything."""
     h = hashlib.sha256()
-    for task, i, s in split_items(seed, n_per_task, tasks):
+    for task, i, s in split_items(seed, n_per_task, tasks, version):
         _hash_item(h, dict(s.item, video=video_name(task, i)), s.frames)
     return h.hexdigest()
 
 
-def split_dir(root: str, split: str = "test") -> str:
-    """``<root>/Synthetic`` for the test split (what a runner reads), ``<root>/Synthetic/<split>`` otherwise."""
-    base = os.path.join(root, BENCHMARK_DIR)
+def split_dir(root: str, split: str = "test", version: int = 1) -> str:
+    """``<root>/Synthetic`` for the test split (what a runner reads), ``<root>/Synthetic/<split>`` otherwise
+    (``Synthetic-v2`` for version 2)."""
+    base = os.path.join(root, BENCHMARK_DIR if _check_version(version) == 1 else BENCHMARK_DIR_V2)
     return base if split == "test" else os.path.join(base, split)
 
 
 def write_split(root: str, split: str = "test", *, n_per_task: Optional[int] = None, seed: Optional[int] = None,
-                tasks=TASKS, codec: str = "libx264", log: Optional[Callable[[str], None]] = None) -> dict:
+                tasks=TASKS, codec: str = "libx264", log: Optional[Callable[[str], None]] = None,
+                version: int = 1) -> dict:
     """Generate a split and write it in the MVBench layout; returns the ``meta.json`` content."""
-    if split not in SPLIT_SEEDS and seed is None:
-        raise ValueError(f"unknown split {split!r} (known: {sorted(SPLIT_SEEDS)}); pass a seed")
-    seed = SPLIT_SEEDS[split] if seed is None else int(seed)
-    n_per_task = DEFAULT_N_PER_TASK.get(split, 50) if n_per_task is None else int(n_per_task)
-    out = split_dir(root, split)
+    seeds = split_seeds(version)
+    if split not in seeds and seed is None:
+        raise ValueError(f"unknown split {split!r} (known: {sorted(seeds)}); pass a seed")
+    seed = seeds[split] if seed is None else int(seed)
+    n_per_task = default_n_per_task(version).get(split, 50) if n_per_task is None else int(n_per_task)
+    out = split_dir(root, split, version)
     os.makedirs(os.path.join(out, "json"), exist_ok=True)
     t0 = time.time()
     h = hashlib.sha256()
     counts = {}
+    shares: Dict[str, list] = {}
     for task in tasks:
         vdir = os.path.join(out, "video", task)
         os.makedirs(vdir, exist_ok=True)
         items = []
         for i in range(n_per_task):
-            s = make_item(task, item_rng(seed, task, i))
+            s = make_item(task, item_rng(seed, task, i), version=version)
+            if version == 2:
+                shares.setdefault(task, []).append(covered_share(s.video))
             name = video_name(task, i)
             item = {"video": name, **s.item}
             _hash_item(h, item, s.frames)
@@ -162,32 +204,50 @@ def write_split(root: str, split: str = "test", *, n_per_task: Optional[int] = N
             "checksum": h.hexdigest(), "checksum_covers": "sha256 over json.dumps(item, sort_keys=True) and the raw "
                                                          "uint8 frames of every item, in task then index order",
             "seconds": round(time.time() - t0, 2)}
+    if version == 2:
+        meta.update(benchmark=BENCHMARK_DIR_V2, generator_version=GENERATOR_VERSION_V2,
+                    covered_share=_share_summary(shares))
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
 
 
-def ensure_split(root: str, split: str = "test", **kwargs) -> str:
+def ensure_split(root: str, split: str = "test", *, version: int = 1, **kwargs) -> str:
     """Generate the split under ``root`` unless a matching ``meta.json`` is there; return its folder."""
-    out = split_dir(root, split)
+    out = split_dir(root, split, version)
     p = os.path.join(out, "meta.json")
+    defaults = default_n_per_task(version)
     if os.path.isfile(p):
         with open(p) as f:
             meta = json.load(f)
-        want_seed = SPLIT_SEEDS.get(split) if kwargs.get("seed") is None else int(kwargs["seed"])
-        want_n = DEFAULT_N_PER_TASK.get(split, 50) if kwargs.get("n_per_task") is None else int(kwargs["n_per_task"])
+        want_seed = split_seeds(version).get(split) if kwargs.get("seed") is None else int(kwargs["seed"])
+        want_n = defaults.get(split, 50) if kwargs.get("n_per_task") is None else int(kwargs["n_per_task"])
         if (meta.get("seed"), meta.get("n_per_task"), meta.get("generator_version")) == (
-                want_seed, want_n, GENERATOR_VERSION):
+                want_seed, want_n, GENERATOR_VERSION if version == 1 else GENERATOR_VERSION_V2):
             return out
     # the first use writes into the data root (./DATAS by default): say what and where, once
-    n = DEFAULT_N_PER_TASK.get(split, 50) if kwargs.get("n_per_task") is None else int(kwargs["n_per_task"])
+    n = defaults.get(split, 50) if kwargs.get("n_per_task") is None else int(kwargs["n_per_task"])
     tasks = kwargs.get("tasks", TASKS)
     message = (f"generating the synthetic benchmark's {split} split ({n * len(tasks)} short mp4 clips and their "
                f"questions, about {max(1, round(0.05 * n * len(tasks)))} MB) into {os.path.abspath(out)}: done once, "
                f"reused by later runs; --data-root or $PRUNEVID_DATA puts it elsewhere")
     (kwargs.get("log") or (lambda m: print(f"[data] {m}", file=sys.stderr, flush=True)))(message)
-    write_split(root, split, **kwargs)
+    write_split(root, split, version=version, **kwargs)
     return out
+
+
+def _share_summary(shares: Dict[str, list]) -> dict:
+    """meta.json's record of how much of the 7 x 7 token grid the asked objects cover (version 2)."""
+    def mean(rows, key):
+        vals = [r[key] for r in rows if r is not None]
+        return round(float(np.mean(vals)), 4) if vals else None
+    every = [r for rows in shares.values() for r in rows]
+    return {"what": "share of each frame's 7 x 7 visual tokens that the tracks a question is about touch (tokens) "
+                    "or paint (area), mean over frames; items naming no object (scene transition, an absent "
+                    "object) are left out of the means",
+            "tokens": mean(every, "tokens"), "area": mean(every, "area"),
+            "per_task": {t: {"tokens": mean(rows, "tokens"), "area": mean(rows, "area")} for t, rows in shares.items()},
+            "items": {t: [None if r is None else round(r["tokens"], 4) for r in rows] for t, rows in shares.items()}}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -195,12 +255,12 @@ def ensure_split(root: str, split: str = "test", **kwargs) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 def sample(rng: np.random.Generator, task: Optional[str] = None, *, difficulty: float = 1.0, shuffle: bool = True,
-           extras: bool = True, tasks=TASKS) -> Sample:
+           extras: bool = True, tasks=TASKS, version: int = 1) -> Sample:
     """One training item drawn from ``rng`` (uniform task unless given), from the same generator as the
     files; ``difficulty`` < 1 and ``shuffle=False`` give the curriculum's easier items."""
     if task is None:
         task = tasks[int(rng.integers(len(tasks)))]
-    return make_item(task, rng, difficulty=difficulty, shuffle=shuffle, extras=extras)
+    return make_item(task, rng, difficulty=difficulty, shuffle=shuffle, extras=extras, version=version)
 
 
 def frames_tensor(samples: List[Sample]):

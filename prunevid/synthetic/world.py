@@ -123,7 +123,10 @@ def _clear(a: Track, b: Track, gap: float = 3.0) -> bool:
 
 
 def _new_track(rng: np.random.Generator, *, color: str, shape: str, moving: Optional[str] = None,
-               visible: Optional[np.ndarray] = None, size: Optional[int] = None) -> Track:
+               visible: Optional[np.ndarray] = None, size: Optional[int] = None,
+               speed_range: tuple = (2.0, 3.0)) -> Track:
+    """A static or straight-moving object; ``speed_range`` (px per frame) is version 1's unless given (version 2
+    moves faster so the direction shows over 16 frames); the draw order is the same either way."""
     T, S = NUM_FRAMES, FRAME_SIZE
     size = int(size if size is not None else rng.integers(16, 25))
     margin = size / 2.0 + 2
@@ -132,7 +135,7 @@ def _new_track(rng: np.random.Generator, *, color: str, shape: str, moving: Opti
         x = np.full(T, rng.uniform(margin, S - margin), np.float32)
         y = np.full(T, rng.uniform(margin, S - margin), np.float32)
     else:
-        speed = rng.uniform(2.0, 3.0)
+        speed = rng.uniform(*speed_range)
         travel = speed * (T - 1)
         along0 = rng.uniform(margin, S - margin - travel)       # start on the travel axis (increasing)
         across = rng.uniform(margin, S - margin)
