@@ -10,6 +10,7 @@ more objects, no question answerable from its text; 300 items per task in the te
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import List
@@ -91,8 +92,7 @@ class Synthetic(MVBench):
             folder = os.path.dirname(folder)
         if meta_path is None:
             raise ValueError(f"{self.name}: no meta.json above {item.video}: cannot regenerate the item's objects")
-        with open(meta_path) as f:
-            meta = json.load(f)
+        meta = _read_meta(meta_path, os.path.getmtime(meta_path))
         task, _, index = item.id.rpartition("/")
         if task not in S.TASKS or not index.isdigit() or os.path.basename(item.video) != S.video_name(task, int(index)):
             raise ValueError(f"{self.name}: item {item.id!r} ({item.video}) is not task/index of a generated split")
@@ -155,3 +155,11 @@ class SyntheticV2Val(SyntheticV2):
     name = "synthetic-v2-val"
     folder = os.path.join("Synthetic-v2", "val")
     split = "val"
+
+
+@functools.lru_cache(maxsize=8)
+def _read_meta(path: str, mtime: float) -> dict:
+    """A split's ``meta.json``, read once per file version (``hints`` asks for it at every item; a v2 test split's
+    file lists every item's covered share)."""
+    with open(path) as f:
+        return json.load(f)

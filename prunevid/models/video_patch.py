@@ -190,6 +190,11 @@ def _unpruned_stats(self, adapter, input_ids) -> dict:
     return finish_stats(stats)
 
 
+def _output_cache(out):
+    """The KV cache a forward returned (``cache`` since transformers 5.24, ``past_key_values`` before)."""
+    return getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+
+
 def _record_layers(stats: dict, seen, out, past: int) -> dict:
     """``layer_tokens`` / ``layer_kv_tokens`` of a prefill (``prunevid.state.STATS_KEYS``): the visual tokens each
     decoder layer ran on, as its hook saw the sequence, and the visual entries its cache holds at the end."""
@@ -197,7 +202,7 @@ def _record_layers(stats: dict, seen, out, past: int) -> dict:
     if text is None or not seen or any(n is None for n in seen):
         return stats
     stats["layer_tokens"] = [n - text for n in seen]
-    cache = getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+    cache = _output_cache(out)
     layers = getattr(cache, "layers", None)
     if layers and past == 0 and len(layers) == len(seen):
         stats["layer_kv_tokens"] = [layer.get_seq_length() - text for layer in layers]
@@ -328,7 +333,7 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs, pas
         kept_seq = keep1[(kp[0] if kp.dim() == 2 else kp).to(keep1.device)]
     stats["visual_tokens_stage2"] = plan.kept_visual if plan is not None and plan.keep is not None else n_vis
     stats["text_tokens"] = n1 - n_vis
-    out_cache = getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+    out_cache = _output_cache(out)
     if out_cache is not None and getattr(out_cache, "layers", None):
         cache_len = out_cache.get_seq_length()
         stats["kv_visual_tokens"] = out_cache.layers[-1].get_seq_length() - stats["text_tokens"]
