@@ -120,7 +120,7 @@ def active_config(model: torch.nn.Module):
 
 
 def last_plan(model: torch.nn.Module):
-    """The in-LLM plan of the last prefill (``prunevid.layer_pruner.Stage2Plan``), or ``None``."""
+    """The in-LLM plan of the last prefill (``prunevid.layer_pruner.Stage2Plan`` or ``CutPlan``), or ``None``."""
     state = find(model)
     return None if state is None else state.last_plan
 

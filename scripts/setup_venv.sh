@@ -10,7 +10,12 @@ if [ -z "$PY" ]; then
   done
 fi
 stamp=.venv/.prunevid-installed
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
+# Up to date: installed since pyproject.toml last changed, and the kit's entry points are registered (lmms-eval finds
+# the plugin models in the group lmms_eval.models: they exist only once the kit is installed from this pyproject.toml).
+registered() {
+  .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(not any(e.value.startswith('prunevid.') for e in m.entry_points(group='lmms_eval.models')))" 2>/dev/null
+}
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && registered; then exit 0; fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then

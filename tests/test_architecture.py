@@ -1,5 +1,7 @@
 """The house's rules (docs/architecture.md), checked on the source: no import cycles in ``prunevid/`` (imports inside
-functions included), the patch state touched only by ``prunevid/state.py``."""
+functions included), the library never imports the harness-level packages (``prunevid.harness``, the other tools'
+plugins in ``prunevid.integrations``), nothing in the kit imports the plugins, the patch state touched only by
+``prunevid/state.py``."""
 import ast
 import os
 import re
@@ -129,12 +131,29 @@ def test_only_the_state_module_touches_the_patch_state_attribute():
     assert not offenders, f"use the accessors of prunevid.state instead: {offenders}"
 
 
+# harness-level: the kit's programs (CLI, runner, reports, bench, FLOPs) and the plugins other tools load
+HARNESS_LEVEL = ("prunevid.harness", "prunevid.integrations")
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def test_the_library_never_imports_the_harness():
-    """``prunevid.harness`` (CLI, runner, reports, bench, FLOPs) sits on top: nothing below imports it."""
+    """``prunevid.harness`` and ``prunevid.integrations`` sit on top: nothing below imports them."""
     modules = _modules()
     offenders = sorted(f"{m} -> {t}" for m, p in modules.items()
-                       if not m.startswith("prunevid.harness") and m != "prunevid.__main__"
-                       for t in _imports(m, p, modules) if t.startswith("prunevid.harness"))
+                       if not any(_in(m, h) for h in HARNESS_LEVEL) and m != "prunevid.__main__"
+                       for t in _imports(m, p, modules) if any(_in(t, h) for h in HARNESS_LEVEL))
+    assert not offenders, offenders
+
+
+def test_nothing_in_the_kit_imports_the_plugins():
+    """``prunevid.integrations`` is loaded by the other tool (lmms-eval, through the entry points of pyproject.toml),
+    never by the kit: the kit runs without those tools installed."""
+    modules = _modules()
+    offenders = sorted(f"{m} -> {t}" for m, p in modules.items() if not _in(m, "prunevid.integrations")
+                       for t in _imports(m, p, modules) if _in(t, "prunevid.integrations"))
     assert not offenders, offenders
 
 

@@ -25,6 +25,8 @@ CASES = {
     "prumerge+": ({}, {"retain": 1.0, "k_neighbors": 0, "summary_token": False}),
     "lookm": ({}, {"hh_ratio": 0.5, "recent_ratio": 0.5}),
     "oracle": ({}, {"retain": 1.0}),
+    "pdrop": ({}, {"lam": 1.0}),
+    "divprune": ({}, {"retain": 1.0}),
     "none": ({}, {}),
 }
 FILLED = ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2", "kv_visual_tokens", "text_tokens",
@@ -129,6 +131,11 @@ def test_defaults_prune_documented_amount(tiny, tiny_inputs, tiny_ref, method):
         assert torch.equal(logits, tiny_ref)
     elif method == "prunevid":
         assert s2 < s1 < N_IN and st["segments"]
+    elif method == "pdrop":                     # cuts at layers 1, 2, 3 keeping int(N lam^s), each layer its own cache
+        assert s1 == N_IN and s2 == kv == N_IN // 8
+        assert st["layer_tokens"] == st["layer_kv_tokens"] == [N_IN, N_IN // 2, N_IN // 4, N_IN // 8]
+    elif method == "divprune":                  # int(round(0.098 x 392)) = 38 over the whole video
+        assert s1 == s2 == 38
     if method != "lookm":
         assert kv == s2
         assert not torch.equal(logits, tiny_ref) if logits.shape == tiny_ref.shape else True
@@ -222,7 +229,8 @@ def test_lookm_cache_sizes(tiny, tiny_inputs):
 
 @pytest.mark.parametrize("method,key", [("random", "visual_tokens_stage2"), ("fastv", "visual_tokens_stage2"),
                                         ("dycoke", "visual_tokens_stage2"), ("vidcom2", "visual_tokens_stage2"),
-                                        ("oracle", "visual_tokens_stage2"), ("lookm", "kv_visual_tokens")])
+                                        ("oracle", "visual_tokens_stage2"), ("lookm", "kv_visual_tokens"),
+                                        ("pdrop", "visual_tokens_stage2"), ("divprune", "visual_tokens_stage2")])
 def test_kept_map_matches_counts(tiny, tiny_inputs, method, key):
     model, _ = tiny
     _apply(model, method, CASES[method][0])

@@ -89,7 +89,8 @@ def test_decode_loop_matches_generate(loaded):
     prunevid.remove(model)
 
 
-@pytest.mark.parametrize("method,params", [("fastv", {"K": 1}), ("visionzip", {}), ("random", {}), ("vidcom2", {})])
+@pytest.mark.parametrize("method,params", [("fastv", {"K": 1}), ("visionzip", {}), ("random", {}), ("vidcom2", {}),
+                                           ("pdrop", {}), ("divprune", {})])
 def test_baselines_run_on_every_model(loaded, method, params):
     lm, inputs = loaded
     model = lm.model

@@ -14,7 +14,7 @@ ARCHS = ["tiny", "tiny-llava-next-video", "tiny-pllava", "tiny-qwen2.5-vl"]
 # settings that make every method act on a 4-layer tiny model at 8 frames (Look-M without a budget keeps a count
 # that depends on the text prior: the schedule is then given the recorded count)
 PARAMS = {"prunevid": {}, "fastv": {}, "lookm": {"retain": 0.25}, "dycoke": {}, "random": {}, "visionzip": {},
-          "vidcom2": {}, "prumerge": {}, "prumerge+": {}, "oracle": {}, "none": {}}
+          "vidcom2": {}, "prumerge": {}, "prumerge+": {}, "oracle": {}, "none": {}, "pdrop": {}, "divprune": {}}
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -57,7 +57,7 @@ def test_declared_schedule_equals_the_recorded_prefill(arch, method):
                           kept=kept)
     assert sched.tokens == st["layer_tokens"], (method, sched.tokens, st["layer_tokens"])
     assert sched.kv == st["layer_kv_tokens"], (method, sched.kv, st["layer_kv_tokens"])
-    if method in ("fastv", "lookm", "random", "oracle", "none"):   # their settings alone fix the counts: no hint
+    if method in ("fastv", "lookm", "random", "oracle", "none", "pdrop", "divprune"):   # settings fix the counts
         alone = impl.schedule(n_layers, st["text_tokens"], st["visual_tokens_in"])
         if method not in ("random", "oracle"):              # a retain budget's analytic count is retain x n, not floor
             assert (alone.tokens, alone.kv) == (st["layer_tokens"], st["layer_kv_tokens"]), method

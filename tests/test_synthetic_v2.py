@@ -306,3 +306,96 @@ def test_v2_answers_are_balanced():
             values = collections.Counter(q["answer"] for q in items)
             share = np.array(list(values.values())) / len(items)
             assert np.abs(share - 1 / len(values)).max() < 0.04, (task, values)
+
+
+
+def test_the_video_blind_control_feeds_black_frames_through_the_runner(tmp_path):
+    """--protocol-option video=black (the done-when check of issue 24's demo world): the runner decodes each item as
+    usual and hands the model black frames of the same shape; the prompt is unchanged and the option is recorded
+    (only when used: older run folders keep their identity)."""
+    import sys
+    import torch
+    from prunevid import models
+    from prunevid.benchmarks import ProtocolOptions
+    from prunevid.harness import runner
+    sys.path.insert(0, os.path.dirname(__file__))
+    import fixtures
+
+    assert "video" not in ProtocolOptions().to_dict()
+    assert ProtocolOptions.from_dict({"video": "black"}).to_dict()["video"] == "black"
+    with pytest.raises(ValueError, match="video"):
+        ProtocolOptions.from_dict({"video": "grey"})
+    root = str(tmp_path / "data")
+    fixtures.make_mvbench(root)
+    loaded = models.load("tiny")
+    seen = []
+    h = loaded.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["pixel_values_videos"].clone()) if kw.get("pixel_values_videos") is not None
+        else None, with_kwargs=True)
+    try:
+        runs = {}
+        for video in ("as_is", "black"):
+            runs[video] = runner.evaluate(benchmark="mvbench", model="tiny", loaded=loaded, method="none",
+                                          data_root=root, output_dir=str(tmp_path / video), limit=2, progress=False,
+                                          protocol_options={"video": video})
+    finally:
+        h.remove()
+    assert runs["black"]["config"]["protocol_options"]["video"] == "black"
+    assert "video" not in runs["as_is"]["config"]["protocol_options"]
+    real, black = seen[:len(seen) // 2], seen[len(seen) // 2:]
+    assert len(real) == len(black) >= 2
+    for r, b in zip(real, black):
+        assert r.shape == b.shape
+        # black pixels through the model's preprocessing: one value per channel everywhere; real frames vary
+        flat = b.transpose(0, 2).reshape(b.shape[2], -1)          # (channels, everything else)
+        assert torch.equal(flat.amax(1), flat.amin(1))
+        assert not torch.equal(r.transpose(0, 2).reshape(r.shape[2], -1).amax(1),
+                               r.transpose(0, 2).reshape(r.shape[2], -1).amin(1))
+    rows = {v: [json.loads(line) for line in open(tmp_path / v / "samples.jsonl")] for v in runs}
+    assert [r["prompt"] for r in rows["black"]] == [r["prompt"] for r in rows["as_is"]]
+
+
+def _check_script():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_scripts",
+                        "check_demo_candidate.py")
+    spec = importlib.util.spec_from_file_location("check_demo_candidate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_shipping_rule_of_the_version_2_demo_model():
+    """data_scripts/check_demo_candidate.py's verdict on hand-made outcomes: 20 items per task; a candidate that
+    meets every check ships, and each way of failing one check is caught by that check."""
+    C = _check_script()
+    ids = [f"{t}/{i:04d}" for t in S.TASKS for i in range(20)]
+
+    def runs(none=0.95, black=None, oracle=0.9, random=0.5, direction=None):
+        out = {}
+        def pattern(share, item):          # the first round(share * 20) items of each task right
+            return int(item.split("/")[1]) < round(share * 20)
+        out["none"] = {i: pattern(direction if direction is not None and i.startswith("moving_direction") else none, i)
+                       for i in ids}
+        # black frames at chance: the first round(chance * 20) items right
+        out["black"] = {i: pattern(black if black is not None else S.CHANCE[i.split("/")[0]], i) for i in ids}
+        for pos in C.POSITIONS:
+            out[f"oracle-{pos}"] = {i: pattern(oracle, i) for i in ids}
+            out[f"random-{pos}"] = {i: pattern(random, i) for i in ids}
+        return out
+
+    good = C.verdict(runs())
+    assert good["ships"], [c for c in good["checks"] if not c["holds"]]
+    assert good["summaries"]["none"]["accuracy"] == 95.0
+    assert good["paired"]["renumber"]["diff"] == 40.0 and good["paired"]["renumber"]["diff_ci95"][0] > 0
+
+    def failing(v):
+        return [c["check"] for c in v["checks"] if not c["holds"]]
+
+    assert failing(C.verdict(runs(none=0.8))) == ["unpruned >= 85%"]
+    assert failing(C.verdict(runs(direction=0.65))) == ["unpruned moving_direction >= 70%"]
+    assert "unpruned moving_direction >= chance + 15" in failing(C.verdict(runs(direction=0.35)))
+    assert all(c.startswith("black frames") for c in failing(C.verdict(runs(black=0.9))))
+    # a 5-point oracle gain fails the size test under both position rules
+    assert failing(C.verdict(runs(oracle=0.55, random=0.5))) == [
+        f"oracle - random at 25% ({pos}) >= 10, interval > 0" for pos in C.POSITIONS]

@@ -96,8 +96,9 @@ def test_batches_are_a_function_of_seed_and_step(T, enc):
     a, b, c = T.make_batch(7, args, enc), T.make_batch(7, args, enc), T.make_batch(8, args, enc)
     assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a[:7], b[:7])) and a[7:] == b[7:]
     assert not torch.equal(a[3], c[3])
-    ids, mask, wt, pix, aux, lm_aux, answers, ground, track = a
+    ids, mask, wt, pix, aux, lm_aux, answers, ground, track, plan = a
     assert ground == [] and track == []         # the read-out and tracking supervision are off by default
+    assert plan is None                         # pruned input is off by default
     assert lm_aux is None                       # the LM-side loss is off by default
     assert pix.shape == (2, S.NUM_FRAMES, 3, S.FRAME_SIZE, S.FRAME_SIZE) and aux.shape == (2 * S.NUM_FRAMES, 196, 3)
     assert (wt[mask == 0] == 0).all() and wt.sum() > 0
@@ -647,3 +648,210 @@ def test_ship_card_only_rewrites_the_card_of_the_shipped_weights_and_refuses_oth
         f.write(b"0")
     with pytest.raises(SystemExit, match="not the ones shipped"):
         ship.main(["--run", str(run), "--dest", str(dest), "--card-only"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pruned input (issue 24): the demo model trains on subsets of its video tokens
+# ---------------------------------------------------------------------------------------------------------------
+
+def _video_batch(T, enc, extra=(), step=3):
+    args = T.parse_args(["--batch", "2", "--version", "2", "--lm-aux-weight", "0.5", "--ground-weight", "1",
+                         "--track-weight", "1", *extra])
+    args.paren_id, args.letter_ids = enc.tok.convert_tokens_to_ids("("), enc.letter_ids
+    return args, T.make_batch(step, args, enc)
+
+
+def test_pruned_forward_keeping_every_token_is_the_plain_forward(T, enc):
+    """The invariant of the augmentation: with nothing dropped, the pruned path is the model's own forward, bit for
+    bit, under either position rule (original positions of a full sequence are 0..L-1)."""
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=0, zero_residuals=False)
+    model.eval()
+    _, (ids, mask, _, pix, *_) = _video_batch(T, enc)
+    keep = torch.arange(T.N_VIDEO).expand(2, -1)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix).logits
+        for original in (False, True):
+            out, ids2, sel, newpos = T.pruned_forward(model, ids, mask, pix, enc.video_id,
+                                                      T.PrunePlan(keep=keep, original_positions=original))
+            assert torch.equal(out.logits, ref) and torch.equal(ids2, ids)
+            assert torch.equal(sel, torch.arange(ids.shape[1]).expand(2, -1)) and torch.equal(newpos, sel)
+
+
+def test_pruned_forward_feeds_the_kept_tokens_at_the_chosen_positions(T, enc):
+    """Dropping tokens: the language model sees exactly the kept video features (merged: the mean of each kept
+    token and the dropped ones most similar to it), at re-numbered or original positions."""
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=0, zero_residuals=False)
+    model.eval()
+    _, (ids, mask, _, pix, *_) = _video_batch(T, enc)
+    keep = T.random_keep(np.random.default_rng(0), 2, T.N_VIDEO, 0.25)
+    assert keep.shape == (2, round(0.25 * (T.N_VIDEO - 1)) + 1) and (keep[:, -1] == T.N_VIDEO - 1).all()
+    seen = {}
+    lm = model.model.language_model
+    h = lm.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    with torch.no_grad():
+        cfg = model.config
+        vf = model.model.get_video_features(pix, vision_feature_layer=cfg.vision_feature_layer,
+                                            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                                            return_dict=True).pooler_output
+        for merge in (False, True):
+            for original in (False, True):
+                plan = T.PrunePlan(keep=keep, merge=merge, original_positions=original)
+                out, ids2, sel, newpos = T.pruned_forward(model, ids, mask, pix, enc.video_id, plan)
+                start = int((ids[0] == enc.video_id).nonzero()[0])
+                n_keep = keep.shape[1]
+                assert ids2.shape[1] == ids.shape[1] - T.N_VIDEO + n_keep
+                assert int((ids2 == enc.video_id).sum(1)[0]) == n_keep
+                emb = seen["inputs_embeds"]
+                for b in range(2):
+                    got = emb[b, start:start + n_keep]
+                    if not merge:
+                        assert torch.equal(got, vf[b, keep[b]])
+                    else:       # each kept frame token is the mean of itself and the dropped tokens merged into it
+                        dropped = sorted(set(range(T.N_VIDEO)) - set(keep[b].tolist()))
+                        k = vf[b, keep[b, :-1]]
+                        sim = torch.nn.functional.normalize(vf[b, dropped], dim=-1) @ \
+                            torch.nn.functional.normalize(k, dim=-1).T
+                        tgt = sim.argmax(1)
+                        for j in range(n_keep - 1):
+                            members = torch.cat([k[j:j + 1], vf[b, dropped][tgt == j]])
+                            assert torch.allclose(got[j], members.mean(0), atol=1e-5)
+                        assert torch.equal(got[-1], vf[b, -1])          # the newline token takes no merges
+                    # the text after the video is the same tokens, shifted left by the dropped count
+                    assert torch.equal(ids2[b, start + n_keep:], ids[b, start + T.N_VIDEO:])
+                pos = seen["position_ids"]
+                if original:
+                    assert torch.equal(pos, sel) and int(pos[0, start + n_keep]) == start + T.N_VIDEO
+                else:
+                    assert torch.equal(pos[0], torch.arange(ids2.shape[1]))
+                assert torch.equal(seen["attention_mask"], mask.gather(1, sel))
+    h.remove()
+
+
+def test_remapped_labels_point_at_the_same_tokens(T, enc):
+    """Every position-indexed label follows its token into the pruned sequence; labels on dropped tokens go."""
+    args, batch = _video_batch(T, enc)
+    ids, mask, wt, pix, aux, lm_aux, answers, ground, track, _ = batch
+    assert ground and track
+    keep = T.random_keep(np.random.default_rng(1), 2, T.N_VIDEO, 0.3)
+    start = int((ids[0] == enc.video_id).nonzero()[0])
+    sel = torch.stack([torch.cat([torch.arange(start), start + keep[b], torch.arange(start + T.N_VIDEO, ids.shape[1])])
+                       for b in range(2)])
+    newpos = torch.full(ids.shape, -1, dtype=torch.long)
+    newpos.scatter_(1, sel, torch.arange(sel.shape[1]).expand(2, -1).contiguous())
+    a2, lm2, g2, t2 = T.remap_labels(newpos, keep, answers, lm_aux, ground, track)
+    kept_pos = {b: set((start + keep[b]).tolist()) for b in range(2)}
+    for (b, p, c), (b2, p2, c2) in zip(answers.tolist(), a2.tolist()):
+        assert (b, c) == (b2, c2) and int(sel[b, p2]) == p
+    assert torch.equal(lm2, torch.stack([lm_aux[b, keep[b]] for b in range(2)]))
+    want = [(b, p, [i for i in pos if i in kept_pos[b] or i == 0]) for b, p, pos, _, _ in ground]
+    want = [w for w in want if w[2]]
+    assert [(b, int(sel[b, p]), [int(sel[b, i]) for i in pos]) for b, p, pos, _, _ in g2] == want
+    for b, queries, targets, _ in t2:
+        assert all(int(sel[b, q]) in kept_pos[b] for q in queries)
+        assert all(int(sel[b, j]) in kept_pos[b] for tg in targets for j in tg) and all(targets)
+    n_before = sum(len(q) for _, q, _, _ in track)
+    n_after = sum(len(q) for _, q, _, _ in t2)
+    assert 0 < n_after < n_before
+
+
+def test_a_pruned_training_step_runs_every_loss(T, enc):
+    args, batch = _video_batch(T, enc, ["--prune-prob", "1", "--size", "xs", "--answer-aux-weight", "0.5"])
+    plan = batch[9]
+    assert plan is not None and plan.keep.shape[1] < T.N_VIDEO
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=0)
+    model.train()
+    hidden = model.config.text_config.hidden_size
+    head, lm_head = torch.nn.Linear(hidden, sum(T.N_AUX)), torch.nn.Linear(hidden, sum(T.N_LM_AUX))
+    capture, lm_capture = T.AuxCapture(model), T.LayerCapture(model, 0)
+    ans_head, ans_capture = torch.nn.Linear(hidden, len(T.ANSWER_CLASSES)), T.LayerCapture(model, 0)
+    loss, stats = T.train_loss(model, head, capture, batch, args, lm_head, lm_capture, enc.video_id, ans_head,
+                               ans_capture, grounding=T.Grounding(model, args), tracking=T.Tracking(model, args))
+    loss.backward()
+    assert torch.isfinite(loss) and {"lm", "letter", "aux", "lm_aux", "answer", "ground_mass", "track_mass"} <= set(stats)
+    assert model.model.multi_modal_projector.linear_1.weight.grad is not None and lm_head.weight.grad is not None
+
+
+def test_pruning_draws_leave_the_batches_of_older_recipes_unchanged(T, enc):
+    """The plans come from their own stream: switching --prune-prob on changes no earlier part of a batch."""
+    _, a = _video_batch(T, enc, step=11)
+    _, b = _video_batch(T, enc, ["--prune-prob", "1"], step=11)
+    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a[:7], b[:7])) and a[7:9] == b[7:9]
+    assert a[9] is None and b[9] is not None
+    plans = [_video_batch(T, enc, ["--prune-prob", "0.5", "--prune-retain", "0.2:0.4"], step=s)[1][9]
+             for s in range(12)]
+    assert 0 < sum(p is None for p in plans) < 12          # about half the batches are pruned
+    for p in plans:
+        if p is not None:
+            assert round(0.2 * 784) <= p.keep.shape[1] - 1 <= round(0.4 * 784)
+
+
+def test_object_first_keep_is_the_oracle_selector(T):
+    cov = np.zeros(20)
+    cov[[3, 7, 11]] = [0.2, 0.9, 0.5]
+    keep = T.object_first_keep(np.random.default_rng(0), [cov], 0.25)[0].tolist()
+    assert keep[-1] == 20 and len(keep) == 6 and {3, 7, 11} <= set(keep[:-1]) and keep[:-1] == sorted(keep[:-1])
+    keep = T.object_first_keep(np.random.default_rng(0), [cov], 0.1)[0].tolist()
+    assert keep == [7, 11, 20]                              # the most covered first
+
+
+def test_pruning_options_are_checked(T):
+    for bad in (["--prune-retain", "0.5"], ["--prune-retain", "0:0.5"], ["--prune-retain", "0.6:0.5"],
+                ["--prune-prob", "1.5"], ["--eval-pruned", "topk:0.25:original"],
+                ["--eval-pruned", "random:0.25:shifted"], ["--eval-pruned", "random:2:original"]):
+        with pytest.raises(SystemExit):
+            T.parse_args(bad)
+    args = T.parse_args(["--eval-pruned", "oracle:0.25:original", "--prune-retain", "0.2:0.6"])
+    assert args.eval_pruned_specs == [("oracle", 0.25, "original")] and args.prune_retain_range == (0.2, 0.6)
+    # the recorded command keeps the options as typed
+    cmd = T.command_line(args)
+    assert "--prune-retain 0.2:0.6" in cmd and "--eval-pruned oracle:0.25:original" in cmd
+    assert T.parse_args(cmd.split()).prune_retain_range == (0.2, 0.6)
+
+
+def test_a_grown_model_computes_what_its_source_did(T, enc, tmp_path):
+    """--init-from with a deeper --size: the source's LLM layers spread over the new depth, the others start as the
+    identity, so the grown model's logits are the source's."""
+    torch.manual_seed(0)
+    src, _ = D.build_demo_model(enc.tok, "s4", seed=3, zero_residuals=False)
+    dst, _ = D.build_demo_model(enc.tok, "s8", seed=4)
+    sd = T.grow_state_dict(src.state_dict(), 4, 8)
+    assert T.source_layers(src.state_dict()) == 4
+    assert "model.language_model.layers.6.mlp.down_proj.weight" in sd
+    assert "model.language_model.layers.7.mlp.down_proj.weight" not in sd
+    missing, unexpected = dst.load_state_dict(sd, strict=False)
+    assert not unexpected and missing and all(k.split(".")[3] in ("1", "3", "5", "7") for k in missing)
+    src.eval(), dst.eval()
+    _, (ids, mask, _, pix, *_) = _video_batch(T, enc)
+    with torch.no_grad():
+        a = src(input_ids=ids, attention_mask=mask, pixel_values_videos=pix).logits
+        b = dst(input_ids=ids, attention_mask=mask, pixel_values_videos=pix).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError):
+        T.grow_state_dict(src.state_dict(), 4, 2)
+
+
+def test_held_out_evaluation_on_pruned_and_blind_input(T, enc):
+    """--version 2 evaluates on version-2 val items; --eval-pruned runs the same items on a subset of their tokens
+    (the oracle keeps every object-covered token first); --eval-blind answers without the video, so which video
+    an item carries cannot change its prediction."""
+    args = T.parse_args(["--version", "2", "--eval-n", "1", "--eval-pruned", "oracle:0.25:original", "--eval-blind"])
+    items = T.make_eval_set(args)
+    v2 = S.make_item("moving_direction", S.item_rng(S.split_seeds(2)["val"], "moving_direction", 0), version=2)
+    assert items[0][1] == v2.item and np.array_equal(items[0][2], v2.frames)
+    cov = items[0][3]
+    assert cov.shape == (S.NUM_FRAMES * 49,) and 0 < (cov > 0).mean() < 0.5
+    torch.manual_seed(0)
+    model, _ = D.build_demo_model(enc.tok, "xs", seed=0, zero_residuals=False)
+    items = items[:4]
+    swapped = [(t, q, items[(i + 1) % 4][2], c) for i, (t, q, _, c) in enumerate(items)]
+    seen = []
+    h = model.register_forward_hook(lambda m, a, kw, out: seen.append(out.logits[:, -1].clone()), with_kwargs=True)
+    a = T.evaluate(model, enc, items, args, blind=True)
+    b = T.evaluate(model, enc, swapped, args, blind=True)
+    assert a == b and torch.equal(seen[0], seen[1])
+    r = T.evaluate(model, enc, items, args, pruned=("oracle", 0.25, "original"))
+    h.remove()
+    assert r["n"] == 4 and 0 <= r["accuracy"] <= 1

@@ -44,6 +44,9 @@ class ProtocolOptions:
     - ``short_clips``: ``"duplicate"`` — a clip with fewer frames than asked is sampled with repeated indices,
       as upstream's ``get_index`` does (a warning; counted in ``counts.short_clips``); ``"error"`` — the kit's
       old rule: an error row, scored wrong.
+    - ``video``: ``"as_is"`` — the item's frames; ``"black"`` — every frame replaced by black pixels after decoding
+      (same count and size): the video-blind control, not a departure from upstream. A model that answers from
+      the video falls to chance under it; one that scores above chance reads the answer from the text.
     """
 
     answer_parse: str = "official"
@@ -51,10 +54,11 @@ class ProtocolOptions:
     judge_parse: str = "strict"
     consistency_labels: str = "official"
     short_clips: str = "duplicate"
+    video: str = "as_is"
 
     CHOICES = {"answer_parse": ("official", "last_prefix"), "stop_rule": ("official", "eos"),
                "judge_parse": ("strict", "tolerant"), "consistency_labels": ("official", "matched"),
-               "short_clips": ("duplicate", "error")}
+               "short_clips": ("duplicate", "error"), "video": ("as_is", "black")}
 
     def __post_init__(self):
         for name, allowed in self.CHOICES.items():
@@ -70,7 +74,9 @@ class ProtocolOptions:
         return cls(**{k: str(v) for k, v in options.items()})
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.CHOICES}
+        """Every option, except ``video`` at ``"as_is"``: the control appears in a run's record only when used, so
+        folders written before it existed keep their identity (``runner.IDENTITY_KEYS``) and resume."""
+        return {name: getattr(self, name) for name in self.CHOICES if not (name == "video" and self.video == "as_is")}
 
 
 class DataMissing(FileNotFoundError):

@@ -191,23 +191,25 @@ def vision_macs(vision: VisionShape, frames: int) -> float:
 
 def method_schedule(method: str, n_layers: int, n_visual: float, *, n_text: float = 0.0,
                     params: Optional[dict] = None, entering: Optional[float] = None,
-                    kept: Optional[float] = None):
+                    kept: Optional[float] = None, config=None):
     """The layer schedule ``method`` declares (``Method.schedule``) for a prefill that was not run: its config from
-    ``params`` (``methods.make_config``, the depth rule at ``n_layers``), the counts a video would decide given as
-    ``entering`` (visual tokens entering the LLM) and ``kept`` (after the in-LLM cut, or a cache's budget)."""
+    ``params`` (``methods.make_config``, the depth rule at ``n_layers``), or ``config`` as given (one already
+    resolved for a model, as a run holds it), the counts a video would decide given as ``entering`` (visual tokens
+    entering the LLM) and ``kept`` (after the in-LLM cut, or a cache's budget)."""
     from .. import methods
-    cfg = methods.make_config(method, params, n_layers=n_layers)
+    cfg = config if config is not None else methods.make_config(method, params, n_layers=n_layers)
     return methods.build(method, cfg).schedule(n_layers, n_text, n_visual, entering=entering, kept=kept)
 
 
 def analytic_ratio(shape: LLMShape, method: str, n_visual: float, *, n_text: float = 0.0,
                    formula: str = "paper", params: Optional[dict] = None, entering: Optional[float] = None,
-                   kept: Optional[float] = None) -> dict:
-    """Prefill MACs of ``method`` vs the unpruned model from its declared schedule (``method_schedule``), one
-    formula. Returns ``flops_ratio``, ``macs``, ``macs_unpruned`` and the per-layer ``schedule`` (visual + text
-    tokens each layer runs on). Token counts are not rounded: ratios averaged over a benchmark are fractional."""
+                   kept: Optional[float] = None, config=None) -> dict:
+    """Prefill MACs of ``method`` vs the unpruned model from its declared schedule (``method_schedule``; ``config``
+    a resolved config instead of ``params``), one formula. Returns ``flops_ratio``, ``macs``, ``macs_unpruned``
+    and the per-layer ``schedule`` (visual + text tokens each layer runs on). Token counts are not rounded: ratios
+    averaged over a benchmark are fractional."""
     sched = method_schedule(method, shape.layers, n_visual, n_text=n_text, params=params, entering=entering,
-                            kept=kept)
+                            kept=kept, config=config)
     seq = [t + n_text for t in sched.tokens]
     pruned = llm_prefill_macs(shape, seq, formula=formula)
     unpruned = llm_prefill_macs(shape, [n_visual + n_text] * shape.layers, formula=formula)

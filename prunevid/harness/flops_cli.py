@@ -16,6 +16,10 @@ import os
 from .. import state as kit_state
 from . import flops
 
+# methods whose ``retain`` is not the share of visual tokens entering the LLM or kept by one cut, so that
+# ``--retained`` is passed as that knob (PyramidDrop: the visual tokens per layer averaged over the prefill)
+RETAIN_IS_THE_KNOB = ("pdrop",)
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("flops", help="FLOPs ratio of a method: the paper's table, a preset schedule, or measured on a video")
@@ -23,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default=None, help="the method whose declared layer schedule is counted (any of "
                    "prunevid.methods.available()); omit for the paper's FLOPs table")
     p.add_argument("--stage1-ratio", type=float, default=None, help="PruneVid: visual tokens after stage 1 / all")
-    p.add_argument("--retained", type=float, default=None, help="final visual tokens / all (FastV: kept after layer K)")
+    p.add_argument("--retained", type=float, default=None, help="final visual tokens / all (FastV: kept after layer K; "
+                   "pdrop: its retain, the visual tokens per layer averaged over the prefill / all)")
     p.add_argument("--selected-layer", type=int, default=None,
                    help="PruneVid K, 0-indexed inclusive (default: the preset's, 10)")
     p.add_argument("--fastv-k", type=int, default=None,
@@ -35,7 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="tiny", help="with --video: registry name or checkpoint directory")
     p.add_argument("--backend", default="torch", choices=["torch", "fvcore"], help="with --video: the counter")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --video: method parameter (the method is --method, default prunevid)")
+                   help="method parameter (with --video the method is --method, default prunevid; with --preset it "
+                        "sets the declared schedule's config, e.g. --set lam=0.6 for pdrop)")
     p.add_argument("--question", default="What happens in the video?")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -64,6 +70,10 @@ def assumed(args) -> dict:
     if args.method == "prunevid" and args.stage1_ratio is None:
         raise ValueError("--method prunevid needs --stage1-ratio (and --retained for stage 2)")
     kw = {k: v for k, v in dict(stage1_ratio=args.stage1_ratio, retained=args.retained).items() if v is not None}
+    if args.method in RETAIN_IS_THE_KNOB and "retained" in kw:
+        kw["retain"] = kw.pop("retained")         # pdrop: --retained is its own budget (the per-layer mean)
+    from .cli_args import parse_set
+    kw.update(parse_set(args.set))
     if args.method == "prunevid":
         kw["selected_layer"] = p.selected_layer if args.selected_layer is None else args.selected_layer
     if args.method == "fastv" and args.fastv_k is not None:

@@ -57,7 +57,8 @@ def greedy_generate(model, inputs: dict, max_new_tokens: int, eos_ids: set, stop
 def prefill_flops(model, stats: dict) -> dict:
     """Analytic LLM prefill FLOPs of the last prefill (``prunevid.harness.flops.analytic_from_run``, the kit's "exact"
     per-layer count over the layers' recorded token counts, reported as FLOPs = 2 x MACs) and their ratio to the
-    unpruned prefill of the same prompt."""
+    unpruned prefill of the same prompt (``flops_ratio``); ``flops_ratio_paper``: the same ratio in the papers'
+    formula, text included (the convention of a FLOPs target, ``prunevid.harness.budget``)."""
     from . import flops
     cfg = getattr(model, "config", None)
     if cfg is None or stats.get("layer_tokens") is None or stats.get("text_tokens") is None:
@@ -68,7 +69,8 @@ def prefill_flops(model, stats: dict) -> dict:
         return {}
     pruned = flops.analytic_from_run(shape, stats)
     full = flops.analytic_from_run(shape, stats, unpruned=True)
-    return {"flops_prefill": 2 * pruned, "flops_ratio": pruned / full if full else None}
+    return {"flops_prefill": 2 * pruned, "flops_ratio": pruned / full if full else None,
+            "flops_ratio_paper": flops.flops_ratio_of_run(shape, stats, formula="paper")}
 
 
 def _frames_error(e: BaseException) -> str:
@@ -116,12 +118,16 @@ def _load_clip(bench, item, frames: int, protocol: str, cache):
         raise video.VideoError(str(short[0].message))
     for w in caught:                                      # recorded to be counted, still shown to the user
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if bench.options.video == "black":                    # the video-blind control (protocol option video=black)
+        clip = clip * 0
     return clip, key, bool(short)
 
 
 def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids: set, seed: int,
-             cache=None, method: str = "prunevid") -> dict:
-    """One item -> one samples.jsonl row. ``cache``: a ``prunevid.harness.cache.MediaCache`` (or None).
+             cache=None, method: str = "prunevid", compute=None) -> dict:
+    """One item -> one samples.jsonl row. ``cache``: a ``prunevid.harness.cache.MediaCache`` (or None);
+    ``compute``: a ``prunevid.harness.budget.FlopsMatcher`` (a FLOPs target: each prompt's ``retain`` solved before
+    its prefill, the first prompt's ``flops_*`` fields in the row).
 
     The row records the exact ``prompt`` text the model received (the rendered template, the video placeholder
     written once; ``prompt2`` for VCG's second consistency question) and ``short_clip`` when the clip had
@@ -150,7 +156,7 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
         kit_state.set_hints(loaded.model, **bench.hints(item, frames, protocol))
     try:
         preds, raws, prefill, decode, n_new, stats = _generate_prompts(bench, item, loaded, protocol, clip, key, gen,
-                                                                       eos_ids, stop, cache, method, row)
+                                                                       eos_ids, stop, cache, method, row, compute)
     finally:
         if hinted:
             kit_state.clear_hints(loaded.model)
@@ -162,7 +168,7 @@ def run_item(bench, item, loaded, protocol: str, frames: int, gen: dict, eos_ids
         row["raw_prediction"] = raws[0]            # the generated text, before the protocol's answer extraction
     if len(preds) > 1:
         row["prediction2"] = preds[1]
-    row.update({k: stats.get(k) for k in _stats_keys() + ("flops_prefill", "flops_ratio")})
+    row.update({k: stats.get(k) for k in _stats_keys() + ("flops_prefill", "flops_ratio", "flops_ratio_paper")})
     row.update(prefill_ms=sum(prefill) / len(prefill), decode_ms_per_token=sum(decode) / len(decode) if decode else None,
                new_tokens=n_new, time_s=time.perf_counter() - t0)
     return row
@@ -177,9 +183,10 @@ def needed_hints(model) -> tuple:
     return tuple(getattr(impl, "needs_hints", ()) or ())
 
 
-def _generate_prompts(bench, item, loaded, protocol, clip, key, gen, eos_ids, stop, cache, method, row):
+def _generate_prompts(bench, item, loaded, protocol, clip, key, gen, eos_ids, stop, cache, method, row, compute=None):
     """Each of the item's prompts rendered and generated greedily: (predictions, raw texts, prefill ms, decode
-    ms per token, new tokens, the first prompt's prefill stats); the rendered prompts go into ``row``."""
+    ms per token, new tokens, the first prompt's prefill stats); the rendered prompts go into ``row``, and with a
+    FLOPs target (``compute``) the first prompt's budget fields."""
     from .. import video
     preds, raws, prefill, decode, n_new, stats = [], [], [], [], 0, {}
     for i, prompt in enumerate(bench.prompts(item, protocol)):
@@ -197,7 +204,11 @@ def _generate_prompts(bench, item, loaded, protocol, clip, key, gen, eos_ids, st
                                    lambda: _encode(loaded, pixels))
             inputs["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(
                 pooler_output=feats.to(device=pixels.device, dtype=pixels.dtype))}
+        # a FLOPs target: this prompt's retain, solved on its own token counts (prompts differ in text length)
+        solved = compute.prepare(loaded.model, inputs) if compute is not None else None
         toks, st, p_ms, d_ms = greedy_generate(loaded.model, inputs, gen["max_new_tokens"], eos_ids, stop=stop)
+        if solved is not None and i == 0:
+            row.update(compute.row_fields(loaded.model, solved, st))
         raws.append(loaded.tokenizer.decode(toks, skip_special_tokens=True))
         preds.append(bench.answer_text(raws[-1], protocol))
         prefill.append(p_ms)

@@ -8,6 +8,7 @@ notebook: notebooks/10_benchmark.ipynb
 base: {benchmark: synthetic, limit: 40}          # every cell gets these
 grid: {method: [none, prunevid], alpha: [0.2, 0.4]}   # cartesian product
 cells: [{method: fastv, retain: 0.25}]           # extra explicit cells (optional)
+# {method: visionzip, flops: 0.25}: matched compute, retain solved per prompt for 25% of the prefill FLOPs
 description: what the sweep shows               # optional; shown at the top of index.html
 reference: {method: none}                        # optional; the cell every other is compared with (default)
 ```
@@ -35,6 +36,12 @@ exact two-sided McNemar p-value, Holm-adjusted across the page's comparisons (``
 (n = ...)", never "equal"; one generated sentence per budget (``budget_sentences``) says so from the numbers.
 No column of absolute times: cells run minutes apart on a shared machine are not comparable; a cell's speed
 appears only as a ratio measured side by side inside the cell (``_in_cell_speedup``), and ``bench`` measures speed.
+
+Cells with a ``flops`` target (matched compute: the runner's ``--flops``, ``prunevid.harness.budget``) get a section of
+their own beside the retained-tokens view: a table and a plot (``accuracy_at_matched_flops.png``, the same
+``plot_panels`` / ``plot_figure`` with the achieved paper-formula FLOPs ratio on x) of those cells and the
+reference, their paired comparisons (the same ``_paired`` pass and Holm family as every other cell) and one
+sentence per FLOPs target. A cell whose target the method cannot reach fails with the reason, shown there.
 """
 from __future__ import annotations
 
@@ -252,22 +259,39 @@ def _row(rec: dict) -> dict:
     # one plotted series per method and settings other than the budget: cells differing in anything else
     # (selected_layer, a named option, ...) get their own line and marker, never one averaged point
     series_set = {k: v for k, v in hyper.items() if k not in BUDGET_KEYS}
+    # a matched-compute cell (``flops`` target): retain was solved per prompt, so its settings name the target
+    flops_target = flops.get("target", rec["params"].get("flops"))
+    settings = ", ".join(f"{k}={v}" for k, v in hyper.items())
+    if flops_target is not None:
+        settings = ", ".join(x for x in (f"flops={flops_target}", settings) if x)
+    # the papers' FLOPs ratio (text included) the target is set in; the unpruned cell is 1 by definition
+    flops_paper = flops.get("ratio_paper_vs_unpruned")
+    if flops_paper is None and name == "none" and flops.get("ratio_vs_unpruned") == 1.0:
+        flops_paper = 1.0
     n = res.get("n_samples") or {}
     complete = res.get("complete", True) is not False
     return {"run_id": rec["run_id"], "model": cfg.get("model", rec["params"].get("model")),
             "benchmark": cfg.get("benchmark", rec["params"].get("benchmark")),
             "method": name,
-            "settings": ", ".join(f"{k}={v}" for k, v in hyper.items()),
+            "settings": settings,
             # one plotted line per method and named-option set (e.g. PruneVid with positions=original)
             "variant": f"{name} ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else name,
             "series": f"{name} ({', '.join(f'{k}={v}' for k, v in series_set.items())})" if series_set else name,
-            "retained": tokens.get("retained_ratio"), "flops": flops.get("ratio_vs_unpruned"), "score": score,
+            # a method that cuts at several layers is placed at its per-layer average (what its budget and FLOPs
+            # follow), the others at their retained ratio
+            "retained": (tokens.get("budget_ratio") if _budget_measure(name) == "layer_average"
+                         else tokens.get("retained_ratio")),
+            "flops": flops.get("ratio_vs_unpruned"), "score": score,
             "score_kind": "accuracy" if metrics.get("accuracy") is not None else "judge",
             "n": n.get("done"), "total": n.get("total"), "items_sha1": res.get("items_sha1"),
             "score_ci95": _score_interval(metrics),
             # speed only as a ratio measured side by side inside the cell; absolute ms never become a column
             "speedup": _in_cell_speedup(res.get("timing") or {}),
-            "budget": hyper.get("retain", rec["params"].get("retain")),
+            "budget": flops_target if flops_target is not None else hyper.get("retain", rec["params"].get("retain")),
+            "budget_kind": "flops" if flops_target is not None else "retain",
+            "flops_paper": flops_paper, "flops_retain": (flops.get("retain") or {}).get("mean"),
+            "flops_short": (f"{flops['unreachable_items']} item(s): {flops.get('unreachable_note')}"
+                            if flops.get("unreachable_items") else None),
             "params": rec["params"],
             "by_category": metrics.get("by_category") or {},
             "by_category_ci95": _category_intervals(metrics),
@@ -330,7 +354,18 @@ LINESTYLES = ("-", "--", "-.", ":")
 # the sweep's budget knob: cells that differ only here are points of one line
 BUDGET_KEYS = ("retain",)
 X_AXES = {"retained": ("retained visual tokens (% of the unpruned model's, achieved)", "accuracy_vs_retention.png"),
-          "flops": ("LLM prefill FLOPs (% of the unpruned prefill's)", "accuracy_vs_flops.png")}
+          "flops": ("LLM prefill FLOPs (% of the unpruned prefill's)", "accuracy_vs_flops.png"),
+          # the matched-compute panel: only cells with a FLOPs target (and the reference), at the ratio they achieved
+          "flops_paper": ("LLM prefill FLOPs (% of the unpruned prefill's; paper formula, text included; achieved)",
+                          "accuracy_at_matched_flops.png")}
+
+
+def _budget_measure(method: str) -> str:
+    from ..methods import method_class
+    try:
+        return method_class(method).budget_measure
+    except ValueError:                  # a method this version does not know (an old run folder): its retained ratio
+        return "retained_ratio"
 
 
 def method_colour(method: str) -> str:
@@ -405,8 +440,11 @@ def plot_figure(rows: list, x: str):
                     markeredgewidth=1.6 if hollow else 1.0, label=s["label"], zorder=3)
             bars = [(q[0], q[1], q[3]) for q in s["points"] if q[3]]      # the score's 95% interval
             if bars:
+                # clamped at 0: a bound computed in floating point can sit 1e-14 inside the score (Wilson's upper
+                # bound at 10 of 10 is 99.99999999999999), which matplotlib refuses as a negative error
                 ax.errorbar([b[0] for b in bars], [b[1] for b in bars],
-                            yerr=[[b[1] - b[2][0] for b in bars], [b[2][1] - b[1] for b in bars]], fmt="none",
+                            yerr=[[max(0.0, b[1] - b[2][0]) for b in bars], [max(0.0, b[2][1] - b[1]) for b in bars]],
+                            fmt="none",
                             ecolor=s["colour"], elinewidth=0.9, capsize=2.5, alpha=0.55, zorder=2)
         if p["unpruned"] is not None:
             ax.axhline(p["unpruned"], color=METHOD_COLOURS["none"], linestyle="--", linewidth=1,
@@ -439,10 +477,21 @@ def _mark_overlaps(ax, series: list) -> None:
                         textcoords="offset points", ha="right" if right else "left", fontsize=7, color="0.25")
 
 
+def matched_flops_rows(rows: list) -> list:
+    """The rows of the matched-compute panel: cells with a FLOPs target, and the reference cells (``none``, or the
+    sweep's ``reference``) of the models and benchmarks they ran on; ``[]`` when no cell has a target."""
+    hit = [r for r in rows if r.get("budget_kind") == "flops"]
+    where = {(str(r["model"]), str(r["benchmark"])) for r in hit}
+    refs = [r for r in rows if (r.get("is_reference") or r["method"] == "none") and r.get("budget_kind") != "flops"
+            and (str(r["model"]), str(r["benchmark"])) in where]
+    return hit + refs if hit else []
+
+
 def _plots(rows: list, out_dir: str) -> list:
     made = []
     for x, (_, fname) in X_AXES.items():
-        fig = plot_figure(rows, x)
+        # the retained-tokens and FLOPs views draw every cell; the matched-compute panel its own cells only
+        fig = plot_figure(matched_flops_rows(rows) if x == "flops_paper" else rows, x)
         if fig is None:
             continue
         fig.savefig(os.path.join(out_dir, fname), dpi=100)
@@ -605,30 +654,46 @@ def _diff_text(c: dict) -> str:
     return f"{c['diff']:+.1f} points [{lo:+.1f}, {hi:+.1f}], adjusted p {p if p.startswith('<') else '= ' + p}"
 
 
-def budget_sentences(rows: list) -> list:
-    """One sentence per budget (the cells' ``retain`` target; cells without one form their own group) and model
-    and benchmark, generated from the paired comparisons of ``_paired``: which cells are worse (or better) than
-    the reference at Holm-adjusted p < 0.05, which are not shown different (with n), which could not be compared."""
+def budget_sentences(rows: list, kind: Optional[str] = None) -> list:
+    """One sentence per budget (the cells' ``retain`` target, or their ``flops`` target; cells without one form their
+    own group) and model and benchmark, generated from the paired comparisons of ``_paired``: which cells are worse
+    (or better) than the reference at Holm-adjusted p < 0.05, which are not shown different (with n), which could
+    not be compared. ``kind`` ("retain" or "flops") keeps one kind of budget. A FLOPs sentence also gives the range
+    of FLOPs ratios the cells achieved, the cells whose method stopped short of the target on some items, and the
+    cells that could not run (a target beyond the method's reach, with the reason)."""
     groups: dict = {}
     for r in rows:
-        if r.get("is_reference") or (r.get("paired") is None and r.get("paired_note") is None):
+        r_kind = r.get("budget_kind", "retain")
+        if kind is not None and r_kind != kind:
             continue
-        groups.setdefault((str(r["benchmark"]), str(r["model"]), r.get("budget")), []).append(r)
+        failed = r_kind == "flops" and r.get("status") == "failed"
+        if r.get("is_reference") or (r.get("paired") is None and r.get("paired_note") is None and not failed):
+            continue
+        groups.setdefault((str(r["benchmark"]), str(r["model"]), r_kind, r.get("budget")), []).append(r)
     several = len({k[:2] for k in groups}) > 1
 
     def order(key):
-        b = key[2]
-        return (key[0], key[1], not isinstance(b, (int, float)), -(b if isinstance(b, (int, float)) else 0), str(b))
+        b = key[3]
+        return (key[0], key[1], key[2] != "retain", not isinstance(b, (int, float)),
+                -(b if isinstance(b, (int, float)) else 0), str(b))
 
     out = []
     for key in sorted(groups, key=order):
-        bench, model, budget = key
+        bench, model, r_kind, budget = key
         rs = sorted(groups[key], key=lambda r: (str(r["series"]), str(r["settings"])))
+        failed = [r for r in rs if r.get("status") == "failed"]
+        rs = [r for r in rs if r.get("status") != "failed"]
         paired = [r for r in rs if r["paired"]]
         ref = paired[0]["paired"]["reference_label"] if paired else "the reference"
         where = f"{bench} · {model}, " if several else ""
-        head = (f"{where}retain {100 * budget:g}% (target)" if isinstance(budget, (int, float))
-                else f"{where}retain {budget}" if budget is not None else f"{where}cells without a retain target")
+        if r_kind == "flops":
+            got = [100 * r["flops_paper"] for r in rs if isinstance(r.get("flops_paper"), (int, float))]
+            span = (f"; achieved {min(got):.1f}–{max(got):.1f}%" if len(got) > 1 and max(got) - min(got) >= 0.05
+                    else f"; achieved {got[0]:.1f}%" if got else "")
+            head = f"{where}prefill FLOPs {100 * budget:g}% (target{span}, paper formula)"
+        else:
+            head = (f"{where}retain {100 * budget:g}% (target)" if isinstance(budget, (int, float))
+                    else f"{where}retain {budget}" if budget is not None else f"{where}cells without a retain target")
         name = (lambda r: r["series"]) if budget is not None else (lambda r: r["variant"] if not r["settings"]
                                                                    else f"{r['variant']}, {r['settings']}")
         parts = []
@@ -645,6 +710,11 @@ def budget_sentences(rows: list) -> list:
         nc = [r for r in rs if not r["paired"]]
         for reason in dict.fromkeys(r["paired_reason"] for r in nc):
             parts.append(f"not compared ({reason}): " + ", ".join(name(r) for r in nc if r["paired_reason"] == reason))
+        short = [r for r in rs if r.get("flops_short")]
+        if short:
+            parts.append("short of the target: " + "; ".join(f"{name(r)} ({r['flops_short']})" for r in short))
+        if failed:
+            parts.append("could not run: " + "; ".join(f"{name(r)} ({r.get('error')})" for r in failed))
         out.append(f"{head}: " + "; ".join(parts) + ".")
     return out
 
@@ -677,8 +747,9 @@ def build_index(out_dir: str, title: str = "sweep", description: str = "", cells
     hidden = 0 if cells is None else len(set(_cell_folders(out_dir)) - set(cells))
     _relative(rows)
     _paired(rows, out_dir, reference)
-    sentences = budget_sentences(rows)
+    sentences = budget_sentences(rows, "retain")
     images = _plots(rows, out_dir)
+    matched = _matched_flops_section(rows, out_dir, images)
     rows = sorted(rows, key=lambda r: (str(r["benchmark"]), r["method"] != "none", str(r["method"]),
                                        -(r["retained"] or 0), str(r["settings"])))
     speed = any(r.get("speedup") is not None for r in rows)      # a column only where some cell measured one
@@ -718,7 +789,8 @@ def build_index(out_dir: str, title: str = "sweep", description: str = "", cells
         cat_tables.append(f"<h2>Accuracy per category: {html.escape(bench)}</h2><p>Accuracy in percent with its 95% "
                           f"Wilson interval in brackets.</p><table><tr><th>method</th>"
                           f"<th>settings</th><th>retained</th>{head}</tr>{''.join(body)}</table>")
-    imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images)
+    imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images
+                   if i != X_AXES["flops_paper"][1])                    # that one is drawn in its own section
     intro = "".join(f"<p>{html.escape(p.strip())}</p>" for p in str(description or "").split("\n\n") if p.strip())
     if hidden:
         intro += (f"<p><i>{hidden} other cell folder(s) in runs/ (other settings of this sweep file, e.g. an earlier "
@@ -754,11 +826,59 @@ unpruned model (achieved, not the target); FLOPs = LLM prefill FLOPs relative to
 <table><tr><th>method</th><th>settings</th><th>model</th><th>benchmark</th><th>retained</th><th>FLOPs</th>
 <th>score [95% CI]</th><th>of unpruned</th><th>Δ vs reference [95% CI]</th><th>p (Holm)</th><th>paired verdict</th>
 <th>items</th>{speed_head}<th>run</th><th>status</th></tr>
-{''.join(lines)}</table>{findings}{imgs}{''.join(cat_tables)}</body></html>"""
+{''.join(lines)}</table>{findings}{imgs}{matched}{''.join(cat_tables)}</body></html>"""
     path = os.path.join(out_dir, "index.html")
     with open(path, "w") as f:
         f.write(page)
     return path
+
+
+def _matched_flops_section(rows: list, out_dir: str, images: list) -> str:
+    """The matched-compute section of the index (empty without FLOPs cells): what the cells are, their table (target,
+    achieved FLOPs, the solved retain, retained tokens, score, the paired comparison with the reference), the plot
+    and one sentence per FLOPs target (``budget_sentences(rows, "flops")``)."""
+    sub = matched_flops_rows(rows)
+    if not sub:
+        return ""
+    from .budget import FLOPS_SLACK
+    sub = sorted(sub, key=lambda r: (str(r["benchmark"]), str(r["model"]), r.get("budget_kind") == "flops",
+                                     -(r["budget"] if isinstance(r.get("budget"), (int, float)) else 2),
+                                     str(r["method"]), str(r["settings"])))
+    lines = []
+    for r in sub:
+        page = os.path.join("runs", f"{r['run_id']}.html")
+        link = f'<a href="{html.escape(page)}">{html.escape(r["run_id"])}</a>' \
+            if os.path.isfile(os.path.join(out_dir, page)) else html.escape(r["run_id"])
+        note = (f'failed: {html.escape(str(r["error"]))}' if r["status"] == "failed" else
+                html.escape(f"short of the target on {r['flops_short']}") if r.get("flops_short") else
+                html.escape(r["error"]) if r.get("error") else "")
+        target = r["budget"] if r.get("budget_kind") == "flops" else None
+        cls = ' class="failed"' if r["status"] != "done" else ""
+        lines.append(f'<tr{cls}><td>{_method_cell(r["method"])}</td>'
+                     f"<td>{_fmt(r['settings'])}</td><td>{_fmt(r['model'])}</td><td>{_fmt(r['benchmark'])}</td>"
+                     f"<td>{_fmt(target, pct=True) if target is not None else '–'}</td>"
+                     f"<td>{_fmt(r.get('flops_paper'), pct=True)}</td><td>{_fmt(r.get('flops_retain'), pct=True)}</td>"
+                     f"<td>{_fmt(r['retained'], pct=True)}</td>"
+                     f"<td>{_fmt(r['score'])}{_interval_text(r.get('score_ci95'))}</td>{_paired_cells(r)}"
+                     f"<td>{_fmt(r['n'])}</td><td>{link}</td><td>{note}</td></tr>")
+    fname = X_AXES["flops_paper"][1]
+    fig = f'<figure><img src="{html.escape(fname)}" alt="{html.escape(fname)}"></figure>' if fname in images else ""
+    sentences = budget_sentences(rows, "flops")
+    said = ("<p>Paired comparisons with the reference, per FLOPs target (the same test and Holm family as the table "
+            "above):</p><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in sentences) + "</ul>") if sentences else ""
+    return (f"<h2>Accuracy at matched prefill FLOPs</h2><p>Cells with a FLOPs target: each prompt's "
+            "<code>retain</code> was solved so that the method's declared schedule costs the target share of the unpruned LLM prefill of "
+            "the same input (the papers' formula 4nd² + 2n²d + 2ndm per decoder layer, text tokens included); "
+            "<i>achieved</i> is the ratio the prefills recorded, layer by layer, averaged over the items, and it is "
+            "what the plot puts on x. Retained tokens differ between methods at one FLOPs target: an in-LLM cut pays "
+            "for the layers before it, a pre-LLM method does not. A method that cannot reach a target fails with the "
+            f"reason; a prompt just beyond its reach (within {100 * FLOPS_SLACK:g}% of the unpruned prefill, "
+            "<code>budget.FLOPS_SLACK</code>) runs at its nearest setting and is counted short of the target. "
+            f"Δ and p as in the table above.</p><table><tr><th>method</th><th>settings</th><th>model</th>"
+            "<th>benchmark</th><th>FLOPs target</th><th>FLOPs achieved</th><th>retain solved (mean)</th>"
+            "<th>retained</th><th>score [95% CI]</th><th>Δ vs reference [95% CI]</th><th>p (Holm)</th>"
+            f"<th>paired verdict</th><th>items</th><th>run</th><th>note</th></tr>{''.join(lines)}</table>"
+            f"{said}{fig}")
 
 
 def _method_cell(method) -> str:

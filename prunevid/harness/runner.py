@@ -38,9 +38,10 @@ RUN_CONFIG = "run_config.json"
 # "weights" is the model's weights fingerprint (prunevid.models.weights_fingerprint): the same name with other
 # weights (a re-shipped demo model, a retrained checkpoint) is another run.
 # "selected_layer" and "lora_alpha" (PLLaVA) are model settings a benchmark default may change (PLLaVA on VCG: 5 and
-# 4); "protocol_options" the named departures from the official evaluation code (benchmarks.ProtocolOptions).
+# 4); "protocol_options" the named departures from the official evaluation code (benchmarks.ProtocolOptions);
+# "flops" the matched-compute target (--flops; absent from older folders, which read as None: no target).
 IDENTITY_KEYS = ("benchmark", "model", "weights", "method", "protocol", "protocol_options", "frames", "dtype", "seed",
-                 "gen_kwargs", "selected_layer", "lora_alpha")
+                 "gen_kwargs", "selected_layer", "lora_alpha", "flops")
 
 
 def add_parser(sub) -> None:
@@ -69,7 +70,8 @@ def add_parser(sub) -> None:
                    help="PLLaVA's LoRA alpha (default: 4 on vcgbench, 14 elsewhere, as PruneVid's scripts/eval.sh)")
     p.add_argument("--protocol-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a named departure from the official evaluation code, repeatable: answer_parse=last_prefix, "
-                        "stop_rule=eos, judge_parse=tolerant, consistency_labels=matched, short_clips=error "
+                        "stop_rule=eos, judge_parse=tolerant, consistency_labels=matched, short_clips=error; and the "
+                        "video-blind control video=black "
                         "(default: upstream's behaviour for each; docs/fidelity.md)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="torch seed set before every item (default: 0)")
@@ -79,6 +81,11 @@ def add_parser(sub) -> None:
                         "(default: the model's registry default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method hyperparameter, repeatable (--set alpha=0.3 --set tau=0.9)")
+    p.add_argument("--flops", type=float, default=None, metavar="TARGET",
+                   help="matched compute: the LLM prefill FLOPs ratio to reach, in (0, 1] of the unpruned prefill of "
+                        "the same input (paper formula, text included); the method's retain is solved per prompt on "
+                        "its declared schedule and the achieved ratio is reported (not with --set retain=; "
+                        "docs/measurement.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -89,7 +96,7 @@ def run(args) -> int:
                    output_dir=args.output_dir, limit=args.limit, frames=args.frames, dtype=args.dtype,
                    device=args.device, seed=args.seed, protocol=args.protocol, params=parse_set(args.set),
                    progress=not args.no_progress, lora_alpha=args.lora_alpha,
-                   protocol_options=parse_set(args.protocol_option, flag="--protocol-option"))
+                   protocol_options=parse_set(args.protocol_option, flag="--protocol-option"), flops=args.flops)
     if dist_info()[0] != 0:
         return 0            # rank 0 reports
     out = res["config"]["output_dir"]        # the unpruned score on the same items, when a `none` run lies beside
@@ -136,8 +143,15 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
              data_root: Optional[str] = None, output_dir: Optional[str] = None, limit: Optional[int] = None,
              frames: Optional[int] = None, dtype: Optional[str] = None, device: str = "cpu", seed: int = 0,
              protocol: Optional[str] = None, params: Optional[dict] = None, progress: bool = True,
-             loaded=None, lora_alpha: Optional[float] = None, protocol_options: Optional[dict] = None) -> dict:
+             loaded=None, lora_alpha: Optional[float] = None, protocol_options: Optional[dict] = None,
+             flops: Optional[float] = None) -> dict:
     """Run (or resume) one evaluation and return the results dict also written to ``results.json``.
+
+    ``flops``: a matched-compute target (``--flops``): each prompt's ``retain`` is solved so the method's declared
+    LLM prefill costs that share of the unpruned one (``prunevid.harness.budget.FlopsMatcher``); the rows and
+    ``results.json``'s ``flops`` record the target, the solved knob and the achieved ratio. A target the method
+    cannot reach stops the run with the reason (before any work where the method can never reach it); one just
+    out of reach on a prompt (``budget.FLOPS_SLACK``) runs at the method's nearest setting, counted as short.
 
     ``loaded`` may be a ``prunevid.models.LoadedModel`` already in memory (tests, notebooks); ``model`` then
     only names it in the results. Settings not given are resolved before the model is loaded: the protocol
@@ -152,6 +166,17 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
         model = default_model()
     bench = benchmarks.get(benchmark)
     bench.options = benchmarks.ProtocolOptions.from_dict(protocol_options)   # unknown / bad option: before any work
+    if flops is not None:                                # a FLOPs target: in range, not beside retain, and one the
+        from .budget import FlopsUnreachable, check_flops_target, flops_static_reason    # method can reach at all
+        flops = check_flops_target(flops)
+        if "retain" in params:
+            raise ValueError("--flops and retain are exclusive: a FLOPs target solves the method's retain per prompt")
+        reason = flops_static_reason(method, flops, methods.config_class(method))
+        if reason is not None:
+            raise FlopsUnreachable(f"--flops {flops:g}: {reason}")
+        if method != "none":     # the target supplies retain (stage1_min_ratio needs one to be valid); the target
+            params = {**params, "retain": flops}   # stands in until each prompt's is solved: a pruning setting, so
+            # the checks before the run (vision attention, hints) see the method switched on, as it will run
     methods.make_config(method, params)                  # unknown method / hyperparameter: before any work
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
@@ -201,19 +226,23 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
     kit_state.set_model_defaults(loaded.model, loaded.spec.defaults)
     cfg = methods.make_config(method, params, loaded.model, benchmark=bench.name)
     method_info = {"name": method, **cfg.to_dict()}
+    if flops is not None and "retain" in method_info:
+        method_info["retain"] = None         # no one value: solved per prompt (the rows' flops_retain), not the default
 
     identity = {"benchmark": bench.name, "model": str(model), "weights": getattr(loaded, "fingerprint", None),
                 "method": method_info, "protocol": protocol, "protocol_options": bench.options.to_dict(),
                 "frames": frames, "dtype": str(dtype), "seed": seed, "gen_kwargs": gen,
-                "selected_layer": getattr(cfg, "selected_layer", None), "lora_alpha": lora_alpha}
+                "selected_layer": getattr(cfg, "selected_layer", None), "lora_alpha": lora_alpha, "flops": flops}
     import prunevid
     prunevid.apply(loaded.model, cfg, method=method)     # a config the model rejects fails before any file
+    from .budget import FlopsMatcher
+    compute = None if flops is None else FlopsMatcher(method, flops, cfg)
     lock = results.RunLock(output_dir)                   # taken by rank 0 in _run, before anything is written
     try:
         check_method_supported(loaded.model, method)     # e.g. VisionZip on Qwen2-VL: before the folder exists
         check_hints_available(bench, loaded.model, method)   # e.g. the oracle off the synthetic benchmark
         return _run(bench, items, loaded, identity, output_dir=output_dir, data_root=data_root, device=device,
-                    limit=limit, progress=progress, rank=rank, world=world, lock=lock)
+                    limit=limit, progress=progress, rank=rank, world=world, lock=lock, compute=compute)
     finally:
         lock.release()
         prunevid.remove(loaded.model)
@@ -222,7 +251,7 @@ def evaluate(*, benchmark: str = DEFAULT_BENCHMARK, model: Optional[str] = DEFAU
 
 
 def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit, progress, rank, world,
-         lock=None) -> dict:
+         lock=None, compute=None) -> dict:
     method, protocol, frames = identity["method"]["name"], identity["protocol"], identity["frames"]
     gen, seed = identity["gen_kwargs"], identity["seed"]
     run_id = problem = done = None
@@ -266,7 +295,8 @@ def _run(bench, items, loaded, identity, *, output_dir, data_root, device, limit
     try:
         with results.sigterm_as_interrupt():
             for item in todo:
-                row = run_item(bench, item, loaded, protocol, frames, gen, eos, seed, cache=media_cache, method=method)
+                row = run_item(bench, item, loaded, protocol, frames, gen, eos, seed, cache=media_cache, method=method,
+                               compute=compute)
                 writer.append_sample(row)
                 if bar is not None:
                     bar.update(1)
@@ -346,12 +376,41 @@ def check_hints_available(bench, model, method: str) -> None:
                          f"prunevid.state.set_hints")
 
 
-def _flops_summary(rows):
+def tokens_summary(rows, method: str) -> dict:
+    """``results.json``'s ``tokens``: the means of the per-item token counts and ratios, and ``budget_ratio``, the
+    mean of what the method's budget is met on (``Method.budget_measure``: the retained ratio; for a method that
+    cuts at several layers the visual tokens per layer averaged over the prefill; for a cache method its KV share)."""
+    from ..methods import method_class
+    from ..methods.base import budget_ratio
+    ok = [r for r in rows if not r.get("error")]
+    out = results.mean_stats(ok, TOKEN_KEYS)
+    measure = method_class(method).budget_measure
+    out["budget_ratio"] = _mean(budget_ratio(measure, r) for r in ok)
+    return out
+
+
+def _flops_summary(rows, target: Optional[float] = None):
+    """``results.json``'s ``flops``: the mean analytic LLM prefill FLOPs of the items and their ratio to the unpruned
+    prefill, ``ratio_vs_unpruned`` (the kit's exact formula) and ``ratio_paper_vs_unpruned`` (the papers' formula,
+    text included). With a FLOPs ``target`` (``--flops``) also ``target``, ``formula``, ``achieved`` (=
+    ``ratio_paper_vs_unpruned``), the solved ``retain`` (mean, min, max over the items' first prompts),
+    ``predicted`` (the declared ratio at it, mean), and ``unreachable_items`` / ``unreachable_note``: items short of
+    the target (just beyond the method's reach, run at its nearest setting; or the method's own rule stopping short
+    of the solved retain: DyCoke's whole frames, PruneVid's smallest alpha)."""
     ok = [r for r in rows if not r.get("error")]
     ratio = _mean(r.get("flops_ratio") for r in ok)
-    if ratio is None:
+    if ratio is None and target is None:
         return None
-    return {"backend": "analytic", "prefill": _mean(r.get("flops_prefill") for r in ok), "ratio_vs_unpruned": ratio}
+    out = {"backend": "analytic", "prefill": _mean(r.get("flops_prefill") for r in ok), "ratio_vs_unpruned": ratio,
+           "ratio_paper_vs_unpruned": _mean(r.get("flops_ratio_paper") for r in ok)}
+    if target is not None:
+        retain = [r["flops_retain"] for r in ok if isinstance(r.get("flops_retain"), (int, float))]
+        short = [r for r in ok if r.get("flops_reachable") is False]
+        out.update(target=target, formula="paper", achieved=out["ratio_paper_vs_unpruned"],
+                   retain={"mean": _mean(retain), "min": min(retain, default=None), "max": max(retain, default=None)},
+                   predicted=_mean(r.get("flops_predicted") for r in ok), unreachable_items=len(short),
+                   unreachable_note=short[0].get("flops_note") if short else None)
+    return out
 
 
 def _mean(vals):
@@ -378,8 +437,8 @@ def summarize(bench, rows, total: int, *, run_id, identity, data_root, device, l
                 "fallback_parsed": sum(1 for r in rows if r.get("fallback_parsed"))
                 + sum(int((r.get("judge") or {}).get("fallback_parsed", 0)) for r in rows)},
         metrics=metrics,
-        tokens=results.mean_stats([r for r in rows if not r.get("error")], TOKEN_KEYS),
-        flops=_flops_summary(rows),
+        tokens=tokens_summary(rows, identity["method"]["name"]),
+        flops=_flops_summary(rows, identity.get("flops")),
         timing={"prefill_ms": _mean(r.get("prefill_ms") for r in rows),
                 "decode_ms_per_token": _mean(r.get("decode_ms_per_token") for r in rows),
                 "total_s": sum(r.get("time_s") or 0.0 for r in rows),

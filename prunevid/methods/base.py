@@ -10,7 +10,8 @@ tensor functions plus three optional answers the model file asks for at the pref
    the same grid, and the ``hints``: ground truth a caller gave for this call, ``prunevid.state.set_hints``, such
    as the oracle's object masks; a method names those it reads in ``needs_hints``). ``None`` = the frames enter
    unchanged.
-2. ``plan(layout) -> Stage2Plan | None`` — in-LLM pruning, carried out by the shared ``LayerPruner``.
+2. ``plan(layout) -> Stage2Plan | CutPlan | None`` — in-LLM pruning (one cut, or several: PyramidDrop), carried
+   out by the shared ``LayerPruner``.
 3. ``cache_policy(layout) -> CachePolicy | None`` — post-prefill / decode-time KV-cache behaviour, run by the
    same hooks.
 
@@ -122,6 +123,11 @@ class Method:
     needs_vision_attention: bool = False
     needs_hints: tuple = ()                # ground truth the method reads from ``VideoContext.hints`` (``oracle``:
                                            # ``"object_masks"``); the runner asks the benchmark for them
+    # What a matched budget (``retain``) is met on, read from a prefill's stats (``budget_ratio``):
+    # "retained_ratio" (visual tokens after the method's last cut / visual tokens in), "layer_average" (the visual
+    # tokens each decoder layer ran on, averaged over the layers / visual tokens in: methods that cut at several
+    # layers, the quantity their FLOPs follow), "kv" (visual KV-cache entries / visual tokens in: cache methods).
+    budget_measure: str = "retained_ratio"
 
     def __init__(self, config):
         from .resolve import resolve
@@ -177,3 +183,19 @@ class Method:
 def frames_reduction(frames: torch.Tensor, kept: torch.Tensor, info: Optional[dict] = None) -> Reduction:
     """A selection-only reduction: (F, P, C) frames and (F, P) bool kept -> tokens in frame-major, raster order."""
     return Reduction(tokens=frames[kept], kept=kept, info=dict(info or {}))
+
+
+def budget_ratio(measure: str, stats: dict):
+    """The achieved ratio of a prefill's ``stats`` under a method's ``budget_measure`` (None when unknown)."""
+    n_in = stats.get("visual_tokens_in")
+    if not n_in:
+        return None
+    if measure == "kv":
+        kv = stats.get("kv_visual_tokens")
+        return None if kv is None else kv / n_in
+    if measure == "layer_average":
+        layers = stats.get("layer_tokens")
+        return sum(layers) / (len(layers) * n_in) if layers else None
+    if measure == "retained_ratio":
+        return stats.get("retained_ratio")
+    raise ValueError(f"unknown budget measure {measure!r}")

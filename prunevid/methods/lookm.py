@@ -289,6 +289,7 @@ class LookMCachePolicy(CachePolicy):
 
 class LookMMethod(Method):
     name = "lookm"
+    budget_measure = "kv"                   # retain: its KV budget (the prefill keeps every token)
     config_class = LookMConfig
 
     @property

@@ -17,6 +17,8 @@ _METHODS = {
     "prumerge+": ("prumerge", "PruMergePlusMethod"),
     "lookm": ("lookm", "LookMMethod"),
     "oracle": ("oracle", "OracleMethod"),
+    "pdrop": ("pdrop", "PDropMethod"),
+    "divprune": ("divprune", "DivPruneMethod"),
 }
 
 

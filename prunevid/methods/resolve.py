@@ -9,8 +9,11 @@
    the caller's value > the benchmark's default for this model (PLLaVA on VCG: K 5) > the checkpoint's
    ``prunevid_defaults.json`` > the architecture's registry defaults > the method's own default;
 3. the depth rule: a layer index that was not given and lies beyond the model's decoder depth
-   (``value >= n_layers``) becomes ``n_layers // 2``. A value the caller gave is never changed (an index beyond
-   the depth is the method's ``validate`` error).
+   (``value >= n_layers``) becomes ``n_layers // 2``. A layer field may hold several indices (PyramidDrop's cut
+   layers 8/16/24): when one of S defaulted indices lies beyond the depth they become S layers spread evenly,
+   ``floor(n_layers x s / (S + 1))`` for s = 1..S (``depth_rule``; the single index's ``n_layers // 2`` is its
+   S = 1 case). A value the caller gave is never changed (an index beyond the depth is the method's
+   ``validate`` error).
 
 The model's defaults (2 and 3) are the ones ``models.load`` attached to the model (``prunevid.state``); ``apply``
 attaches the architecture's registry defaults to a model that came without them.
@@ -80,8 +83,16 @@ def num_layers_of(model) -> Optional[int]:
     return int(n) if n is not None else None
 
 
-def depth_rule(value: int, n_layers: Optional[int]) -> int:
-    """A defaulted layer index beyond the model's depth becomes ``n_layers // 2``."""
+def depth_rule(value, n_layers: Optional[int]):
+    """A defaulted layer index beyond the model's depth becomes ``n_layers // 2``; a defaulted tuple of S layer
+    indices with one beyond the depth becomes ``floor(n_layers x s / (S + 1))``, s = 1..S (evenly spread; the
+    single index's rule is its S = 1 case). 8/16/24 on 4 layers -> 1/2/3; on 24 layers -> 6/12/18."""
+    if isinstance(value, (tuple, list)):
+        value = tuple(int(v) for v in value)
+        if n_layers is not None and any(v >= n_layers for v in value):
+            return tuple(n_layers * s // (len(value) + 1) for s in range(1, len(value) + 1))
+        return value
+    value = int(value)
     if n_layers is not None and value >= n_layers:
         return n_layers // 2
     return value
@@ -100,7 +111,7 @@ def resolve(config, model=None, *, benchmark: Optional[str] = None, n_layers: Op
     changes = {}
     for name in missing:
         value = defaults.get(name)
-        changes[name] = depth_rule(fields[name] if value is None else int(value), n_layers)
+        changes[name] = depth_rule(fields[name] if value is None else value, n_layers)
     return config.replace(**changes)
 
 

@@ -15,8 +15,8 @@ video feature. At the prefill that carries a video (``pixel_values_videos``, or 
      official PruneVid code does (``positions="original"``, an option of the pre-LLM methods, instead gives
      every entering token the position of a representative input token — its earliest member — and decoding
      continues from the unreduced length, as multimodal-RoPE models always do);
-  3. asks ``method.plan`` for an in-LLM plan and ``method.cache_policy`` for a KV-cache policy, hands both to
-     the ``LayerPruner`` and runs the language model.
+  3. asks ``method.plan`` for an in-LLM plan (one cut or several: ``prunevid.layer_pruner``) and
+     ``method.cache_policy`` for a KV-cache policy, hands both to the ``LayerPruner`` and runs the language model.
 Decode steps get their inputs remapped: positions shift by the number of tokens the pre-LLM reduction removed
 (the first new token sits at the shortened prefill length, as in the official code), and a full-length 2-D
 attention mask is reduced to the kept columns. A method whose settings are a no-op runs the unpatched forward.
@@ -160,7 +160,7 @@ def _forward(self, parent, kwargs):
 
     if videos is not None or encoded is not None:
         state.decode = None
-        state.pruner.set_policy(None)
+        state.pruner.reset_decode()
         state.info = {}
         if not method.enabled:
             state.pruner.start_record()
@@ -177,7 +177,7 @@ def _forward(self, parent, kwargs):
         kwargs = _remap_decode(kwargs, dec)
     elif past == 0:
         state.decode = None
-        state.pruner.set_policy(None)
+        state.pruner.reset_decode()
     return parent.forward(self, **kwargs)
 
 
@@ -325,7 +325,10 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs, pas
             policy.phase = "decode"
     state.last_plan = plan
 
-    kept_seq = keep1 if plan is None or plan.keep is None else keep1[plan.keep.to(keep1.device)]
+    # the columns of layer 0's cache (what a decode step's 2-D mask covers): the kept tokens where every layer's
+    # cache was cut to them, all of them where each layer keeps what it ran on (PyramidDrop)
+    cache_keep = None if plan is None else plan.cache_keep
+    kept_seq = keep1 if cache_keep is None else keep1[cache_keep.to(keep1.device)]
     if policy is not None and policy.kept_positions() is not None:
         kp = policy.kept_positions()
         # per-KV-head caches (Look-M, (H_kv, T')): the mask columns follow head 0's slots; text entries sit in
@@ -341,7 +344,7 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs, pas
                         "cache_len": cache_len, "next_pos": next_pos, "pos_rows": None if full_pos is None
                         else (full_pos.shape[0] if full_pos.dim() == 3 else None)}
     else:
-        state.pruner.set_policy(None)
+        state.pruner.reset_decode()
     state.stats = _record_layers(finish_stats(stats), seen, out, past)
     state.info = dict(red.info)
     state.info.pop("merge", None)

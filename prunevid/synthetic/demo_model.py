@@ -64,6 +64,7 @@ SIZES = {
     "s": (96, 2, 4, 128, 3, 4, 2),
     "s4": (96, 2, 4, 128, 4, 4, 2),
     "m": (128, 3, 4, 192, 4, 4, 2),
+    "s8": (96, 2, 4, 128, 8, 4, 2),        # s4's towers with twice the LLM depth (issue 24: grown from s4)
 }
 
 

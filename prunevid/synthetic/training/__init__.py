@@ -12,7 +12,8 @@ the sittings that made it, the model card's hand-written notes); the trials them
 
 One file per part, each importing only the ones listed before it: ``sequences.py`` (the prompt and the training
 sequences with their loss weights, padding, pixels, the answer classes), ``labels.py`` (training-only targets from
-the generator's ground truth), ``batches.py`` (the curriculum and the seeded batches), ``heads.py`` (training-only
+the generator's ground truth), ``pruning.py`` (pruned input: which video tokens a batch keeps, merged or dropped,
+under re-numbered or original positions), ``batches.py`` (the curriculum and the seeded batches), ``heads.py`` (training-only
 heads and hooks, the supervised attention heads), ``losses.py`` (the objective), ``evaluation.py`` (held-out
 evaluation), ``cli.py`` (the options), ``checkpoints.py`` (checkpoint, exported model, recorded command),
 ``loop.py`` (schedule, optimizer, ``main``). Nothing here imports ``prunevid.benchmarks`` or the harness, and
@@ -74,6 +75,7 @@ from .sequences import (ANSWER_CLASSES, CAPTION_REQUEST, LOOKUP_POOLS, N_VIDEO, 
                         pixels)
 from .labels import (CELL, CGRID, GRID, LM_AUX_IGNORE, LM_AUX_MOTION, N_AUX, N_LM_AUX, PATCH, SINK, cell_fractions,
                      ground_tokens, lm_token_labels, patch_labels, question_object, track_tokens)
+from .pruning import PrunePlan, draw_plan, object_first_keep, pruned_forward, random_keep, remap_labels
 from .batches import (curriculum, frame_subset, frames_at, letter_weight_at, make_batch, make_indirect_batch,
                       make_lookup_batch, text_qa_batch)
 from .heads import (AuxCapture, Binding, Grounding, LayerCapture, SupervisedHead, Tracking, head_keys,
@@ -82,13 +84,14 @@ from .losses import (add_attention_loss, answer_loss, lookup_loss, ordinal_posit
                      train_loss)
 from .evaluation import evaluate, fmt_eval, make_eval_set
 from .cli import DESCRIPTION, parse_args
-from .checkpoints import command_line, save_checkpoint, save_model
+from .checkpoints import command_line, grow_state_dict, save_checkpoint, save_model, source_layers
 from .loop import GROUND_PROBE_LR_SCALE, lr_at, main, make_optimizer, to_device
 
 __all__ = ["ANSWER_CLASSES", "CAPTION_REQUEST", "LOOKUP_POOLS", "N_VIDEO", "TOKENS_PER_FRAME", "Encoder", "pad_batch",
            "pixels",
            "CELL", "CGRID", "GRID", "LM_AUX_IGNORE", "LM_AUX_MOTION", "N_AUX", "N_LM_AUX", "PATCH", "SINK",
            "cell_fractions", "ground_tokens", "lm_token_labels", "patch_labels", "question_object", "track_tokens",
+           "PrunePlan", "draw_plan", "object_first_keep", "pruned_forward", "random_keep", "remap_labels",
            "curriculum", "frame_subset", "frames_at", "letter_weight_at", "make_batch", "make_indirect_batch",
            "make_lookup_batch", "text_qa_batch",
            "AuxCapture", "Binding", "Grounding", "LayerCapture", "SupervisedHead", "Tracking", "head_keys",
@@ -96,5 +99,5 @@ __all__ = ["ANSWER_CLASSES", "CAPTION_REQUEST", "LOOKUP_POOLS", "N_VIDEO", "TOKE
            "add_attention_loss", "answer_loss", "lookup_loss", "ordinal_position_loss", "position_loss", "train_loss",
            "evaluate", "fmt_eval", "make_eval_set",
            "DESCRIPTION", "parse_args",
-           "command_line", "save_checkpoint", "save_model",
+           "command_line", "grow_state_dict", "save_checkpoint", "save_model", "source_layers",
            "GROUND_PROBE_LR_SCALE", "lr_at", "main", "make_optimizer", "to_device"]

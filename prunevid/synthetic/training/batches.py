@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ... import synthetic as S
+from .pruning import draw_plan
 from .labels import SINK, cell_fractions, ground_tokens, lm_token_labels, patch_labels, question_object, track_tokens
 from .sequences import ANSWER_CLASSES, LOOKUP_POOLS, TOKENS_PER_FRAME, Encoder, pad_batch, pixels
 
@@ -50,7 +51,8 @@ def make_batch(step: int, args, enc: Encoder):
         if args.task_mix_weights:
             p = np.array([args.task_mix_weights.get(t, 1.0) for t in S.TASKS])
             task = S.TASKS[int(rng.choice(len(S.TASKS), p=p / p.sum()))]
-        s = S.sample(rng, task, difficulty=difficulty, shuffle=bool(rng.random() < p_shuffle), extras=True)
+        s = S.sample(rng, task, difficulty=difficulty, shuffle=bool(rng.random() < p_shuffle), extras=True,
+                     version=args.version)
         tq = [(s.task, s.item)]                    # (task, question) pairs
         extra = list(s.extra.items())
         rng.shuffle(extra)
@@ -94,8 +96,11 @@ def make_batch(step: int, args, enc: Encoder):
         wt[i, :len(w)] = torch.tensor(w)
     aux = torch.stack(labels).flatten(0, 1) if labels else None      # (B*T, 196, 3)
     lm_aux = torch.stack(lm_labels) if lm_labels else None            # (B, n_video, len(N_LM_AUX))
+    # the pruned-input plan comes from its own stream: runs without --prune-prob replay their batches unchanged
+    plan = (draw_plan(np.random.default_rng([args.seed, step, 3]), len(seqs), n_video, args)
+            if args.prune_prob > 0 else None)
     return (ids, mask, wt, pixels(frames), aux, lm_aux, torch.tensor(answers, dtype=torch.long).view(-1, 3),
-            ground, track)
+            ground, track, plan)
 
 
 def make_lookup_batch(step: int, args, enc: Encoder, n: int = 0):

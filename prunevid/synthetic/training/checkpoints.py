@@ -16,7 +16,7 @@ def _plain_args(args) -> dict:
 
 # options that steer a sitting, not the training itself (left out of the recorded command)
 _SITTING_OPTIONS = ("out", "minutes", "export", "slim", "eval_only", "restart", "ground_task_weights",
-                    "task_mix_weights")
+                    "task_mix_weights", "prune_retain_range", "eval_pruned_specs")
 
 
 def command_line(args, steps: int = None, stop_at: int = None) -> str:
@@ -61,3 +61,27 @@ def save_model(out_dir, model, tok, meta):
     tok.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "training.json"), "w") as f:
         json.dump(meta, f, indent=1)
+
+
+LAYER_KEY = "model.language_model.layers."
+
+
+def grow_state_dict(state: dict, n_src: int, n_dst: int) -> dict:
+    """A model state dict of ``n_src`` LLM layers re-keyed for ``n_dst >= n_src`` layers: source layer ``i``
+    becomes layer ``i * n_dst // n_src`` (spread evenly; ``n_dst = 2 n_src``: 0->0, 1->2, ...); every other key
+    unchanged. The layers left without a source keep their fresh initialisation, which in a demo model (residual
+    outputs zeroed, ``zero_init_residuals``) is the identity, so the grown model computes what the source did."""
+    if n_dst < n_src:
+        raise ValueError(f"cannot shrink {n_src} LLM layers to {n_dst}")
+    out = {}
+    for k, v in state.items():
+        if k.startswith(LAYER_KEY):
+            i, rest = k[len(LAYER_KEY):].split(".", 1)
+            k = f"{LAYER_KEY}{int(i) * n_dst // n_src}.{rest}"
+        out[k] = v
+    return out
+
+
+def source_layers(state: dict) -> int:
+    """How many LLM layers a model state dict holds."""
+    return 1 + max(int(k[len(LAYER_KEY):].split(".", 1)[0]) for k in state if k.startswith(LAYER_KEY))

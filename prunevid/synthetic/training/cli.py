@@ -73,6 +73,25 @@ def parse_args(argv=None):
     ap.add_argument("--task-mix", action="append", default=[], metavar="TASK:W",
                     help="sampling weight of one task's training videos (default 1, uniform; repeatable), e.g. "
                          "moving_direction:3 for three times as many direction videos")
+    ap.add_argument("--version", type=int, default=1, choices=(1, 2),
+                    help="the synthetic world's version the videos come from (training and held-out evaluation)")
+    ap.add_argument("--prune-prob", type=float, default=0.0,
+                    help="share of video batches that run on a random subset of their video tokens (0: off)")
+    ap.add_argument("--prune-retain", default="0.1:1.0", metavar="LO:HI",
+                    help="retained share of a pruned batch's frame tokens, drawn uniformly from [LO, HI]")
+    ap.add_argument("--prune-merge-prob", type=float, default=0.5,
+                    help="share of pruned batches whose dropped tokens are merged into the most similar kept one")
+    ap.add_argument("--original-positions-prob", type=float, default=0.5,
+                    help="share of pruned batches whose kept tokens keep their unpruned RoPE positions (else "
+                         "re-numbered, the official rule)")
+    ap.add_argument("--init-from", default="",
+                    help="a new run starts from this trainer checkpoint's weights and heads (step 0); a deeper "
+                         "--size spreads its LLM layers evenly, the new layers starting as the identity")
+    ap.add_argument("--eval-pruned", action="append", default=[], metavar="SELECTOR:RETAIN:POSITIONS",
+                    help="also evaluate on pruned input (repeatable), e.g. random:0.25:renumber, "
+                         "oracle:0.25:original (oracle: object tokens first, then random background)")
+    ap.add_argument("--eval-blind", action="store_true",
+                    help="also evaluate with every frame black (a model that answers from the video is at chance)")
     ap.add_argument("--curriculum-steps", type=int, default=600)
     ap.add_argument("--start-difficulty", type=float, default=0.0)
     ap.add_argument("--shuffle-from", type=float, default=0.3,
@@ -121,6 +140,26 @@ def parse_args(argv=None):
             out[task] = w
         return out
 
+    try:
+        lo, hi = (float(v) for v in args.prune_retain.split(":"))
+        assert 0 < lo <= hi <= 1
+    except (ValueError, AssertionError):
+        ap.error(f"--prune-retain {args.prune_retain!r}: expected LO:HI with 0 < LO <= HI <= 1")
+    args.prune_retain_range = (lo, hi)
+    for name in ("prune_prob", "prune_merge_prob", "original_positions_prob"):
+        if not 0 <= getattr(args, name) <= 1:
+            ap.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    args.eval_pruned_specs = []
+    for spec in args.eval_pruned:
+        parts = spec.split(":")
+        try:
+            sel, retain, positions = parts[0], float(parts[1]), parts[2]
+            assert len(parts) == 3 and sel in ("random", "oracle") and 0 < retain <= 1
+            assert positions in ("renumber", "original")
+        except (IndexError, ValueError, AssertionError):
+            ap.error(f"--eval-pruned {spec!r}: expected SELECTOR:RETAIN:POSITIONS, SELECTOR random or oracle, "
+                     "0 < RETAIN <= 1, POSITIONS renumber or original")
+        args.eval_pruned_specs.append((sel, retain, positions))
     args.ground_task_weights = task_weights(args.ground_task_weight, "--ground-task-weight")
     args.task_mix_weights = task_weights(args.task_mix, "--task-mix")
     if args.task_mix_weights and sum(args.task_mix_weights.get(t, 1.0) for t in S.TASKS) <= 0:

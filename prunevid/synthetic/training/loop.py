@@ -12,7 +12,7 @@ import torch
 from ... import synthetic as S
 from .. import demo_model as D
 from .batches import make_batch, make_indirect_batch, make_lookup_batch
-from .checkpoints import _plain_args, command_line, save_checkpoint, save_model
+from .checkpoints import LAYER_KEY, _plain_args, command_line, grow_state_dict, save_checkpoint, save_model, source_layers
 from .cli import parse_args
 from .evaluation import evaluate, fmt_eval, make_eval_set
 from .heads import AuxCapture, Binding, Grounding, LayerCapture, Tracking
@@ -42,6 +42,29 @@ def make_optimizer(model, heads, args):
             (decay if p.dim() >= 2 and "embed" not in n else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+
+
+def init_from(path: str, model, heads, optional) -> None:
+    """Start a new run from the weights and training-only heads of the trainer checkpoint at ``path`` (its step,
+    optimizer and history are not carried over); a deeper model gets the source's LLM layers spread evenly over its
+    own (``grow_state_dict``), the others starting as the identity. Heads the source lacks start fresh."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--init-from {path}: no such checkpoint")
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    n_src = source_layers(state["model"])
+    n_dst = model.config.text_config.num_hidden_layers
+    sd = grow_state_dict(state["model"], n_src, n_dst)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    fresh = set(range(n_dst)) - {i * n_dst // n_src for i in range(n_src)}     # layers without a source
+    bad = [k for k in missing if not any(k.startswith(f"{LAYER_KEY}{i}.") for i in fresh)]
+    if bad or unexpected:
+        raise SystemExit(f"--init-from {path}: weights do not fit --size (missing {bad[:3]}, unexpected "
+                         f"{list(unexpected)[:3]})")
+    heads.load_state_dict(state["heads"])
+    for head, key in optional:
+        if head is not None and key in state:
+            head.load_state_dict(state[key])
+    print(f"initialised from {path} (step {state.get('step')}): {n_src} -> {n_dst} LLM layers")
 
 
 def main(argv=None) -> int:
@@ -127,6 +150,8 @@ def main(argv=None) -> int:
         averaged_from = state.get("averaged_from")          # weights made by average_checkpoints.py
         print(f"resumed from {ckpt_path} at step {step} ({train_seconds / 60:.1f} train-min)")
     else:
+        if args.init_from:
+            init_from(args.init_from, model, heads, optional)
         # the evaluation prompt and the first turn of a training sequence are the same tokens
         probe = S.make_item("moving_direction", S.item_rng(0, "moving_direction", 0))
         full = tok(D.render_prompt(tok, probe.item["question"], probe.item["candidates"], num_video_tokens=N_VIDEO),
@@ -154,6 +179,14 @@ def main(argv=None) -> int:
         if fixed_items is not None:
             rf = evaluate(model, enc, fixed_items, args)
             r["fixed_order"] = {"accuracy": rf["accuracy"], "per_task": rf["per_task"]}
+        if args.eval_blind:
+            rb = evaluate(model, enc, eval_items, args, blind=True)
+            r["blind"] = {"accuracy": rb["accuracy"], "per_task": rb["per_task"]}
+        if args.eval_pruned_specs:
+            r["pruned"] = {}
+            for spec in args.eval_pruned_specs:
+                rp = evaluate(model, enc, eval_items, args, pruned=spec)
+                r["pruned"][":".join(str(v) for v in spec)] = {"accuracy": rp["accuracy"], "per_task": rp["per_task"]}
         return r
 
     if args.eval_only:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .labels import GRID, LM_AUX_IGNORE, LM_AUX_MOTION, N_AUX, N_LM_AUX
+from .pruning import pruned_forward, remap_labels
 
 
 def answer_loss(answer_head, answer_capture, answers, args):
@@ -81,8 +82,14 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
     ids, mask, wt, pix, aux, lm_aux, answers = batch[:7]
     ground = batch[7] if len(batch) > 7 else []
     track = batch[8] if len(batch) > 8 else []
+    plan = batch[9] if len(batch) > 9 else None
     with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
-        out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix)
+        if plan is None:
+            out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pix)
+        else:               # pruned input (--prune-prob): every position-indexed label follows the kept tokens
+            out, ids, sel, newpos = pruned_forward(model, ids, mask, pix, video_id, plan)
+            wt = wt.gather(1, sel)
+            answers, lm_aux, ground, track = remap_labels(newpos, plan.keep, answers, lm_aux, ground, track)
         logits = out.logits[:, :-1].float()
     tgt = ids[:, 1:]
     w = wt[:, 1:]

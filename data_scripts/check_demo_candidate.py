@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Check a demo-model candidate against the shipping rule of issue 24 (trial 15 of ``data_scripts/README.md``),
+through the kit's runner on the version-2 validation split.
+
+    python data_scripts/check_demo_candidate.py --model runs/demo_v2/model            # -> verdict + JSON record
+    python data_scripts/check_demo_candidate.py --model runs/demo_v2/model --limit 70 # a quick look (not the rule)
+
+The rule (fixed before any version-2 test-split evaluation): on ``synthetic-v2-val`` (50 items per task)
+
+- unpruned >= 85% overall, every task >= chance + 15 points, moving direction >= 70%;
+- black frames (``--protocol-option video=black``, the video-blind control) within 5 points of chance on every task;
+- at 25% retained, the oracle beats random keep by >= 10 points under both position rules (``positions=renumber``,
+  the official rule, and ``positions=original``), with the paired 95% interval excluding zero.
+
+Every run goes through ``prunevid.harness.runner.evaluate`` (the code path of ``python -m prunevid eval``), into
+``--work`` (resumable: a rerun skips what is done). The record (``<work>/check.json``) has every run's accuracy with
+its Wilson interval, per task, and the paired comparisons (``prunevid.statistics.compare_paired``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from prunevid import statistics  # noqa: E402
+from prunevid import synthetic as S  # noqa: E402
+
+BENCHMARK = "synthetic-v2-val"
+UNPRUNED_MIN, TASK_MARGIN, DIRECTION_MIN, BLIND_MAX_GAP, ORACLE_GAIN = 85.0, 15.0, 70.0, 5.0, 10.0
+RETAIN = 0.25
+POSITIONS = ("renumber", "original")
+
+# name -> (method, params, protocol options)
+RUNS = {"none": ("none", {}, {}),
+        "black": ("none", {}, {"video": "black"}),
+        **{f"{sel}-{pos}": (sel, {"retain": RETAIN, "positions": pos}, {}) for sel in ("random", "oracle")
+           for pos in POSITIONS}}
+
+
+def outcomes(output_dir: str) -> Dict[str, bool]:
+    """item id -> correct, from a run's samples.jsonl (error rows count as wrong, as the runner scores them)."""
+    from prunevid.harness.results import RunWriter
+    return {r["id"]: bool(r.get("correct")) for r in RunWriter(output_dir).read_samples()}
+
+
+def summary(correct: Dict[str, bool]) -> dict:
+    """Accuracy (percent) with its Wilson interval, overall and per task (item ids are ``task/index``)."""
+    def acc(ids: List[str]) -> dict:
+        k = sum(correct[i] for i in ids)
+        return {"accuracy": 100.0 * k / len(ids), "n": len(ids),
+                "ci95": [100 * v for v in statistics.wilson_interval(k, len(ids))]}
+    tasks = {t: [i for i in correct if i.split("/")[0] == t] for t in S.TASKS}
+    return {**acc(sorted(correct)), "per_task": {t: acc(ids) for t, ids in tasks.items() if ids}}
+
+
+def verdict(runs: Dict[str, Dict[str, bool]]) -> dict:
+    """The rule applied to the runs' per-item outcomes (name -> {item id: correct}; names as ``RUNS``): every
+    check with its measured value and whether it holds, and ``ships`` (all hold)."""
+    chance = {t: 100.0 * c for t, c in S.CHANCE.items()}
+    none, black = summary(runs["none"]), summary(runs["black"])
+    checks = [{"check": f"unpruned >= {UNPRUNED_MIN:.0f}%", "value": none["accuracy"],
+               "holds": none["accuracy"] >= UNPRUNED_MIN}]
+    for t, s in none["per_task"].items():
+        checks.append({"check": f"unpruned {t} >= chance + {TASK_MARGIN:.0f}", "value": s["accuracy"] - chance[t],
+                       "holds": s["accuracy"] - chance[t] >= TASK_MARGIN})
+    direction = none["per_task"].get("moving_direction", {}).get("accuracy", float("nan"))
+    checks.append({"check": f"unpruned moving_direction >= {DIRECTION_MIN:.0f}%", "value": direction,
+                   "holds": direction >= DIRECTION_MIN})
+    for t, s in black["per_task"].items():
+        gap = s["accuracy"] - chance[t]
+        checks.append({"check": f"black frames {t} within {BLIND_MAX_GAP:.0f} of chance", "value": gap,
+                       "holds": abs(gap) <= BLIND_MAX_GAP})
+    paired = {}
+    for pos in POSITIONS:
+        c = statistics.compare_paired(runs[f"oracle-{pos}"], runs[f"random-{pos}"])
+        paired[pos] = c
+        checks.append({"check": f"oracle - random at {RETAIN:.0%} ({pos}) >= {ORACLE_GAIN:.0f}, interval > 0",
+                       "value": c["diff"], "ci95": c["diff_ci95"],
+                       "holds": c["diff"] >= ORACLE_GAIN and c["diff_ci95"][0] > 0})
+    return {"checks": checks, "ships": all(c["holds"] for c in checks),
+            "summaries": {name: summary(o) for name, o in runs.items()}, "paired": paired}
+
+
+def main(argv: Optional[list] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="the candidate's exported model folder (<run>/model)")
+    ap.add_argument("--work", default=None, help="run folders and check.json (default: <model>/../check-v2-val)")
+    ap.add_argument("--data-root", default=None, help="benchmark data root (default: $PRUNEVID_DATA or ./DATAS)")
+    ap.add_argument("--limit", type=int, default=None, help="the first N items only (a look, not the rule)")
+    args = ap.parse_args(argv)
+    from prunevid.harness import runner
+    work = args.work or os.path.join(os.path.dirname(os.path.abspath(args.model)), "check-v2-val")
+    runs = {}
+    for name, (method, params, options) in RUNS.items():
+        out = os.path.join(work, name)
+        res = runner.evaluate(benchmark=BENCHMARK, model=args.model, method=method, params=params, limit=args.limit,
+                              data_root=args.data_root, output_dir=out, protocol_options=options, progress=True)
+        runs[name] = outcomes(out)
+        print(f"[check] {name}: {res['metrics']['accuracy']:.1f}% on {len(runs[name])} items", flush=True)
+    v = verdict(runs)
+    v.update(model=os.path.abspath(args.model), limit=args.limit, benchmark=BENCHMARK)
+    with open(os.path.join(work, "check.json"), "w") as f:
+        json.dump(v, f, indent=1)
+    for c in v["checks"]:
+        extra = f" [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}]" if "ci95" in c else ""
+        print(f"  {'ok  ' if c['holds'] else 'FAIL'} {c['check']}: {c['value']:+.1f}{extra}")
+    print(f"[check] {'ships' if v['ships'] else 'does not ship'} by the rule"
+          + (" (a --limit look: not the rule's 350 items)" if args.limit else "") + f"; record: {work}/check.json")
+    return 0 if v["ships"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
