@@ -214,7 +214,9 @@ class LayerCut:
 
     The two steps are methods, for the multi-layer methods to come: ``choose`` (another ranking: a subclass
     overrides it) and ``fold`` (what becomes of the hidden states: dropped here; a merging cut folds the dropped
-    tokens into the kept ones).
+    tokens into the kept ones). A subclass's ``choose`` may decide its count during the prefill (``n_keep`` is then
+    unused) or return ``None``: no cut at this layer (FrameFusion places a cut at every layer and each decides,
+    from the hidden states, whether it merges, prunes or passes).
     """
 
     layer: int
@@ -457,11 +459,14 @@ class LayerPruner:
         return kwargs
 
     def _cut_keep(self, cut, layer, hidden, kwargs, run: _Run) -> torch.Tensor:
-        """Rank and select at ``cut`` -> the kept indices of the current sequence (text + kept visual)."""
+        """Rank and select at ``cut`` -> the kept indices of the current sequence (text + kept visual), or ``None``
+        where the cut's ``choose`` passed (no cut at this layer)."""
         plan, vs = run.plan, run.plan.visual_start
         visual = slice(vs, vs + run.visual)
         query_start = plan.query_start - (plan.visual_len - run.visual)      # text is never cut
         kept = cut.choose(layer, hidden, kwargs, visual, query_start)
+        if kept is None:                                                     # the cut decided not to cut
+            return None
         dev = hidden.device
         keep = torch.cat([torch.arange(vs, device=dev), vs + kept.to(dev),
                           torch.arange(visual.stop, run.length, device=dev)])
@@ -491,8 +496,10 @@ class LayerPruner:
         if run.rows is not None:
             kwargs = self._sliced_kwargs(full, run)
         cut = run.cut_at(i)
-        if cut is not None:
-            keep = self._cut_keep(cut, module, hidden, kwargs, run)
+        keep = None if cut is None else self._cut_keep(cut, module, hidden, kwargs, run)
+        if cut is not None and keep is None:                     # a cut that passed: the next one is due
+            run.next += 1
+        elif cut is not None:
             if cut.at == "input":
                 if run.plan.cache == "cut":
                     cache = get_cache(full)

@@ -27,6 +27,9 @@ CASES = {
     "oracle": ({}, {"retain": 1.0}),
     "pdrop": ({}, {"lam": 1.0}),
     "divprune": ({}, {"retain": 1.0}),
+    "fastvid": ({"retain": 0.25}, {"retain": 1.0}),
+    "holitom": ({}, {"ratio": 1.0, "inner_ratio": 0.0}),
+    "framefusion": ({}, {"cost": 1.0}),
     "none": ({}, {}),
 }
 FILLED = ("visual_tokens_in", "visual_tokens_stage1", "visual_tokens_stage2", "kv_visual_tokens", "text_tokens",
@@ -136,6 +139,14 @@ def test_defaults_prune_documented_amount(tiny, tiny_inputs, tiny_ref, method):
         assert st["layer_tokens"] == st["layer_kv_tokens"] == [N_IN, N_IN // 2, N_IN // 4, N_IN // 8]
     elif method == "divprune":                  # int(round(0.098 x 392)) = 38 over the whole video
         assert s1 == s2 == 38
+    elif method == "fastvid":                   # int(0.25 x 49) = 12 a frame (7 salient + 5 anchors) at most
+        assert s1 == s2 == sum(info["kept_per_frame"]) <= FRAMES * 12
+    elif method == "holitom":                   # windows + per-frame selection, then half merged at layer 2
+        assert s1 <= count_for_ratio(0.25, N_IN) + FRAMES and s2 == kv == round(s1 * 0.5)
+        assert st["layer_tokens"] == st["layer_kv_tokens"] == [s1, s1, s2, s2]
+    elif method == "framefusion":               # in-LLM merges / pruning: 0.3 of the visual tokens per layer on average
+        assert s1 == N_IN and st["layer_tokens"] == st["layer_kv_tokens"]
+        assert abs(sum(st["layer_tokens"]) / (4 * N_IN) - 0.3) <= 0.02 and s2 == st["layer_tokens"][-1]
     if method != "lookm":
         assert kv == s2
         assert not torch.equal(logits, tiny_ref) if logits.shape == tiny_ref.shape else True
@@ -230,7 +241,8 @@ def test_lookm_cache_sizes(tiny, tiny_inputs):
 @pytest.mark.parametrize("method,key", [("random", "visual_tokens_stage2"), ("fastv", "visual_tokens_stage2"),
                                         ("dycoke", "visual_tokens_stage2"), ("vidcom2", "visual_tokens_stage2"),
                                         ("oracle", "visual_tokens_stage2"), ("lookm", "kv_visual_tokens"),
-                                        ("pdrop", "visual_tokens_stage2"), ("divprune", "visual_tokens_stage2")])
+                                        ("pdrop", "visual_tokens_stage2"), ("divprune", "visual_tokens_stage2"),
+                                        ("fastvid", "visual_tokens_stage2")])
 def test_kept_map_matches_counts(tiny, tiny_inputs, method, key):
     model, _ = tiny
     _apply(model, method, CASES[method][0])

@@ -90,12 +90,13 @@ def test_decode_loop_matches_generate(loaded):
 
 
 @pytest.mark.parametrize("method,params", [("fastv", {"K": 1}), ("visionzip", {}), ("random", {}), ("vidcom2", {}),
-                                           ("pdrop", {}), ("divprune", {})])
+                                           ("pdrop", {}), ("divprune", {}), ("holitom", {}),
+                                           ("fastvid", {"retain": 0.25}), ("framefusion", {})])
 def test_baselines_run_on_every_model(loaded, method, params):
     lm, inputs = loaded
     model = lm.model
     prunevid.apply(model, method=method, **params)
-    if lm.spec.name == "qwen2_vl" and method == "visionzip":
+    if lm.spec.name == "qwen2_vl" and method in ("visionzip", "holitom", "fastvid"):
         with pytest.raises(NotImplementedError, match="vision tower's attention"), torch.no_grad():
             model(**inputs)
         return

@@ -14,7 +14,8 @@ ARCHS = ["tiny", "tiny-llava-next-video", "tiny-pllava", "tiny-qwen2.5-vl"]
 # settings that make every method act on a 4-layer tiny model at 8 frames (Look-M without a budget keeps a count
 # that depends on the text prior: the schedule is then given the recorded count)
 PARAMS = {"prunevid": {}, "fastv": {}, "lookm": {"retain": 0.25}, "dycoke": {}, "random": {}, "visionzip": {},
-          "vidcom2": {}, "prumerge": {}, "prumerge+": {}, "oracle": {}, "none": {}, "pdrop": {}, "divprune": {}}
+          "vidcom2": {}, "prumerge": {}, "prumerge+": {}, "oracle": {}, "none": {}, "pdrop": {}, "divprune": {},
+          "fastvid": {}, "holitom": {}, "framefusion": {}}
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -46,6 +47,7 @@ def test_declared_schedule_equals_the_recorded_prefill(arch, method):
         with torch.no_grad():
             model(**inputs, use_cache=True)
         st = prunevid.stats(model)
+        info = prunevid.patch.info(model)
     finally:
         prunevid.remove(model)
     n_layers = len(loaded.spec.module.language_layers(model))
@@ -53,8 +55,10 @@ def test_declared_schedule_equals_the_recorded_prefill(arch, method):
     assert st["layer_kv_tokens"][-1] == st["kv_visual_tokens"]
     # the counts a video decides are given from the record's summary; the layer pattern is the method's
     kept = st["kv_visual_tokens"] if method == "lookm" else st["visual_tokens_stage2"]
+    # FrameFusion: the count of each step of its cascade is the video's (given from the record)
+    extra = {"steps": info["framefusion"]["steps"]} if method == "framefusion" else {}
     sched = impl.schedule(n_layers, st["text_tokens"], st["visual_tokens_in"], entering=st["visual_tokens_stage1"],
-                          kept=kept)
+                          kept=kept, **extra)
     assert sched.tokens == st["layer_tokens"], (method, sched.tokens, st["layer_tokens"])
     assert sched.kv == st["layer_kv_tokens"], (method, sched.kv, st["layer_kv_tokens"])
     if method in ("fastv", "lookm", "random", "oracle", "none", "pdrop", "divprune"):   # settings fix the counts

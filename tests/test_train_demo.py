@@ -855,3 +855,23 @@ def test_held_out_evaluation_on_pruned_and_blind_input(T, enc):
     r = T.evaluate(model, enc, items, args, pruned=("oracle", 0.25, "original"))
     h.remove()
     assert r["n"] == 4 and 0 <= r["accuracy"] <= 1
+
+
+def test_object_biased_plans_go_from_random_to_the_oracle(T, enc):
+    """--prune-informed-prob: weighted_keep at bias 0 is a uniform draw, at a huge bias the oracle's object-first
+    set; the informed draws leave the plans of runs without the option unchanged."""
+    cov = np.zeros(40)
+    cov[:4] = [1.0, 0.8, 0.6, 0.3]
+    rng = np.random.default_rng(0)
+    strong = T.weighted_keep(rng, [cov] * 50, 0.1, 1e9)
+    assert all(set(r[:-1].tolist()) == {0, 1, 2, 3} for r in strong)
+    hits = [len({0, 1, 2, 3} & set(r[:-1].tolist())) for r in T.weighted_keep(rng, [cov] * 400, 0.1, 0.0)]
+    assert abs(np.mean(hits) - 0.4) < 0.15                  # 4 of 40 tokens, 4 drawn: 0.4 expected
+    mid = [len({0, 1, 2, 3} & set(r[:-1].tolist())) for r in T.weighted_keep(rng, [cov] * 400, 0.1, 20.0)]
+    assert 0.4 < np.mean(mid) < 4.0
+    # the stream: without the option the plans are what they were; with it, its extra draws come after the others
+    base = _video_batch(T, enc, ["--prune-prob", "1"], step=2)[1][9]
+    informed = _video_batch(T, enc, ["--prune-prob", "1", "--prune-informed-prob", "1"], step=2)[1][9]
+    assert informed.keep.shape == base.keep.shape
+    assert (informed.merge, informed.original_positions) == (base.merge, base.original_positions)
+    assert not torch.equal(informed.keep, base.keep)

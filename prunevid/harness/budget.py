@@ -25,6 +25,10 @@ pdrop         ``retain``: the visual tokens per decoder layer averaged over the 
               solved per video, ``prunevid.methods.pdrop``); achieved = that mean of the record; the final KV
               ratio is in ``info["pdrop"]``; unreachable below what the layers before the first cut see (reported)
 divprune      ``retain`` (its own knob, upstream's SUBSET_RATIO)
+fastvid       ``retain`` (its own knob, upstream's retention_ratio: int(P x retain) a frame; achieved <= that)
+holitom       ``retain``: the visual tokens per decoder layer averaged over the prefill / visual tokens in (its
+              ``ratio`` solved per video, ``prunevid.methods.holitom``); the final KV ratio in ``info["holitom"]``;
+              unreachable where its static windows alone merge more than asked (reported)
 none          unreachable below 1
 ============  ==========================================================================================
 

@@ -8,8 +8,9 @@ tensor functions plus three optional answers the model file asks for at the pref
    from ``VideoContext`` (frame features (F, P, C), the per-frame grid, — only when the method sets
    ``needs_vision_attention`` — the vision tower's last-layer importance (F, P) and keys (F, P, Dk) pooled to
    the same grid, and the ``hints``: ground truth a caller gave for this call, ``prunevid.state.set_hints``, such
-   as the oracle's object masks; a method names those it reads in ``needs_hints``). ``None`` = the frames enter
-   unchanged.
+   as the oracle's object masks; a method names those it reads in ``needs_hints``; and ``frame_embedding`` where
+   the method brings a vision head of its own, ``vision_head``: FastVID's SigLIP pooling head, run by the model
+   file's vision probe on the feature layer's output). ``None`` = the frames enter unchanged.
 2. ``plan(layout) -> Stage2Plan | CutPlan | None`` — in-LLM pruning (one cut, or several: PyramidDrop), carried
    out by the shared ``LayerPruner``.
 3. ``cache_policy(layout) -> CachePolicy | None`` — post-prefill / decode-time KV-cache behaviour, run by the
@@ -55,6 +56,8 @@ class VideoContext:
                                                        # (VisionZip: mean over heads; PruMerge: full key vectors)
     hints: dict = field(default_factory=dict)          # ground truth the caller gave (``prunevid.state.set_hints``):
                                                        # what a method declares in ``needs_hints`` (oracle: masks)
+    frame_embedding: Optional[torch.Tensor] = None     # (F, D') one vector per frame from a method's own vision head
+                                                       # (``Method.vision_head``: FastVID's SigLIP pooling head)
 
     @property
     def num_frames(self) -> int:

@@ -19,6 +19,9 @@ _METHODS = {
     "oracle": ("oracle", "OracleMethod"),
     "pdrop": ("pdrop", "PDropMethod"),
     "divprune": ("divprune", "DivPruneMethod"),
+    "fastvid": ("fastvid", "FastVIDMethod"),
+    "holitom": ("holitom", "HoliTomMethod"),
+    "framefusion": ("framefusion", "FrameFusionMethod"),
 }
 
 

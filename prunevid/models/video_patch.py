@@ -249,8 +249,10 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs, pas
     importance = keys = None
     if method.needs_vision_attention:
         importance, keys = adapter.vision_attention(self, state, kwargs, frames)
+    vision = getattr(state, "vision", None) or {}
     video = VideoContext(frames=frames, grid=adapter.grid(self, kwargs, per_frame), generator=state.generator(),
-                         importance=importance, keys=keys, hints=dict(state.hints))
+                         importance=importance, keys=keys, hints=dict(state.hints),
+                         frame_embedding=vision.get("frame_embedding") if method.needs_vision_attention else None)
 
     stats = empty_stats()
     stats.update(visual_tokens_in=n_frames * per_frame)
@@ -349,6 +351,7 @@ def _pruned_prefill(self, parent, adapter: VideoModelAdapter, state, kwargs, pas
     state.info = dict(red.info)
     state.info.pop("merge", None)
     state.info.pop("sources", None)                        # a tensor, on the reduction (representative_sources)
+    state.info.pop("representatives", None)                # likewise
     if policy is not None and policy.info is not None:
         state.info.update(policy.info)                     # the policy keeps updating it during decoding
         policy.info = state.info
@@ -410,6 +413,8 @@ def representative_sources(red: Reduction, inputs: torch.Tensor) -> torch.Tensor
         idx = torch.arange(flat.numel(), device=flat.device)
         rep = torch.full((n_out,), flat.numel(), dtype=torch.long, device=flat.device)
         return rep.scatter_reduce(0, flat, idx, reduce="amin")
+    if red.info.get("representatives") is not None:   # declared provenance (FastVID: each merged anchor's own index)
+        return red.info["representatives"].to(inputs.device)
     candidates = []
     if red.info.get("sources") is not None:   # a selection in its own order (DyCoke: by similarity)
         candidates.append(red.info["sources"].to(inputs.device))
@@ -477,13 +482,29 @@ class VisionAttentionProbe:
             self.keys = torch.stack(keys)                                # (F, Np, d)
         return None
 
+    def attach_head(self, layer, head) -> None:
+        """Also run ``head`` ((F, Np, D) -> (frame embedding (F, D'), attention (F, Np))) on ``layer``'s output
+        (FastVID's SigLIP pooling head): its attention replaces the importance (rule ``"pooling_head"``)."""
+        def hook(module, args, out):
+            hidden = out[0] if isinstance(out, (tuple, list)) else out
+            head.to(hidden.device)
+            with torch.no_grad():
+                self.frame_embedding, self.head_importance = head(hidden)
+        self.frame_embedding = self.head_importance = None
+        self.head_handle = layer.register_forward_hook(hook)
+
     def remove(self):
         self.handle.remove()
+        if getattr(self, "head_handle", None) is not None:
+            self.head_handle.remove()
 
     def record(self) -> dict:
         """What ``state.vision`` keeps of this call (the rule and layer say which signal the method got)."""
-        return {"importance": self.importance, "keys": self.keys, "rule": self.rule, "keys_rule": self.key_rule,
-                "layer": self.layer_index}
+        rec = {"importance": self.importance, "keys": self.keys, "rule": self.rule, "keys_rule": self.key_rule,
+               "layer": self.layer_index}
+        if getattr(self, "head_importance", None) is not None:
+            rec.update(importance=self.head_importance, rule="pooling_head", frame_embedding=self.frame_embedding)
+        return rec
 
 
 def _encoder_layers(tower):
@@ -523,8 +544,12 @@ def method_probe(tower, feature_layer, method) -> VisionAttentionProbe:
     (``"head_mean"`` / ``"full"``)."""
     idx = vision_layer_index(tower, feature_layer, getattr(method, "vision_layer_offset", 0))
     rule = "cls_" + getattr(method, "vision_cls_score", "heads_sum") if tower_has_cls(tower) else "received"
-    return VisionAttentionProbe(_encoder_layers(tower)[idx].self_attn, rule=rule,
-                                keys=getattr(method, "vision_keys", "head_mean"), layer_index=idx)
+    probe = VisionAttentionProbe(_encoder_layers(tower)[idx].self_attn, rule=rule,
+                                 keys=getattr(method, "vision_keys", "head_mean"), layer_index=idx)
+    head = getattr(method, "vision_head", None)
+    if head is not None:     # FastVID's SigLIP pooling head on the feature layer's output: importance + frame embedding
+        probe.attach_head(_encoder_layers(tower)[vision_layer_index(tower, feature_layer)], head)
+    return probe
 
 
 def probe_call(fn, probe: VisionAttentionProbe, *args, **kwargs):

@@ -75,7 +75,8 @@ from .sequences import (ANSWER_CLASSES, CAPTION_REQUEST, LOOKUP_POOLS, N_VIDEO, 
                         pixels)
 from .labels import (CELL, CGRID, GRID, LM_AUX_IGNORE, LM_AUX_MOTION, N_AUX, N_LM_AUX, PATCH, SINK, cell_fractions,
                      ground_tokens, lm_token_labels, patch_labels, question_object, track_tokens)
-from .pruning import PrunePlan, draw_plan, object_first_keep, pruned_forward, random_keep, remap_labels
+from .pruning import (PrunePlan, draw_plan, object_first_keep, pruned_forward, random_keep, remap_labels,
+                      weighted_keep)
 from .batches import (curriculum, frame_subset, frames_at, letter_weight_at, make_batch, make_indirect_batch,
                       make_lookup_batch, text_qa_batch)
 from .heads import (AuxCapture, Binding, Grounding, LayerCapture, SupervisedHead, Tracking, head_keys,
@@ -92,6 +93,7 @@ __all__ = ["ANSWER_CLASSES", "CAPTION_REQUEST", "LOOKUP_POOLS", "N_VIDEO", "TOKE
            "CELL", "CGRID", "GRID", "LM_AUX_IGNORE", "LM_AUX_MOTION", "N_AUX", "N_LM_AUX", "PATCH", "SINK",
            "cell_fractions", "ground_tokens", "lm_token_labels", "patch_labels", "question_object", "track_tokens",
            "PrunePlan", "draw_plan", "object_first_keep", "pruned_forward", "random_keep", "remap_labels",
+           "weighted_keep",
            "curriculum", "frame_subset", "frames_at", "letter_weight_at", "make_batch", "make_indirect_batch",
            "make_lookup_batch", "text_qa_batch",
            "AuxCapture", "Binding", "Grounding", "LayerCapture", "SupervisedHead", "Tracking", "head_keys",

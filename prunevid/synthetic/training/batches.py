@@ -46,6 +46,7 @@ def make_batch(step: int, args, enc: Encoder):
     sub = frame_subset(frames_at(vstep, args))
     n_video = len(sub) * TOKENS_PER_FRAME + 1
     seqs, weights, frames, labels, lm_labels, answers, ground, track = [], [], [], [], [], [], [], []
+    coverage = []
     for _ in range(args.batch):
         task = None                                 # uniform, drawn by S.sample (older runs replay unchanged)
         if args.task_mix_weights:
@@ -66,7 +67,10 @@ def make_batch(step: int, args, enc: Encoder):
         answers += [(len(seqs), p, c) for p, c in marks]
         # which object covers each video token: shared by the read-out targets and the per-video-token labels
         frac = (cell_fractions(s.video, sub)
-                if (args.ground_weight > 0 or args.lm_aux_weight > 0 or args.track_weight > 0) else None)
+                if (args.ground_weight > 0 or args.lm_aux_weight > 0 or args.track_weight > 0
+                    or args.prune_informed_prob > 0) else None)
+        if args.prune_informed_prob > 0:              # each frame token's object coverage, for object-biased plans
+            coverage.append(frac.sum(-1).ravel())
         # (row, letter position, absolute positions of the answer's tokens, weight, (colour, shape) asked about)
         if args.ground_weight > 0:
             start = ids.index(enc.video_id)
@@ -97,7 +101,7 @@ def make_batch(step: int, args, enc: Encoder):
     aux = torch.stack(labels).flatten(0, 1) if labels else None      # (B*T, 196, 3)
     lm_aux = torch.stack(lm_labels) if lm_labels else None            # (B, n_video, len(N_LM_AUX))
     # the pruned-input plan comes from its own stream: runs without --prune-prob replay their batches unchanged
-    plan = (draw_plan(np.random.default_rng([args.seed, step, 3]), len(seqs), n_video, args)
+    plan = (draw_plan(np.random.default_rng([args.seed, step, 3]), len(seqs), n_video, args, coverage or None)
             if args.prune_prob > 0 else None)
     return (ids, mask, wt, pixels(frames), aux, lm_aux, torch.tensor(answers, dtype=torch.long).view(-1, 3),
             ground, track, plan)

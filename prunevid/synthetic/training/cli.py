@@ -84,6 +84,10 @@ def parse_args(argv=None):
     ap.add_argument("--original-positions-prob", type=float, default=0.5,
                     help="share of pruned batches whose kept tokens keep their unpruned RoPE positions (else "
                          "re-numbered, the official rule)")
+    ap.add_argument("--prune-informed-prob", type=float, default=0.0,
+                    help="share of pruned batches whose tokens are drawn object-biased (weight 1 + bias x object "
+                         "coverage, bias log-uniform in [1, 1000]: from near-random to the oracle's choice), so that "
+                         "object-dense subsets, what saliency-driven methods keep, are in the training distribution")
     ap.add_argument("--init-from", default="",
                     help="a new run starts from this trainer checkpoint's weights and heads (step 0); a deeper "
                          "--size spreads its LLM layers evenly, the new layers starting as the identity")
@@ -146,7 +150,7 @@ def parse_args(argv=None):
     except (ValueError, AssertionError):
         ap.error(f"--prune-retain {args.prune_retain!r}: expected LO:HI with 0 < LO <= HI <= 1")
     args.prune_retain_range = (lo, hi)
-    for name in ("prune_prob", "prune_merge_prob", "original_positions_prob"):
+    for name in ("prune_prob", "prune_merge_prob", "original_positions_prob", "prune_informed_prob"):
         if not 0 <= getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     args.eval_pruned_specs = []

@@ -54,12 +54,32 @@ def object_first_keep(rng: np.random.Generator, coverage: List[np.ndarray], reta
     return torch.from_numpy(np.stack(rows)).long()
 
 
-def draw_plan(rng: np.random.Generator, rows: int, n_video: int, args) -> Optional[PrunePlan]:
+def weighted_keep(rng: np.random.Generator, coverage: List[np.ndarray], retain: float, bias: float) -> torch.Tensor:
+    """(rows, k + 1) like :func:`random_keep`, but each frame token is drawn with weight ``1 + bias * coverage``
+    (without replacement: the Gumbel top-k of the log-weights): ``bias`` 0 is random keep, a large ``bias`` the
+    oracle's object-first choice; in between, the object-dense subsets that saliency-driven methods keep."""
+    rows = []
+    for cov in coverage:
+        n = len(cov)
+        k = min(n, max(1, int(round(retain * n))))
+        key = np.log1p(bias * np.asarray(cov, dtype=np.float64)) + rng.gumbel(size=n)
+        rows.append(np.concatenate([np.sort(np.argsort(-key, kind="stable")[:k]), [n]]))
+    return torch.from_numpy(np.stack(rows)).long()
+
+
+def draw_plan(rng: np.random.Generator, rows: int, n_video: int, args, coverage=None) -> Optional[PrunePlan]:
     """A training plan, or None (the batch runs unpruned), from ``--prune-prob``, ``--prune-retain LO:HI``
-    (retained share, uniform), ``--prune-merge-prob`` and ``--original-positions-prob``. The draws happen in a
-    fixed order whatever the outcome, so the stream stays aligned across steps."""
+    (retained share, uniform), ``--prune-merge-prob`` and ``--original-positions-prob``; with
+    ``--prune-informed-prob`` that share of the pruned batches draws its tokens object-biased
+    (:func:`weighted_keep`, bias log-uniform in [1, 1000]; ``coverage``: per row, each frame token's object
+    coverage). The draws happen in a fixed order whatever the outcome, so the stream stays aligned across steps
+    (and runs without ``--prune-informed-prob`` draw exactly what they drew before it existed)."""
     u, retain, m, o = rng.random(), rng.uniform(*args.prune_retain_range), rng.random(), rng.random()
     keep = random_keep(rng, rows, n_video, retain)
+    if getattr(args, "prune_informed_prob", 0) > 0:
+        informed, bias = rng.random(), float(10 ** rng.uniform(0, 3))
+        if informed < args.prune_informed_prob and coverage is not None:
+            keep = weighted_keep(rng, coverage, retain, bias)
     if u >= args.prune_prob:
         return None
     return PrunePlan(keep=keep, merge=bool(m < args.prune_merge_prob),
