@@ -331,6 +331,7 @@ class _Run:
         self.plan = plan
         self.cuts = sorted(plan.cuts, key=lambda c: c.layer)
         self.next = 0                                  # index of the next cut to make
+        self.stage = 0                                 # cuts made so far (a cut that passed makes none)
         self.rows: Optional[torch.Tensor] = None       # LLM-input indices still in the sequence (None: all)
         self.length = plan.seq_len
         self.visual = plan.visual_len
@@ -348,6 +349,7 @@ class _Run:
         self.rows = keep if self.rows is None else self.rows.index_select(0, keep.to(self.rows.device))
         self.length, self.visual = int(keep.numel()), int(kept_visual)
         self.next += 1
+        self.stage += 1
         self.plan.keep, self.plan.kept_visual = self.rows, self.visual
 
 
@@ -442,7 +444,7 @@ class LayerPruner:
     def _sliced_kwargs(self, kwargs: dict, run: _Run) -> dict:
         """The layer's per-position inputs (rotary cos/sin, position ids, 4-D mask) cut to ``run.rows``; the
         full-length tensors the model passes to every layer are sliced, once per stage."""
-        n, idx, stage = run.plan.seq_len, run.rows, run.next
+        n, idx, stage = run.plan.seq_len, run.rows, run.stage
         kwargs = dict(kwargs)
         pe = kwargs.get("position_embeddings")
         if pe is not None and pe[0].shape[-2] == n:

@@ -185,3 +185,49 @@ def test_budget_is_the_layer_mean(tiny, tiny_inputs, retain):
     assert rec["reachable"] and abs(rec["achieved"] - retain) <= 0.02, rec
     st = rec["stats"]
     assert rec["achieved"] == sum(st["layer_tokens"]) / (4 * N_IN)
+
+
+def test_eager_attention_and_generate(tiny_eager, tiny_inputs):
+    """Eager attention (a 4-D mask, sliced to each layer's own cache at the decode steps) prefill and decode."""
+    model, _ = tiny_eager
+    prunevid.apply(model, method="framefusion")
+    try:
+        with torch.no_grad():
+            first = model(**tiny_inputs).logits[:, -1].argmax(-1)
+            st = prunevid.stats(model)
+            out = model.generate(**tiny_inputs, max_new_tokens=3, do_sample=False)
+    finally:
+        prunevid.remove(model)
+    assert st["layer_tokens"] == st["layer_kv_tokens"] and st["layer_tokens"][-1] < N_IN
+    assert out[0, tiny_inputs["input_ids"].shape[1]] == first[0]
+
+
+def test_pruning_ranks_by_the_last_rows_attention(tiny, tiny_inputs):
+    """S_th 1: nothing merges at layer 0 (share 0 < .1), so layer 0's input is the whole sequence and the pruning
+    step at layer 1 keeps the 26 visual tokens the last row of layer 0's attention (RoPE, causal, mean over heads)
+    pays most: the same scores as ``score_at_layer`` on layer 0's input."""
+    from prunevid import models, state
+    from prunevid.layer_pruner import score_at_layer
+    from prunevid.prune import top_k_sorted
+    model, _ = tiny
+    layer0 = models.spec_for(model).module.language_layers(model)[0]
+    seen = {}
+    def capture(module, args, kwargs):    # the first call, the prefill: layer 0 unchanged (its step merged nothing)
+        seen.setdefault("in", (args[0] if args else kwargs["hidden_states"], kwargs.get("position_embeddings")))
+
+    handle = layer0.register_forward_pre_hook(capture, with_kwargs=True)
+    prunevid.apply(model, method="framefusion", similarity_lower_bound=1.0)
+    try:
+        with torch.no_grad():
+            model(**tiny_inputs)
+        plan = state.get(model).last_plan
+    finally:
+        prunevid.remove(model)
+        handle.remove()
+    hidden, pe = seen["in"]
+    vs = plan.visual_start
+    ref = score_at_layer(layer0, hidden, slice(vs, vs + N_IN), vs + N_IN + 1, scoring="rope_causal", reduce="mean",
+                         position_embeddings=pe, query="last").to(hidden.dtype)
+    assert torch.equal(plan.scores, ref)
+    kept = plan.keep[(plan.keep >= vs) & (plan.keep < vs + N_IN)] - vs
+    assert torch.equal(kept.cpu(), top_k_sorted(ref, 26).cpu())

@@ -327,6 +327,11 @@ def test_eval_summary_line_gives_retained_ratio_and_the_unpruned_score_on_the_sa
     assert results.unpruned_reference(str(tmp_path / "pv"), more, ["benchmark", "model", "frames"]) is None
     assert results.unpruned_reference(str(tmp_path / "none"), none_rows, ["benchmark"]) is None
     assert "unpruned" not in results.eval_summary(res, None)
+    # a method whose budget is met on another measure (Method.budget_measure) says both numbers
+    for method, words in (("pdrop", "after its last cut, 28.0% per decoder layer on average"),
+                          ("lookm", "in the prefill, 28.0% in the KV cache")):
+        other = dict(res, method={"name": method}, tokens=dict(res["tokens"], retained_ratio=0.05, budget_ratio=0.28))
+        assert f"retained 5.0% of visual tokens {words}; 2/2 done" in results.eval_summary(other, None)
 
 
 def test_first_use_of_the_data_root_says_what_it_writes(tmp_path, capsys):

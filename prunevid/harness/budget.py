@@ -29,6 +29,9 @@ fastvid       ``retain`` (its own knob, upstream's retention_ratio: int(P x reta
 holitom       ``retain``: the visual tokens per decoder layer averaged over the prefill / visual tokens in (its
               ``ratio`` solved per video, ``prunevid.methods.holitom``); the final KV ratio in ``info["holitom"]``;
               unreachable where its static windows alone merge more than asked (reported)
+framefusion   ``retain`` sets ``cost`` (upstream's own knob): the visual tokens per decoder layer averaged over the
+              prefill / visual tokens in, reached by its cost rule where the budget binds; a ceiling: where the
+              similarity merges alone go further it lands lower (reported); final KV ratio in ``info["framefusion"]``
 none          unreachable below 1
 ============  ==========================================================================================
 

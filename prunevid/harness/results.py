@@ -476,8 +476,23 @@ def eval_summary(res: dict, reference: Optional[dict] = None) -> str:
         score = f"scores {m.get('scores')}"
     else:
         score = "no score (see results.json)"
-    retained = (res.get("tokens") or {}).get("retained_ratio")
+    tokens = res.get("tokens") or {}
+    retained, budget = tokens.get("retained_ratio"), tokens.get("budget_ratio")
     kept = f"; retained {100 * retained:.1f}% of visual tokens" if isinstance(retained, (int, float)) else ""
+    if kept and isinstance(budget, (int, float)) and abs(budget - retained) > 5e-4:
+        # a method whose budget is met on another measure (Method.budget_measure) says both
+        first, second = {"layer_average": ("after its last cut", "per decoder layer on average"),
+                         "kv": ("in the prefill", "in the KV cache")}.get(
+            _budget_measure(res["method"]["name"]), ("", "by its budget's measure"))
+        kept = f"{kept}{' ' + first if first else ''}, {100 * budget:.1f}% {second}"
     return (f"[eval] {res['config']['benchmark']} / {res['config']['model']} / {res['method']['name']}: {score}{kept}; "
             f"{n.get('done')}/{n.get('total')} done, {n.get('errors')} errors, {n.get('unparsed')} unparsed -> "
             f"{res['config']['output_dir']}/results.json")
+
+
+def _budget_measure(method: str) -> str:
+    from ..methods import method_class
+    try:
+        return method_class(method).budget_measure
+    except ValueError:                  # a method this version does not know (an old results.json)
+        return "retained_ratio"

@@ -1,7 +1,7 @@
 """``framefusion``: FrameFusion (Fu et al., ICCV'25) — inside the LLM, merge the visual tokens that repeat the same
 location of the previous frame, layer after layer, then prune the rest by attention to a compute budget.
 
-Transcribed from the authors' code, thu-nics/FrameFusion (read at its stored HEAD), no line of it copied:
+Transcribed from the authors' code, thu-nics/FrameFusion (read at commit fbec1d2), no line of it copied:
 ``framefusion/main.py`` (``FrameFusion.forward``, ``compute_similarity_and_token_index_by_patch``,
 ``merge_tokens_and_get_mask``, ``_compute_pruning_ratio``, ``find_contigious_latter_index``),
 ``framefusion/utils.py`` (``scaled_dot_product_attention(..., num=1)``: the last query row only) and
