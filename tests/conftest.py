@@ -63,3 +63,15 @@ def tiny_ref(tiny, tiny_inputs):
     model, _ = tiny
     with torch.no_grad():
         return model(**tiny_inputs).logits
+
+
+def run_patched(model, inputs, method, **params):
+    """(logits, stats, info) of one forward of ``model`` patched with ``method`` at ``params``; unpatched after."""
+    import prunevid
+    prunevid.apply(model, method=method, **params)
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        return logits, prunevid.stats(model), prunevid.patch.info(model)
+    finally:
+        prunevid.remove(model)

@@ -12,7 +12,7 @@ from prunevid.harness.cli import main
 from prunevid.methods import framefusion as ff
 from prunevid.methods.resolve import make_config
 
-from conftest import FRAMES
+from conftest import FRAMES, run_patched
 
 N_IN = FRAMES * 49
 
@@ -141,13 +141,7 @@ def test_flops_command(capsys):
 
 # ----------------------------------------------------------------------------------------- on the tiny model
 def _run(model, inputs, **params):
-    prunevid.apply(model, method="framefusion", **params)
-    try:
-        with torch.no_grad():
-            logits = model(**inputs).logits
-        return logits, prunevid.stats(model), prunevid.patch.info(model)
-    finally:
-        prunevid.remove(model)
+    return run_patched(model, inputs, "framefusion", **params)
 
 
 def test_cascade_on_the_tiny_model(tiny, tiny_inputs, tiny_ref):

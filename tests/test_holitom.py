@@ -11,7 +11,7 @@ from prunevid.harness.cli import main
 from prunevid.methods import holitom
 from prunevid.methods.resolve import make_config
 
-from conftest import FRAMES
+from conftest import FRAMES, run_patched
 
 N_IN = FRAMES * 49
 
@@ -138,13 +138,7 @@ def test_flops_command_matches_holitoms_table(capsys):
 
 # ----------------------------------------------------------------------------------------- on the tiny model
 def _run(model, inputs, **params):
-    prunevid.apply(model, method="holitom", **params)
-    try:
-        with torch.no_grad():
-            logits = model(**inputs).logits
-        return logits, prunevid.stats(model), prunevid.patch.info(model)
-    finally:
-        prunevid.remove(model)
+    return run_patched(model, inputs, "holitom", **params)
 
 
 def test_outer_then_inner_merge_on_the_tiny_model(tiny, tiny_inputs, tiny_ref):

@@ -55,7 +55,7 @@ import traceback
 from typing import Optional
 
 from ..statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-from .results import is_complete
+from .results import budget_measure, is_complete
 
 DEFAULT_NOTEBOOK = os.path.join("notebooks", "10_benchmark.ipynb")
 
@@ -279,7 +279,7 @@ def _row(rec: dict) -> dict:
             "series": f"{name} ({', '.join(f'{k}={v}' for k, v in series_set.items())})" if series_set else name,
             # a method that cuts at several layers is placed at its per-layer average (what its budget and FLOPs
             # follow), the others at their retained ratio
-            "retained": (tokens.get("budget_ratio") if _budget_measure(name) == "layer_average"
+            "retained": (tokens.get("budget_ratio") if budget_measure(name) == "layer_average"
                          else tokens.get("retained_ratio")),
             "flops": flops.get("ratio_vs_unpruned"), "score": score,
             "score_kind": "accuracy" if metrics.get("accuracy") is not None else "judge",
@@ -358,14 +358,6 @@ X_AXES = {"retained": ("retained visual tokens (% of the unpruned model's, achie
           # the matched-compute panel: only cells with a FLOPs target (and the reference), at the ratio they achieved
           "flops_paper": ("LLM prefill FLOPs (% of the unpruned prefill's; paper formula, text included; achieved)",
                           "accuracy_at_matched_flops.png")}
-
-
-def _budget_measure(method: str) -> str:
-    from ..methods import method_class
-    try:
-        return method_class(method).budget_measure
-    except ValueError:                  # a method this version does not know (an old run folder): its retained ratio
-        return "retained_ratio"
 
 
 def method_colour(method: str) -> str:

@@ -483,16 +483,18 @@ def eval_summary(res: dict, reference: Optional[dict] = None) -> str:
         # a method whose budget is met on another measure (Method.budget_measure) says both
         first, second = {"layer_average": ("after its last cut", "per decoder layer on average"),
                          "kv": ("in the prefill", "in the KV cache")}.get(
-            _budget_measure(res["method"]["name"]), ("", "by its budget's measure"))
+            budget_measure(res["method"]["name"]), ("", "by its budget's measure"))
         kept = f"{kept}{' ' + first if first else ''}, {100 * budget:.1f}% {second}"
     return (f"[eval] {res['config']['benchmark']} / {res['config']['model']} / {res['method']['name']}: {score}{kept}; "
             f"{n.get('done')}/{n.get('total')} done, {n.get('errors')} errors, {n.get('unparsed')} unparsed -> "
             f"{res['config']['output_dir']}/results.json")
 
 
-def _budget_measure(method: str) -> str:
+def budget_measure(method: str) -> str:
+    """``Method.budget_measure`` of ``method``; ``"retained_ratio"`` for a name this version does not know (an old
+    results.json or run folder)."""
     from ..methods import method_class
     try:
         return method_class(method).budget_measure
-    except ValueError:                  # a method this version does not know (an old results.json)
+    except ValueError:
         return "retained_ratio"
