@@ -9,7 +9,8 @@ import torch
 import prunevid
 from prunevid import benchmarks, models, state
 from prunevid.harness import runner
-from prunevid.methods.oracle import MISSING_HINT, OracleConfig, OracleMethod, oracle_keep, pooled_coverage
+from prunevid.methods.oracle import (MISSING_HINT, MISSING_QUESTION_HINT, OracleConfig, OracleMethod, oracle_keep,
+                                     pooled_coverage, question_score)
 from prunevid.methods.random_keep import RandomKeepMethod
 
 from conftest import FRAMES
@@ -61,12 +62,37 @@ def test_pooled_coverage_is_the_share_of_each_cell():
     assert cov.tolist() == [[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]
 
 
+def test_question_score_ranks_question_tokens_then_other_objects_then_background():
+    # frame 0: a question object half over cell 1, another object whole on cell 3; frame 1: the question object
+    # a quarter over cell 0 (where another object covers half), background elsewhere
+    question = torch.tensor([[0.0, 0.5, 0.0, 0.0],
+                             [0.25, 0.0, 0.0, 0.0]])
+    objects = torch.tensor([[0.0, 0.5, 0.0, 1.0],
+                            [0.75, 0.0, 0.0, 0.0]])
+    score = question_score(question, objects)
+    assert score.tolist() == [[0.0, 2.5, 0.0, 1.0], [2.25, 0.0, 0.0, 0.0]]
+    # the whole other object (cell 3) waits behind both partial question tokens, unlike the object-first rule
+    assert oracle_keep(score, 2, _gen()).nonzero().tolist() == [[0, 1], [1, 0]]
+    assert oracle_keep(objects, 2, _gen()).nonzero().tolist() == [[0, 3], [1, 0]]
+    assert oracle_keep(score, 3, _gen()).nonzero().tolist() == [[0, 1], [0, 3], [1, 0]]
+    # a question about the scene (the background's pixels): pure background first, object cells last
+    scene = 1.0 - objects
+    kept = oracle_keep(question_score(scene, objects), 5, _gen())
+    assert not kept[0, 3] and int(kept.sum()) == 5
+    assert kept[0, 0] and kept[0, 2] and kept[1, 1] and kept[1, 2] and kept[1, 3]
+    with pytest.raises(ValueError, match="both be"):
+        question_score(question, objects[:1])
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="retain"):
         OracleConfig(retain=0.0)
     with pytest.raises(ValueError, match="positions"):
         OracleConfig(positions="sideways")
+    with pytest.raises(ValueError, match="focus"):
+        OracleConfig(focus="answer")
     assert OracleMethod(OracleConfig()).needs_hints == ("object_masks",)
+    assert OracleMethod(OracleConfig(focus="question")).needs_hints == ("object_masks", "question_masks")
     assert not OracleMethod(OracleConfig(retain=1.0)).enabled
 
 
@@ -123,6 +149,33 @@ def test_missing_hint_is_one_line_and_hints_travel_with_the_patch(tiny, tiny_inp
         assert torch.equal(model(**tiny_inputs).logits, tiny_ref)     # remove restores
 
 
+def test_question_focus_reads_its_hint_and_keeps_question_tokens_first(tiny, tiny_inputs):
+    model, _ = tiny
+    question = torch.zeros(FRAMES, 112, 112)
+    question[:, 32:48, 8:24] = 1.0                                   # one cell per frame (the question's object)
+    prunevid.apply(model, method="oracle", focus="question", retain=0.05)
+    try:
+        state.set_hints(model, object_masks=_masks())
+        with pytest.raises(ValueError) as e, torch.no_grad():
+            model(**tiny_inputs)
+        assert str(e.value) == MISSING_QUESTION_HINT and "\n" not in str(e.value)
+        state.set_hints(model, object_masks=_masks(), question_masks=question[:-1])
+        with pytest.raises(ValueError, match="give both for the same frames"), torch.no_grad():
+            model(**tiny_inputs)
+        state.set_hints(model, object_masks=_masks(), question_masks=question)
+        with torch.no_grad():
+            model(**tiny_inputs)
+        kept = prunevid.methods.kept_map(model)
+    finally:
+        prunevid.remove(model)
+    q_cells = pooled_coverage(question, (7, 7)) > 0
+    objects = pooled_coverage(_masks(), (7, 7)) > 0
+    n = int(kept.sum())
+    assert n == max(1, int(0.05 * FRAMES * P)) and int(q_cells.sum()) <= n
+    assert bool(kept[q_cells].all())                                # every question token, then
+    assert int((kept & ~q_cells & objects).sum()) == min(n - int(q_cells.sum()), int((objects & ~q_cells).sum()))
+
+
 def test_clear_hints(tiny):
     model, _ = tiny
     prunevid.apply(model, method="oracle")
@@ -148,6 +201,12 @@ def test_runner_refuses_a_benchmark_without_the_hint(tmp_path):
         runner.check_hints_available(benchmarks.get("synthetic"), loaded.model, "oracle")
         prunevid.apply(loaded.model, method="oracle", retain=1.0)          # a no-op reads nothing
         runner.check_hints_available(bench, loaded.model, "oracle")
+        # focus="question" needs what only version 2 records (which objects each question is about)
+        prunevid.apply(loaded.model, method="oracle", focus="question")
+        with pytest.raises(ValueError, match="needs the hint question_masks, which the synthetic benchmark"):
+            runner.check_hints_available(benchmarks.get("synthetic"), loaded.model, "oracle")
+        for name in ("synthetic-v2", "synthetic-v2-val"):
+            runner.check_hints_available(benchmarks.get(name), loaded.model, "oracle")
     finally:
         prunevid.remove(loaded.model)
 
@@ -180,6 +239,68 @@ def test_synthetic_hints_are_the_generators_objects(synthetic_root):
         on = masks.bool()
         assert differs[on].float().mean() > 0.9 and differs[~on].float().mean() < 0.02, item.id
     assert bench.hints(items[0], 4, "official")["object_masks"].shape[0] == 4
+
+
+def test_v2_question_masks_follow_the_task_never_the_answer(tmp_path):
+    """synthetic-v2's question_masks: the named object (or the mover) alone where the question names one; every
+    object for counting, order and existence (yes and no items alike: the kept set must not tell the answer); the
+    scene (every pixel no object covers) for a scene transition. Version 1 gives object masks only."""
+    from prunevid import synthetic as S
+    root = str(tmp_path)
+    S.write_split(root, "test", n_per_task=4, version=2)
+    bench = benchmarks.get("synthetic-v2")
+    assert "question_masks" not in benchmarks.get("synthetic").provides_hints
+    answers = set()
+    for item in bench.items(root, None):
+        task, index = item.id.split("/")
+        hints = bench.hints(item, 16, "official")
+        objects, question = hints["object_masks"].bool(), hints["question_masks"].bool()
+        assert question.shape == objects.shape == (16, S.FRAME_SIZE, S.FRAME_SIZE)
+        video = S.make_item(task, S.item_rng(S.SPLIT_SEEDS_V2["test"], task, int(index)), version=2).video
+        if task == "scene_transition":
+            assert torch.equal(question, ~objects)
+        elif task in ("moving_direction", "moving_attribute", "state_change"):
+            first = torch.stack([torch.from_numpy(S.object_pixels(video.tracks[0], t)) for t in range(16)])
+            assert torch.equal(question, first) and bool((question <= objects).all())
+            assert bool((objects & ~question).any())                   # the other objects are left out
+        else:
+            assert torch.equal(question, objects)
+        if task == "object_existence":
+            answers.add(item.answer)
+    assert answers == {"yes", "no"}
+
+
+def test_question_focus_through_the_runner_on_version_2(tmp_path, monkeypatch):
+    """oracle focus=question on synthetic-v2-val through the runner (the demo model, one item per task): the run
+    records the setting, and each item's kept set ranks the question's tokens first (every one kept where the
+    budget allows; a scene transition keeps no token that objects cover whole while background remains)."""
+    from prunevid import synthetic as S
+    from prunevid.benchmarks.synthetic import SyntheticV2Val
+    root = str(tmp_path / "data")
+    S.write_split(root, "val", n_per_task=1, version=2)
+    monkeypatch.setattr(SyntheticV2Val, "check_data", lambda self, data_root: None)   # the small split as is
+    kept = []
+    original = OracleMethod.reduce
+
+    def reduce(self, video):
+        red = original(self, video)
+        kept.append(red.kept.cpu())
+        return red
+    monkeypatch.setattr(OracleMethod, "reduce", reduce)
+    res = runner.evaluate(benchmark="synthetic-v2-val", model="demo", method="oracle", data_root=root,
+                          output_dir=str(tmp_path / "run"), limit=7, params={"retain": 0.25, "focus": "question"},
+                          progress=False)
+    assert res["n_samples"]["done"] == 7 and res["method"]["focus"] == "question"
+    bench = benchmarks.get("synthetic-v2-val")
+    for item, k in zip(bench.items(root, 7), kept):
+        hints = bench.hints(item, k.shape[0], "official")
+        side = int(round(k.shape[1] ** 0.5))
+        question = pooled_coverage(hints["question_masks"], (side, side)) > 0
+        objects = pooled_coverage(hints["object_masks"], (side, side))
+        n = int(k.sum())
+        assert int((k & question).sum()) == min(n, int(question.sum())), item.id
+        if item.category == "scene_transition":
+            assert int((k & (objects >= 1)).sum()) == max(0, n - int((objects < 1).sum())), item.id
 
 
 def test_oracle_through_the_runner_keeps_more_object_tokens_than_random(synthetic_root, tmp_path, monkeypatch):

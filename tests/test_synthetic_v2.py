@@ -399,3 +399,13 @@ def test_the_shipping_rule_of_the_version_2_demo_model():
     # a 5-point oracle gain fails the size test under both position rules
     assert failing(C.verdict(runs(oracle=0.55, random=0.5))) == [
         f"oracle - random at 25% ({pos}) >= 10, interval > 0" for pos in C.POSITIONS]
+    # the question-focused oracle is reported beside the rule, never part of it: a strong one does not rescue a
+    # weak default oracle, a weak one does not sink a candidate
+    assert set(C.REPORTED_ONLY) <= set(C.RUNS) and all(C.RUNS[n][1]["focus"] == "question" for n in C.REPORTED_ONLY)
+    weak = runs(oracle=0.55, random=0.5)
+    weak.update({n: {i: True for i in ids} for n in C.REPORTED_ONLY})
+    v = C.verdict(weak)
+    assert not v["ships"] and v["paired"]["question-renumber"]["diff"] == 50.0
+    strong = runs()
+    strong.update({n: {i: False for i in ids} for n in C.REPORTED_ONLY})
+    assert C.verdict(strong)["ships"]

@@ -837,12 +837,21 @@ def test_held_out_evaluation_on_pruned_and_blind_input(T, enc):
     """--version 2 evaluates on version-2 val items; --eval-pruned runs the same items on a subset of their tokens
     (the oracle keeps every object-covered token first); --eval-blind answers without the video, so which video
     an item carries cannot change its prediction."""
-    args = T.parse_args(["--version", "2", "--eval-n", "1", "--eval-pruned", "oracle:0.25:original", "--eval-blind"])
+    args = T.parse_args(["--version", "2", "--eval-n", "1", "--eval-pruned", "oracle:0.25:original", "--eval-blind",
+                         "--eval-pruned", "question:0.25:renumber"])
     items = T.make_eval_set(args)
     v2 = S.make_item("moving_direction", S.item_rng(S.split_seeds(2)["val"], "moving_direction", 0), version=2)
     assert items[0][1] == v2.item and np.array_equal(items[0][2], v2.frames)
-    cov = items[0][3]
+    cov = items[0][3]["oracle"]
     assert cov.shape == (S.NUM_FRAMES * 49,) and 0 < (cov > 0).mean() < 0.5
+    # the question focus is the kit oracle's key on the same cells: the mover's tokens (score > 2) are a subset of
+    # the object tokens; a scene transition ranks the background first
+    q = items[0][3]["question"]
+    assert q.shape == cov.shape and 0 < (q > 2).sum() < (cov > 0).sum() and ((q > 2) <= (cov > 0)).all()
+    scene = next(r for t, _, _, r in items if t == "scene_transition")
+    assert ((scene["question"] > 2) == (scene["oracle"] < 1)).all()
+    with pytest.raises(ValueError, match="--version 2"):
+        T.make_eval_set(T.parse_args(["--eval-n", "1", "--eval-pruned", "question:0.25:renumber"]))
     torch.manual_seed(0)
     model, _ = D.build_demo_model(enc.tok, "xs", seed=0, zero_residuals=False)
     items = items[:4]
@@ -853,8 +862,9 @@ def test_held_out_evaluation_on_pruned_and_blind_input(T, enc):
     b = T.evaluate(model, enc, swapped, args, blind=True)
     assert a == b and torch.equal(seen[0], seen[1])
     r = T.evaluate(model, enc, items, args, pruned=("oracle", 0.25, "original"))
+    rq = T.evaluate(model, enc, items, args, pruned=("question", 0.25, "renumber"))
     h.remove()
-    assert r["n"] == 4 and 0 <= r["accuracy"] <= 1
+    assert r["n"] == rq["n"] == 4 and 0 <= r["accuracy"] <= 1
 
 
 def test_object_biased_plans_go_from_random_to_the_oracle(T, enc):

@@ -59,7 +59,9 @@ class Synthetic(MVBench):
         against the item's question and options; each mask is the union of
         ``pixels.object_pixels`` over the item's tracks. Frames are picked by the same samplers over the file's
         ``FILE_FRAMES`` frames as ``frames`` (at 16 frames both pick the 16 generated frames; the repeated last
-        frame of the file is the last generated one)."""
+        frame of the file is the last generated one). Version 2 also gives ``question_masks`` (the same frames, in
+        {0, 1}): the pixels the question is about (``synthetic.question_pixels``: the asked objects, or the scene for
+        a scene transition; a rule on the task, never on the answer)."""
         import numpy as np
         import torch
         from .base import PROTOCOL_SAMPLING, check_protocol
@@ -78,7 +80,13 @@ class Synthetic(MVBench):
         for k, t in enumerate(idx):
             for tr in objects:
                 masks[k] = np.maximum(masks[k], object_pixels(tr, min(int(t), last), size))
-        return {"object_masks": torch.from_numpy(masks)}
+        out = {"object_masks": torch.from_numpy(masks)}
+        if "question_masks" in self.provides_hints:
+            from ..synthetic import question_pixels
+            task = item.id.rpartition("/")[0]
+            question = np.stack([question_pixels(task, sample.video, min(int(t), last), size) for t in idx])
+            out["question_masks"] = torch.from_numpy(question.astype(np.float32))
+        return out
 
     def _regenerate(self, item: Item):
         """(the item's ``splits.Sample``, its split's ``meta.json``), checked against the item's question."""
@@ -145,6 +153,8 @@ class SyntheticV2(Synthetic):
     folder = "Synthetic-v2"
     split = "test"
     version = 2
+    # the version-2 generator records which objects each question is about (the oracle's focus="question")
+    provides_hints = ("object_masks", "question_masks")
 
     def check_data(self, data_root: str) -> None:
         from .. import synthetic

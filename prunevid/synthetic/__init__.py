@@ -19,7 +19,7 @@ from .questions import (NUMBERS, OPTION_LETTERS, QUESTION_MAKERS, SYNTHETIC_ANSW
                         SYNTHETIC_SYSTEM, YES_NO, all_questions, describe, mvbench_answer, synthetic_question,
                         vocabulary_strings)
 from .version2 import (CLUTTER_COLORS, GENERATOR_VERSION_V2, Clutter, VideoV2, ask, cluttered_background,
-                       covered_share, make_question_and_video)
+                       covered_share, make_question_and_video, question_pixels, question_tracks)
 from .splits import (BENCHMARK_DIR, BENCHMARK_DIR_V2, DEFAULT_N_PER_TASK, DEFAULT_N_PER_TASK_V2, SPLIT_SEEDS,
                      SPLIT_SEEDS_V2, VERSIONS, Sample, default_n_per_task, ensure_split, frames_tensor, item_rng,
                      make_item, named_track, sample, split_checksum, split_dir, split_items, split_seeds, video_name,
@@ -33,7 +33,7 @@ __all__ = ["COLORS", "FILE_FRAMES", "FPS", "FRAME_SIZE", "NUM_FRAMES", "SCENES",
            "SYNTHETIC_SYSTEM", "YES_NO", "all_questions", "describe", "mvbench_answer", "synthetic_question",
            "vocabulary_strings",
            "CLUTTER_COLORS", "GENERATOR_VERSION_V2", "Clutter", "VideoV2", "ask", "cluttered_background",
-           "covered_share", "make_question_and_video",
+           "covered_share", "make_question_and_video", "question_pixels", "question_tracks",
            "BENCHMARK_DIR", "BENCHMARK_DIR_V2", "DEFAULT_N_PER_TASK", "DEFAULT_N_PER_TASK_V2", "SPLIT_SEEDS",
            "SPLIT_SEEDS_V2", "VERSIONS", "Sample", "default_n_per_task", "ensure_split", "frames_tensor", "item_rng",
            "make_item", "named_track", "sample", "split_checksum", "split_dir", "split_items", "split_seeds",

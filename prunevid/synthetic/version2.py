@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .pixels import COLORS, FRAME_SIZE, NUM_FRAMES, make_background, shape_mask, token_coverage
+from .pixels import COLORS, FRAME_SIZE, NUM_FRAMES, make_background, object_pixels, shape_mask, token_coverage
 from .questions import NUMBERS, YES_NO, _transition
 from .world import (COLOR_NAMES, DIRECTIONS, SCENE_NAMES, SHAPES, TASKS, Track, Video, _PlacementError, _add,
                     _new_track)
@@ -308,6 +308,41 @@ def make_question_and_video(task: str, rng: np.random.Generator) -> Tuple[dict, 
         except _PlacementError:       # a crowded layout: draw the video again, the question kept
             continue
     raise RuntimeError(f"could not place a {task} video")  # pragma: no cover
+
+
+# The tracks each task's question is about, by a rule that reads the task and never the answer (the oracle's
+# "question" focus, ``prunevid.methods.oracle``): the named or moving object is always ``tracks[0]`` of its maker;
+# counting and ordering are about every object; existence too (``asked`` holds the named pair only when the
+# answer is yes, so following it would hand the answer to whoever reads the kept set); scene transition is about
+# the scenes, so its focus is the background (None).
+_QUESTION_FOCUS = {"moving_direction": "first", "moving_attribute": "first", "state_change": "first",
+                   "object_count": "all", "appearance_order": "all", "object_existence": "all",
+                   "scene_transition": None}
+assert set(_QUESTION_FOCUS) == set(TASKS)
+
+
+def question_tracks(task: str, video: VideoV2) -> Optional[List[int]]:
+    """Indexes into ``video.tracks`` of the objects the question of a version-2 ``task`` item is about, the same
+    rule whatever the answer: ``[0]`` (the named object, or the mover) for moving direction, moving attribute and
+    state change; every track for counting, appearance order and existence; None for scene transition, whose
+    question is about the background."""
+    if task not in _QUESTION_FOCUS:
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    rule = _QUESTION_FOCUS[task]
+    if rule is None:
+        return None
+    return [0] if rule == "first" else list(range(len(video.tracks)))
+
+
+def question_pixels(task: str, video: VideoV2, frame: int, size: int = FRAME_SIZE) -> np.ndarray:
+    """(size, size) bool: the pixels of ``frame`` the question is about: the :func:`question_tracks` objects'
+    pixels, or for scene transition every pixel no object paints (the scene, clutter included)."""
+    tracks = question_tracks(task, video)
+    chosen = range(len(video.tracks)) if tracks is None else tracks
+    out = np.zeros((size, size), bool)
+    for i in chosen:
+        out |= object_pixels(video.tracks[i], frame, size)
+    return ~out if tracks is None else out
 
 
 def covered_share(video: VideoV2, grid: int = TOKEN_GRID) -> Optional[Dict[str, float]]:

@@ -93,7 +93,8 @@ def parse_args(argv=None):
                          "--size spreads its LLM layers evenly, the new layers starting as the identity")
     ap.add_argument("--eval-pruned", action="append", default=[], metavar="SELECTOR:RETAIN:POSITIONS",
                     help="also evaluate on pruned input (repeatable), e.g. random:0.25:renumber, "
-                         "oracle:0.25:original (oracle: object tokens first, then random background)")
+                         "oracle:0.25:original (oracle: object tokens first, then random background; question: the "
+                         "tokens the question is about first, as the kit's oracle with focus=question; --version 2)")
     ap.add_argument("--eval-blind", action="store_true",
                     help="also evaluate with every frame black (a model that answers from the video is at chance)")
     ap.add_argument("--curriculum-steps", type=int, default=600)
@@ -158,10 +159,10 @@ def parse_args(argv=None):
         parts = spec.split(":")
         try:
             sel, retain, positions = parts[0], float(parts[1]), parts[2]
-            assert len(parts) == 3 and sel in ("random", "oracle") and 0 < retain <= 1
+            assert len(parts) == 3 and sel in ("random", "oracle", "question") and 0 < retain <= 1
             assert positions in ("renumber", "original")
         except (IndexError, ValueError, AssertionError):
-            ap.error(f"--eval-pruned {spec!r}: expected SELECTOR:RETAIN:POSITIONS, SELECTOR random or oracle, "
+            ap.error(f"--eval-pruned {spec!r}: expected SELECTOR:RETAIN:POSITIONS, SELECTOR random, oracle or question, "
                      "0 < RETAIN <= 1, POSITIONS renumber or original")
         args.eval_pruned_specs.append((sel, retain, positions))
     args.ground_task_weights = task_weights(args.ground_task_weight, "--ground-task-weight")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ... import synthetic as S
-from .labels import cell_fractions
+from .labels import CELL, CGRID, cell_fractions
 from .pruning import PrunePlan, object_first_keep, pruned_forward, random_keep
 from .sequences import N_VIDEO, Encoder, pad_batch, pixels
 
@@ -14,17 +14,32 @@ from .sequences import N_VIDEO, Encoder, pad_batch, pixels
 def make_eval_set(args, shuffle: bool = True):
     """Held-out items from the ``val`` seed of ``--version``; ``shuffle=False`` gives the same videos and answers
     with the options in canonical order (the curriculum's easy format, for diagnosis; version 1 only). Each item is
-    (task, question, frames, coverage): coverage is the share of each frame token's cell that objects cover, for
-    the oracle selector of ``--eval-pruned`` (None when no such evaluation is asked for)."""
+    (task, question, frames, ranks): ``ranks`` maps each ranked selector of ``--eval-pruned`` to its (F * P,)
+    ranking key: ``oracle`` the share of each frame token's cell that objects cover, ``question`` the kit oracle's
+    ``focus="question"`` key (``methods.oracle.question_score``: the tokens the question is about first, version 2
+    only); empty when no such evaluation is asked for."""
+    from ...methods.oracle import question_score
     version = getattr(args, "version", 1)
     seed = S.split_seeds(version)["val"]
-    oracle = any(sel == "oracle" for sel, _, _ in getattr(args, "eval_pruned_specs", []))
+    selectors = {sel for sel, _, _ in getattr(args, "eval_pruned_specs", [])}
+    if "question" in selectors and version != 2:
+        raise ValueError("--eval-pruned question:...: the question focus needs --version 2 (the version-2 world "
+                         "records which objects each question is about)")
     items = []
+    frames = np.arange(S.NUM_FRAMES)
     for task in S.TASKS:
         for i in range(args.eval_n):
             s = S.make_item(task, S.item_rng(seed, task, i), shuffle=shuffle, version=version)
-            cov = cell_fractions(s.video, np.arange(S.NUM_FRAMES)).sum(-1).ravel() if oracle else None
-            items.append((task, s.item, s.frames, cov))
+            ranks = {}
+            if selectors & {"oracle", "question"}:
+                objects = cell_fractions(s.video, frames).sum(-1)                        # (F, P)
+                ranks["oracle"] = objects.ravel()
+                if "question" in selectors:
+                    q = np.stack([S.question_pixels(task, s.video, t) for t in frames]).astype(np.float32)
+                    q = q.reshape(len(frames), CGRID, CELL, CGRID, CELL).mean((2, 4)).reshape(len(frames), -1)
+                    ranks["question"] = question_score(torch.from_numpy(q), torch.from_numpy(objects).float()
+                                                       ).numpy().ravel()
+            items.append((task, s.item, s.frames, ranks))
     return items
 
 
@@ -32,7 +47,8 @@ def make_eval_set(args, shuffle: bool = True):
 def evaluate(model, enc: Encoder, items, args, pruned=None, blind: bool = False) -> dict:
     """Official single-question prompt; the prediction is the option letter with the highest logit.
     ``pruned``: (selector, retain, positions) of ``--eval-pruned``: the model sees only that share of the frame
-    tokens (re-numbered or original positions; selector ``random``, or ``oracle``: object tokens first), drawn
+    tokens (re-numbered or original positions; selector ``random``, ``oracle``: object tokens first, or
+    ``question``: the tokens the question is about first, then other objects), drawn
     from a fixed stream so every evaluation of a run sees the same subsets. ``blind``: every frame black (the
     video-blind control of ``--eval-blind``: a model that answers from the video falls to chance)."""
     model.eval()
@@ -52,7 +68,7 @@ def evaluate(model, enc: Encoder, items, args, pruned=None, blind: bool = False)
             else:
                 sel, retain, positions = pruned
                 keep = (random_keep(rng, len(chunk), N_VIDEO, retain) if sel == "random" else
-                        object_first_keep(rng, [c for *_, c in chunk], retain))
+                        object_first_keep(rng, [r[sel] for *_, r in chunk], retain))
                 plan = PrunePlan(keep=keep, original_positions=positions == "original")
                 out, _, s, _ = pruned_forward(model, ids, mask, pix, enc.video_id, plan)
                 logits, mask = out.logits.cpu(), mask.gather(1, s).cpu()

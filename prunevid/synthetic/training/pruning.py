@@ -43,7 +43,8 @@ def random_keep(rng: np.random.Generator, rows: int, n_video: int, retain: float
 def object_first_keep(rng: np.random.Generator, coverage: List[np.ndarray], retain: float) -> torch.Tensor:
     """(rows, k + 1) like :func:`random_keep`, but each row keeps the frame tokens its objects cover first (most
     covered first), then random background: the oracle token selector. ``coverage``: per row, (n_video - 1,) the
-    share of each frame token's cell that objects cover (``cell_fractions(...).sum(-1).ravel()``)."""
+    share of each frame token's cell that objects cover (``cell_fractions(...).sum(-1).ravel()``), or any ranking
+    key (highest first, ties in random order; the question focus's ``methods.oracle.question_score``)."""
     rows = []
     for cov in coverage:
         n = len(cov)
