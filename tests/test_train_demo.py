@@ -850,8 +850,12 @@ def test_held_out_evaluation_on_pruned_and_blind_input(T, enc):
     assert q.shape == cov.shape and 0 < (q > 2).sum() < (cov > 0).sum() and ((q > 2) <= (cov > 0)).all()
     scene = next(r for t, _, _, r in items if t == "scene_transition")
     assert ((scene["question"] > 2) == (scene["oracle"] < 1)).all()
+    with pytest.raises(SystemExit):
+        T.parse_args(["--eval-n", "1", "--eval-pruned", "question:0.25:renumber"])
+    v1 = T.parse_args(["--eval-n", "1"])
+    v1.eval_pruned_specs = [("question", 0.25, "renumber")]
     with pytest.raises(ValueError, match="--version 2"):
-        T.make_eval_set(T.parse_args(["--eval-n", "1", "--eval-pruned", "question:0.25:renumber"]))
+        T.make_eval_set(v1)
     torch.manual_seed(0)
     model, _ = D.build_demo_model(enc.tok, "xs", seed=0, zero_residuals=False)
     items = items[:4]

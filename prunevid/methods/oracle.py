@@ -106,6 +106,7 @@ def pooled_coverage(masks: torch.Tensor, grid) -> torch.Tensor:
 class OracleMethod(Method):
     name = "oracle"
     config_class = OracleConfig
+
     @property
     def needs_hints(self) -> tuple:
         return (HINT, QUESTION_HINT) if self.config.focus == "question" else (HINT,)

@@ -164,6 +164,9 @@ def parse_args(argv=None):
         except (IndexError, ValueError, AssertionError):
             ap.error(f"--eval-pruned {spec!r}: expected SELECTOR:RETAIN:POSITIONS, SELECTOR random, oracle or question, "
                      "0 < RETAIN <= 1, POSITIONS renumber or original")
+        if sel == "question" and args.version != 2:
+            ap.error(f"--eval-pruned {spec!r}: the question selector needs --version 2 (the version-2 world records "
+                     "which objects each question is about)")
         args.eval_pruned_specs.append((sel, retain, positions))
     args.ground_task_weights = task_weights(args.ground_task_weight, "--ground-task-weight")
     args.task_mix_weights = task_weights(args.task_mix, "--task-mix")
