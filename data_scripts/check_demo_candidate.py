@@ -8,7 +8,12 @@ through the kit's runner on the version-2 validation split.
 The rule (fixed before any version-2 test-split evaluation): on ``synthetic-v2-val`` (50 items per task)
 
 - unpruned >= 85% overall, every task >= chance + 15 points, moving direction >= 70%;
-- black frames (``--protocol-option video=black``, the video-blind control) within 5 points of chance on every task;
+- black frames (``--protocol-option video=black``, the video-blind control) consistent with chance on every task
+  (chance inside the task's Wilson interval at 95% family-wise confidence over the 7 tasks, Bonferroni: z = 2.69)
+  and pooled over the tasks within 5 points of the mean chance (amended 2026-12-06, before any version-2 test-split
+  run: the first form, "within 5 points of chance on every task", fails a model that guesses uniformly at random
+  on 97% of draws at 50 items per task — one binomial standard deviation is 6 points there — so it could not tell
+  a blind model from a leaky one; simulated in ``tests/test_synthetic_v2.py``);
 - at 25% retained, the oracle beats random keep by >= 10 points under both position rules (``positions=renumber``,
   the official rule, and ``positions=original``), with the paired 95% interval excluding zero.
 
@@ -26,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+from statistics import NormalDist
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -35,6 +41,8 @@ from prunevid import synthetic as S  # noqa: E402
 
 BENCHMARK = "synthetic-v2-val"
 UNPRUNED_MIN, TASK_MARGIN, DIRECTION_MIN, BLIND_MAX_GAP, ORACLE_GAIN = 85.0, 15.0, 70.0, 5.0, 10.0
+# the black-frames intervals: 95% family-wise over the tasks (Bonferroni), so a blind model passes 95% of the time
+BLIND_Z = NormalDist().inv_cdf(1 - 0.05 / (2 * len(S.TASKS)))
 RETAIN = 0.25
 POSITIONS = ("renumber", "original")
 
@@ -55,11 +63,12 @@ def outcomes(output_dir: str) -> Dict[str, bool]:
 
 
 def summary(correct: Dict[str, bool]) -> dict:
-    """Accuracy (percent) with its Wilson interval, overall and per task (item ids are ``task/index``)."""
+    """Accuracy (percent) with its 95% Wilson interval (percent), overall and per task (item ids are
+    ``task/index``); ``correct`` and ``n`` per group too."""
     def acc(ids: List[str]) -> dict:
         k = sum(correct[i] for i in ids)
-        return {"accuracy": 100.0 * k / len(ids), "n": len(ids),
-                "ci95": [100 * v for v in statistics.wilson_interval(k, len(ids))]}
+        return {"accuracy": 100.0 * k / len(ids), "n": len(ids), "correct": k,
+                "ci95": list(statistics.wilson_interval(k, len(ids)))}
     tasks = {t: [i for i in correct if i.split("/")[0] == t] for t in S.TASKS}
     return {**acc(sorted(correct)), "per_task": {t: acc(ids) for t, ids in tasks.items() if ids}}
 
@@ -78,9 +87,14 @@ def verdict(runs: Dict[str, Dict[str, bool]]) -> dict:
     checks.append({"check": f"unpruned moving_direction >= {DIRECTION_MIN:.0f}%", "value": direction,
                    "holds": direction >= DIRECTION_MIN})
     for t, s in black["per_task"].items():
-        gap = s["accuracy"] - chance[t]
-        checks.append({"check": f"black frames {t} within {BLIND_MAX_GAP:.0f} of chance", "value": gap,
-                       "holds": abs(gap) <= BLIND_MAX_GAP})
+        lo, hi = statistics.wilson_interval(s["correct"], s["n"], z=BLIND_Z)
+        checks.append({"check": f"black frames {t} consistent with chance (family-wise 95% interval)",
+                       "value": s["accuracy"] - chance[t], "ci95": [lo - chance[t], hi - chance[t]],
+                       "holds": lo <= chance[t] <= hi})
+    pooled_chance = sum(chance[t] * s["n"] for t, s in black["per_task"].items()) / black["n"]
+    checks.append({"check": f"black frames pooled within {BLIND_MAX_GAP:.0f} of chance",
+                   "value": black["accuracy"] - pooled_chance,
+                   "holds": abs(black["accuracy"] - pooled_chance) <= BLIND_MAX_GAP})
     paired = {}
     for pos in POSITIONS:
         c = statistics.compare_paired(runs[f"oracle-{pos}"], runs[f"random-{pos}"])

@@ -365,6 +365,33 @@ def _check_script():
     return mod
 
 
+def test_the_video_blind_check_passes_a_blind_guesser_and_fails_a_leak():
+    """The amended black-frames check at the rule's 50 items per task: a model that guesses uniformly at random (the
+    perfectly blind model) passes about 95% of the time (family-wise intervals), where "within 5 points of chance on
+    every task" passed it about 3% of the time; a model that still reads the answer on one task (chance + 40) fails."""
+    C = _check_script()
+    rng = np.random.default_rng(0)
+    ids = [f"{t}/{i:04d}" for t in S.TASKS for i in range(50)]
+    perfect = {i: True for i in ids}
+    draws, passed, passed_old = 300, 0, 0
+    for _ in range(draws):
+        black = {i: bool(rng.random() < S.CHANCE[i.split("/")[0]]) for i in ids}
+        runs = {"none": perfect, "black": black, **{f"{sel}-{pos}": perfect for sel in ("oracle", "random")
+                                                     for pos in C.POSITIONS}}
+        checks = [c for c in C.verdict(runs)["checks"] if c["check"].startswith("black frames")]
+        passed += all(c["holds"] for c in checks)
+        per_task = C.summary(black)["per_task"]
+        passed_old += all(abs(v["accuracy"] - 100 * S.CHANCE[t]) <= 5 for t, v in per_task.items())
+    assert passed / draws > 0.88 and passed_old / draws < 0.15, (passed, passed_old)
+    leaky = {i: bool(rng.random() < S.CHANCE[i.split("/")[0]] + (0.4 if i.startswith("state_change") else 0))
+             for i in ids}
+    runs = {"none": perfect, "black": leaky, **{f"{sel}-{pos}": perfect for sel in ("oracle", "random")
+                                                 for pos in C.POSITIONS}}
+    failing = [c["check"] for c in C.verdict(runs)["checks"] if not c["holds"] and c["check"].startswith("black")]
+    assert "black frames state_change consistent with chance (family-wise 95% interval)" in failing
+    assert not [c for c in failing if "consistent" in c and "state_change" not in c]
+
+
 def test_the_shipping_rule_of_the_version_2_demo_model():
     """data_scripts/check_demo_candidate.py's verdict on hand-made outcomes: 20 items per task; a candidate that
     meets every check ships, and each way of failing one check is caught by that check."""
@@ -396,6 +423,10 @@ def test_the_shipping_rule_of_the_version_2_demo_model():
     assert failing(C.verdict(runs(direction=0.65))) == ["unpruned moving_direction >= 70%"]
     assert "unpruned moving_direction >= chance + 15" in failing(C.verdict(runs(direction=0.35)))
     assert all(c.startswith("black frames") for c in failing(C.verdict(runs(black=0.9))))
+    assert "black frames pooled within 5 of chance" in failing(C.verdict(runs(black=0.9)))
+    # intervals in percent, around the accuracy they belong to
+    lo, hi = good["summaries"]["none"]["per_task"]["moving_direction"]["ci95"]
+    assert 0 <= lo < 95.0 < hi <= 100
     # a 5-point oracle gain fails the size test under both position rules
     assert failing(C.verdict(runs(oracle=0.55, random=0.5))) == [
         f"oracle - random at 25% ({pos}) >= 10, interval > 0" for pos in C.POSITIONS]
