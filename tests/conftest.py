@@ -65,10 +65,20 @@ def tiny_ref(tiny, tiny_inputs):
         return model(**tiny_inputs).logits
 
 
-def run_patched(model, inputs, method, **params):
-    """(logits, stats, info) of one forward of ``model`` patched with ``method`` at ``params``; unpatched after."""
+def apply_with_hints(model, method, hints=None, **params):
+    """``prunevid.apply`` plus those of ``hints`` (name -> value) the method reads (``Method.needs_hints``)."""
     import prunevid
     prunevid.apply(model, method=method, **params)
+    wanted = {k: v for k, v in (hints or {}).items() if k in prunevid.state.active_method(model).needs_hints}
+    if wanted:
+        prunevid.state.set_hints(model, **wanted)
+
+
+def run_patched(model, inputs, method, hints=None, **params):
+    """(logits, stats, info) of one forward of ``model`` patched with ``method`` at ``params`` (and the ``hints``
+    it reads); unpatched after."""
+    import prunevid
+    apply_with_hints(model, method, hints, **params)
     try:
         with torch.no_grad():
             logits = model(**inputs).logits

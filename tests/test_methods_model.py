@@ -8,7 +8,7 @@ from prunevid.methods.base import Method
 from prunevid.methods.none import NoneConfig
 from prunevid.prune import count_for_ratio
 
-from conftest import FRAMES
+from conftest import FRAMES, apply_with_hints, run_patched
 
 P = 49                      # tokens per frame of the tiny model
 N_IN = FRAMES * P
@@ -46,19 +46,11 @@ def _hint_masks(frames=FRAMES):
 
 def _apply(model, method, params):
     """``prunevid.apply`` plus the hints the method reads (``Method.needs_hints``)."""
-    prunevid.apply(model, method=method, **params)
-    if "object_masks" in prunevid.state.active_method(model).needs_hints:
-        prunevid.state.set_hints(model, object_masks=_hint_masks())
+    apply_with_hints(model, method, {"object_masks": _hint_masks()}, **params)
 
 
 def _run(model, inputs, method, params):
-    _apply(model, method, params)
-    try:
-        with torch.no_grad():
-            logits = model(**inputs).logits
-        return logits, prunevid.stats(model), prunevid.patch.info(model)
-    finally:
-        prunevid.remove(model)
+    return run_patched(model, inputs, method, {"object_masks": _hint_masks()}, **params)
 
 
 def test_registry_lists_every_method():

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ... import synthetic as S
-from .labels import CELL, CGRID, cell_fractions
+from .labels import CGRID, cell_fractions
 from .pruning import PrunePlan, object_first_keep, pruned_forward, random_keep
 from .sequences import N_VIDEO, Encoder, pad_batch, pixels
 
@@ -18,7 +18,7 @@ def make_eval_set(args, shuffle: bool = True):
     ranking key: ``oracle`` the share of each frame token's cell that objects cover, ``question`` the kit oracle's
     ``focus="question"`` key (``methods.oracle.question_score``: the tokens the question is about first, version 2
     only); empty when no such evaluation is asked for."""
-    from ...methods.oracle import question_score
+    from ...methods.oracle import pooled_coverage, question_score
     version = getattr(args, "version", 1)
     seed = S.split_seeds(version)["val"]
     selectors = {sel for sel, _, _ in getattr(args, "eval_pruned_specs", [])}
@@ -36,9 +36,8 @@ def make_eval_set(args, shuffle: bool = True):
                 ranks["oracle"] = objects.ravel()
                 if "question" in selectors:
                     q = np.stack([S.question_pixels(task, s.video, t) for t in frames]).astype(np.float32)
-                    q = q.reshape(len(frames), CGRID, CELL, CGRID, CELL).mean((2, 4)).reshape(len(frames), -1)
-                    ranks["question"] = question_score(torch.from_numpy(q), torch.from_numpy(objects).float()
-                                                       ).numpy().ravel()
+                    q = pooled_coverage(torch.from_numpy(q), (CGRID, CGRID))                  # (F, P)
+                    ranks["question"] = question_score(q, torch.from_numpy(objects).float()).numpy().ravel()
             items.append((task, s.item, s.frames, ranks))
     return items
 
