@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Check a demo-model candidate against the shipping rule of issue 24 (trial 15 of ``data_scripts/README.md``),
-through the kit's runner on the version-2 validation split.
+through the kit's runner on the version-2 (or, ``--benchmark synthetic-v3-val``, version-3) validation split.
 
     python data_scripts/check_demo_candidate.py --model runs/demo_v2/model            # -> verdict + JSON record
     python data_scripts/check_demo_candidate.py --model runs/demo_v2/model --limit 70 # a quick look (not the rule)
+    python data_scripts/check_demo_candidate.py --model runs/demo_v3/model --benchmark synthetic-v3-val
 
 The rule (fixed before any version-2 test-split evaluation): on ``synthetic-v2-val`` (50 items per task)
 
@@ -16,6 +17,9 @@ The rule (fixed before any version-2 test-split evaluation): on ``synthetic-v2-v
   a blind model from a leaky one; simulated in ``tests/test_synthetic_v2.py``);
 - at 25% retained, the oracle beats random keep by >= 10 points under both position rules (``positions=renumber``,
   the official rule, and ``positions=original``), with the paired 95% interval excluding zero.
+
+The same rule, unchanged, applies to version 3 on ``synthetic-v3-val`` (fixed 2026-12-06, before any version-3
+evaluation: trial 16 of ``data_scripts/README.md``).
 
 Reported beside the rule, not part of it (added 2026-12-06, before any version-2 test-split run): the oracle with
 ``focus="question"`` (the tokens the question is about first: the named object, or the scene of a scene
@@ -40,6 +44,7 @@ from prunevid import statistics  # noqa: E402
 from prunevid import synthetic as S  # noqa: E402
 
 BENCHMARK = "synthetic-v2-val"
+BENCHMARKS = ("synthetic-v2-val", "synthetic-v3-val")        # the validation splits the rule may be applied on
 UNPRUNED_MIN, TASK_MARGIN, DIRECTION_MIN, BLIND_MAX_GAP, ORACLE_GAIN = 85.0, 15.0, 70.0, 5.0, 10.0
 # the black-frames intervals: 95% family-wise over the tasks (Bonferroni), so a blind model passes 95% of the time
 BLIND_Z = NormalDist().inv_cdf(1 - 0.05 / (2 * len(S.TASKS)))
@@ -112,23 +117,27 @@ def verdict(runs: Dict[str, Dict[str, bool]]) -> dict:
 def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="the candidate's exported model folder (<run>/model)")
-    ap.add_argument("--work", default=None, help="run folders and check.json (default: <model>/../check-v2-val)")
+    ap.add_argument("--benchmark", default=BENCHMARK, choices=BENCHMARKS,
+                    help=f"the validation split the rule runs on (default {BENCHMARK})")
+    ap.add_argument("--work", default=None,
+                    help="run folders and check.json (default: <model>/../check-<version>-val, e.g. check-v2-val)")
     ap.add_argument("--data-root", default=None, help="benchmark data root (default: $PRUNEVID_DATA or ./DATAS)")
     ap.add_argument("--limit", type=int, default=None, help="the first N items only (a look, not the rule)")
     args = ap.parse_args(argv)
     from prunevid.harness import runner
-    work = args.work or os.path.join(os.path.dirname(os.path.abspath(args.model)), "check-v2-val")
+    work = args.work or os.path.join(os.path.dirname(os.path.abspath(args.model)),
+                                     "check-" + args.benchmark.replace("synthetic-", ""))
     runs = {}
     for name, (method, params, options) in RUNS.items():
         out = os.path.join(work, name)
         # the protocol the demo model answers (a trainer's export carries no prunevid_defaults.json to say so)
-        res = runner.evaluate(benchmark=BENCHMARK, model=args.model, method=method, params=params, limit=args.limit,
+        res = runner.evaluate(benchmark=args.benchmark, model=args.model, method=method, params=params, limit=args.limit,
                               data_root=args.data_root, output_dir=out, protocol_options=options, progress=True,
                               protocol="official", frames=S.NUM_FRAMES)
         runs[name] = outcomes(out)
         print(f"[check] {name}: {res['metrics']['accuracy']:.1f}% on {len(runs[name])} items", flush=True)
     v = verdict(runs)
-    v.update(model=os.path.abspath(args.model), limit=args.limit, benchmark=BENCHMARK)
+    v.update(model=os.path.abspath(args.model), limit=args.limit, benchmark=args.benchmark)
     with open(os.path.join(work, "check.json"), "w") as f:
         json.dump(v, f, indent=1)
     for c in v["checks"]:

@@ -201,11 +201,11 @@ def test_runner_refuses_a_benchmark_without_the_hint(tmp_path):
         runner.check_hints_available(benchmarks.get("synthetic"), loaded.model, "oracle")
         prunevid.apply(loaded.model, method="oracle", retain=1.0)          # a no-op reads nothing
         runner.check_hints_available(bench, loaded.model, "oracle")
-        # focus="question" needs what only version 2 records (which objects each question is about)
+        # focus="question" needs what only versions 2 and 3 record (which objects each question is about)
         prunevid.apply(loaded.model, method="oracle", focus="question")
         with pytest.raises(ValueError, match="needs the hint question_masks, which the synthetic benchmark"):
             runner.check_hints_available(benchmarks.get("synthetic"), loaded.model, "oracle")
-        for name in ("synthetic-v2", "synthetic-v2-val"):
+        for name in ("synthetic-v2", "synthetic-v2-val", "synthetic-v3", "synthetic-v3-val"):
             runner.check_hints_available(benchmarks.get(name), loaded.model, "oracle")
     finally:
         prunevid.remove(loaded.model)

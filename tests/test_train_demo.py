@@ -889,3 +889,15 @@ def test_object_biased_plans_go_from_random_to_the_oracle(T, enc):
     assert informed.keep.shape == base.keep.shape
     assert (informed.merge, informed.original_positions) == (base.merge, base.original_positions)
     assert not torch.equal(informed.keep, base.keep)
+    # --prune-informed-bias sets the bias's log10 range: at 6:6 every informed row keeps all object tokens (4 of
+    # 40, k = 10), at 0:0 (bias 1: weights 1..2) far fewer on average; the range is checked
+    cov_rows = [cov] * 30
+    def kept_objects(spec):
+        a = T.parse_args(["--prune-prob", "1", "--prune-retain", "0.25:0.25", "--prune-informed-prob", "1",
+                          "--prune-informed-bias", spec])
+        plans = [T.draw_plan(np.random.default_rng(s), 30, 41, a, cov_rows) for s in range(5)]
+        return [len({0, 1, 2, 3} & set(r[:-1].tolist())) for p in plans for r in p.keep]
+    assert set(kept_objects("6:6")) == {4}
+    assert np.mean(kept_objects("0:0")) < 2.5
+    with pytest.raises(SystemExit):
+        T.parse_args(["--prune-informed-bias", "3:1"])

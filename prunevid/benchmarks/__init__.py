@@ -9,13 +9,13 @@ from .base import (PROTOCOLS, Benchmark, DataMissing, Item, Prompt, ProtocolOpti
                    lmms_extract_letter, official_question_block)
 from .egoschema import EgoSchema, EgoSchemaSubset
 from .mvbench import MVBench
-from .synthetic import Synthetic, SyntheticV2, SyntheticV2Val, SyntheticVal
+from .synthetic import Synthetic, SyntheticV2, SyntheticV2Val, SyntheticV3, SyntheticV3Val, SyntheticVal
 from .vcgbench import VCGBench
 from .videomme import VideoMME
 
 
 _REGISTRY = {cls.name: cls for cls in (MVBench, VideoMME, EgoSchema, EgoSchemaSubset, VCGBench, Synthetic, SyntheticVal,
-                                         SyntheticV2, SyntheticV2Val)}
+                                         SyntheticV2, SyntheticV2Val, SyntheticV3, SyntheticV3Val)}
 ALIASES = {"video-mme": "videomme", "vcg": "vcgbench", "ego_schema": "egoschema", "egoschema_subset": "egoschema-subset"}
 
 

@@ -6,7 +6,9 @@ robin over the tasks, so ``--limit N`` covers every task. ``synthetic-val`` is t
 
 ``synthetic-v2`` / ``synthetic-v2-val`` are the benchmark's version 2 (``prunevid.synthetic.version2``: clutter,
 more objects, no question answerable from its text; 300 items per task in the test split) under
-``DATAS/Synthetic-v2``; ``synthetic`` keeps meaning version 1 until a demo model trained on version 2 ships.
+``DATAS/Synthetic-v2``; ``synthetic-v3`` / ``synthetic-v3-val`` version 3 (``prunevid.synthetic.version3``:
+version 2's questions with evidence on screen for a few frames only) under ``DATAS/Synthetic-v3``. ``synthetic``
+keeps meaning version 1 until a demo model trained on a later version ships.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ class Synthetic(MVBench):
         against the item's question and options; each mask is the union of
         ``pixels.object_pixels`` over the item's tracks. Frames are picked by the same samplers over the file's
         ``FILE_FRAMES`` frames as ``frames`` (at 16 frames both pick the 16 generated frames; the repeated last
-        frame of the file is the last generated one). Version 2 also gives ``question_masks`` (the same frames, in
+        frame of the file is the last generated one). Versions 2 and 3 also give ``question_masks`` (the same frames, in
         {0, 1}): the pixels the question is about (``synthetic.question_pixels``: the asked objects, or the scene for
         a scene transition; a rule on the task, never on the answer)."""
         import numpy as np
@@ -164,6 +166,23 @@ class SyntheticV2(Synthetic):
 class SyntheticV2Val(SyntheticV2):
     name = "synthetic-v2-val"
     folder = os.path.join("Synthetic-v2", "val")
+    split = "val"
+
+
+class SyntheticV3(SyntheticV2):
+    """Version 3 (``DATAS/Synthetic-v3``): version 2's questions with brief evidence (``prunevid.synthetic.version3``:
+    what a question needs is on screen for a few frames), so that which tokens a selector keeps decides what the
+    model can see. The same layout, prompts, scoring and hints as version 2."""
+
+    name = "synthetic-v3"
+    folder = "Synthetic-v3"
+    split = "test"
+    version = 3
+
+
+class SyntheticV3Val(SyntheticV3):
+    name = "synthetic-v3-val"
+    folder = os.path.join("Synthetic-v3", "val")
     split = "val"
 
 

@@ -35,8 +35,9 @@ MISSING_HINT = ("oracle needs the hint object_masks (the generator's object mask
                 "the synthetic benchmark through the runner, or give it with "
                 "prunevid.state.set_hints(model, object_masks=...)")
 MISSING_QUESTION_HINT = ("oracle with focus='question' needs the hint question_masks (the pixels the question is about, "
-                         "(F, H, W) in [0, 1]): the version-2 synthetic benchmark (synthetic-v2, synthetic-v2-val) gives "
-                         "it through the runner, or give it with prunevid.state.set_hints(model, question_masks=...)")
+                         "(F, H, W) in [0, 1]): the version-2 and version-3 synthetic benchmarks (synthetic-v2, "
+                         "synthetic-v3 and their -val splits) give it through the runner, or give it with "
+                         "prunevid.state.set_hints(model, question_masks=...)")
 
 
 @dataclass

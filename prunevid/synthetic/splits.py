@@ -20,7 +20,9 @@ Version 2 of the benchmark (``version2.py``: question drawn before the video, cl
 ``version=2`` on :func:`make_item`, :func:`split_items`, :func:`split_checksum`, :func:`split_dir`,
 :func:`write_split`, :func:`ensure_split` and :func:`sample`; it has its own seeds (:data:`SPLIT_SEEDS_V2`), its
 own folder (``DATAS/Synthetic-v2``, ``DATAS/Synthetic-v2/<split>``) and ``generator_version: 2`` in ``meta.json``.
-Version 1 stays the default and its draws are untouched (its checksums are pinned in tests/test_synthetic.py).
+Version 3 (``version3.py``: version 2's questions with brief evidence) is chosen the same way (``version=3``,
+:data:`SPLIT_SEEDS_V3`, ``DATAS/Synthetic-v3``). Version 1 stays the default and its draws are untouched (its
+checksums are pinned in tests/test_synthetic.py).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from .questions import QUESTION_MAKERS, all_questions, describe
 from .pixels import COLORS, FILE_FRAMES, FPS, FRAME_SIZE, NUM_FRAMES, write_mp4
 from .world import CHANCE, GENERATOR_VERSION, NUM_OPTIONS, SHAPES, TASKS, VIDEO_MAKERS, Track, Video, _PlacementError
 from .version2 import GENERATOR_VERSION_V2, covered_share, make_question_and_video
+from .version3 import GENERATOR_VERSION_V3, make_question_and_video_v3
 
 BENCHMARK_DIR = "Synthetic"
 SPLIT_SEEDS = {"test": 20261124, "val": 777, "train": 1}
@@ -46,7 +49,14 @@ DEFAULT_N_PER_TASK = {"test": 50, "val": 50, "train": 500}
 BENCHMARK_DIR_V2 = "Synthetic-v2"
 SPLIT_SEEDS_V2 = {"test": 20270124, "val": 7772, "train": 2}
 DEFAULT_N_PER_TASK_V2 = {"test": 300, "val": 50, "train": 500}
-VERSIONS = (GENERATOR_VERSION, GENERATOR_VERSION_V2)
+# Version 3: version 2 with brief evidence (version3.py); its own seeds, the same sizes.
+BENCHMARK_DIR_V3 = "Synthetic-v3"
+SPLIT_SEEDS_V3 = {"test": 20270306, "val": 7773, "train": 3}
+DEFAULT_N_PER_TASK_V3 = dict(DEFAULT_N_PER_TASK_V2)
+VERSIONS = (GENERATOR_VERSION, GENERATOR_VERSION_V2, GENERATOR_VERSION_V3)
+_BY_VERSION = {1: (BENCHMARK_DIR, SPLIT_SEEDS, DEFAULT_N_PER_TASK),
+               2: (BENCHMARK_DIR_V2, SPLIT_SEEDS_V2, DEFAULT_N_PER_TASK_V2),
+               3: (BENCHMARK_DIR_V3, SPLIT_SEEDS_V3, DEFAULT_N_PER_TASK_V3)}
 
 
 def _check_version(version: int) -> int:
@@ -57,12 +67,12 @@ def _check_version(version: int) -> int:
 
 def split_seeds(version: int = 1) -> Dict[str, int]:
     """The default seed of each split of ``version``."""
-    return SPLIT_SEEDS if _check_version(version) == 1 else SPLIT_SEEDS_V2
+    return _BY_VERSION[_check_version(version)][1]
 
 
 def default_n_per_task(version: int = 1) -> Dict[str, int]:
     """The default items per task of each split of ``version``."""
-    return DEFAULT_N_PER_TASK if _check_version(version) == 1 else DEFAULT_N_PER_TASK_V2
+    return _BY_VERSION[_check_version(version)][2]
 
 
 @dataclass
@@ -82,12 +92,13 @@ class Sample:
 
 def make_item(task: str, rng: np.random.Generator, *, difficulty: float = 1.0, shuffle: bool = True,
               extras: bool = False, version: int = 1) -> Sample:
-    """Generate one item of ``task`` from ``rng`` (``version=2``: :mod:`~prunevid.synthetic.version2`, which has no
-    curriculum: ``difficulty`` and ``shuffle`` apply to version 1 and to the extras only)."""
+    """Generate one item of ``task`` from ``rng`` (``version=2``: :mod:`~prunevid.synthetic.version2`, ``version=3``:
+    :mod:`~prunevid.synthetic.version3`; neither has a curriculum: ``difficulty`` and ``shuffle`` apply to version 1
+    and to the extras only)."""
     if task not in VIDEO_MAKERS:
         raise ValueError(f"unknown task {task!r}; tasks: {list(TASKS)}")
-    if _check_version(version) == 2:
-        q, video = make_question_and_video(task, rng)
+    if _check_version(version) >= 2:
+        q, video = (make_question_and_video if version == 2 else make_question_and_video_v3)(task, rng)
         sample = Sample(task=task, item=q, video=video)
         if extras:           # other tasks' questions use version 1's makers (training aids, not benchmark items)
             sample.extra = {k: v for k, v in all_questions(video, rng, shuffle=shuffle).items() if k != task}
@@ -156,8 +167,8 @@ def split_checksum(seed: int, n_per_task: int, tasks=TASKS, version: int = 1) ->
 
 def split_dir(root: str, split: str = "test", version: int = 1) -> str:
     """``<root>/Synthetic`` for the test split (what a runner reads), ``<root>/Synthetic/<split>`` otherwise
-    (``Synthetic-v2`` for version 2)."""
-    base = os.path.join(root, BENCHMARK_DIR if _check_version(version) == 1 else BENCHMARK_DIR_V2)
+    (``Synthetic-v2``, ``Synthetic-v3`` for versions 2 and 3)."""
+    base = os.path.join(root, _BY_VERSION[_check_version(version)][0])
     return base if split == "test" else os.path.join(base, split)
 
 
@@ -182,7 +193,7 @@ def write_split(root: str, split: str = "test", *, n_per_task: Optional[int] = N
         items = []
         for i in range(n_per_task):
             s = make_item(task, item_rng(seed, task, i), version=version)
-            if version == 2:
+            if version >= 2:
                 shares.setdefault(task, []).append(covered_share(s.video))
             name = video_name(task, i)
             item = {"video": name, **s.item}
@@ -204,9 +215,8 @@ def write_split(root: str, split: str = "test", *, n_per_task: Optional[int] = N
             "checksum": h.hexdigest(), "checksum_covers": "sha256 over json.dumps(item, sort_keys=True) and the raw "
                                                          "uint8 frames of every item, in task then index order",
             "seconds": round(time.time() - t0, 2)}
-    if version == 2:
-        meta.update(benchmark=BENCHMARK_DIR_V2, generator_version=GENERATOR_VERSION_V2,
-                    covered_share=_share_summary(shares))
+    if version >= 2:
+        meta.update(benchmark=_BY_VERSION[version][0], generator_version=version, covered_share=_share_summary(shares))
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -223,7 +233,7 @@ def ensure_split(root: str, split: str = "test", *, version: int = 1, **kwargs) 
         want_seed = split_seeds(version).get(split) if kwargs.get("seed") is None else int(kwargs["seed"])
         want_n = defaults.get(split, 50) if kwargs.get("n_per_task") is None else int(kwargs["n_per_task"])
         if (meta.get("seed"), meta.get("n_per_task"), meta.get("generator_version")) == (
-                want_seed, want_n, GENERATOR_VERSION if version == 1 else GENERATOR_VERSION_V2):
+                want_seed, want_n, GENERATOR_VERSION if version == 1 else version):
             return out
     # the first use writes into the data root (./DATAS by default): say what and where, once
     n = defaults.get(split, 50) if kwargs.get("n_per_task") is None else int(kwargs["n_per_task"])

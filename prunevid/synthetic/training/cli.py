@@ -73,7 +73,7 @@ def parse_args(argv=None):
     ap.add_argument("--task-mix", action="append", default=[], metavar="TASK:W",
                     help="sampling weight of one task's training videos (default 1, uniform; repeatable), e.g. "
                          "moving_direction:3 for three times as many direction videos")
-    ap.add_argument("--version", type=int, default=1, choices=(1, 2),
+    ap.add_argument("--version", type=int, default=1, choices=(1, 2, 3),
                     help="the synthetic world's version the videos come from (training and held-out evaluation)")
     ap.add_argument("--prune-prob", type=float, default=0.0,
                     help="share of video batches that run on a random subset of their video tokens (0: off)")
@@ -88,13 +88,16 @@ def parse_args(argv=None):
                     help="share of pruned batches whose tokens are drawn object-biased (weight 1 + bias x object "
                          "coverage, bias log-uniform in [1, 1000]: from near-random to the oracle's choice), so that "
                          "object-dense subsets, what saliency-driven methods keep, are in the training distribution")
+    ap.add_argument("--prune-informed-bias", default="0:3", metavar="LO:HI",
+                    help="log10 range of the object bias of --prune-informed-prob draws (default 0:3, i.e. 1..1000; "
+                         "2:3 keeps them near the oracle's object-first choice)")
     ap.add_argument("--init-from", default="",
                     help="a new run starts from this trainer checkpoint's weights and heads (step 0); a deeper "
                          "--size spreads its LLM layers evenly, the new layers starting as the identity")
     ap.add_argument("--eval-pruned", action="append", default=[], metavar="SELECTOR:RETAIN:POSITIONS",
                     help="also evaluate on pruned input (repeatable), e.g. random:0.25:renumber, "
                          "oracle:0.25:original (oracle: object tokens first, then random background; question: the "
-                         "tokens the question is about first, as the kit's oracle with focus=question; --version 2)")
+                         "tokens the question is about first, as the kit's oracle with focus=question; --version 2 or 3)")
     ap.add_argument("--eval-blind", action="store_true",
                     help="also evaluate with every frame black (a model that answers from the video is at chance)")
     ap.add_argument("--curriculum-steps", type=int, default=600)
@@ -151,6 +154,13 @@ def parse_args(argv=None):
     except (ValueError, AssertionError):
         ap.error(f"--prune-retain {args.prune_retain!r}: expected LO:HI with 0 < LO <= HI <= 1")
     args.prune_retain_range = (lo, hi)
+    try:
+        lo, hi = (float(v) for v in args.prune_informed_bias.split(":"))
+        assert 0 <= lo <= hi <= 9
+    except (ValueError, AssertionError):
+        ap.error(f"--prune-informed-bias {args.prune_informed_bias!r}: expected LO:HI with 0 <= LO <= HI <= 9 "
+                 "(log10 of the bias)")
+    args.prune_informed_bias_range = (lo, hi)
     for name in ("prune_prob", "prune_merge_prob", "original_positions_prob", "prune_informed_prob"):
         if not 0 <= getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
@@ -164,8 +174,8 @@ def parse_args(argv=None):
         except (IndexError, ValueError, AssertionError):
             ap.error(f"--eval-pruned {spec!r}: expected SELECTOR:RETAIN:POSITIONS, SELECTOR random, oracle or question, "
                      "0 < RETAIN <= 1, POSITIONS renumber or original")
-        if sel == "question" and args.version != 2:
-            ap.error(f"--eval-pruned {spec!r}: the question selector needs --version 2 (the version-2 world records "
+        if sel == "question" and args.version < 2:
+            ap.error(f"--eval-pruned {spec!r}: the question selector needs --version 2 or 3 (those worlds record "
                      "which objects each question is about)")
         args.eval_pruned_specs.append((sel, retain, positions))
     args.ground_task_weights = task_weights(args.ground_task_weight, "--ground-task-weight")

@@ -16,15 +16,15 @@ def make_eval_set(args, shuffle: bool = True):
     with the options in canonical order (the curriculum's easy format, for diagnosis; version 1 only). Each item is
     (task, question, frames, ranks): ``ranks`` maps each ranked selector of ``--eval-pruned`` to its (F * P,)
     ranking key: ``oracle`` the share of each frame token's cell that objects cover, ``question`` the kit oracle's
-    ``focus="question"`` key (``methods.oracle.question_score``: the tokens the question is about first, version 2
-    only); empty when no such evaluation is asked for."""
+    ``focus="question"`` key (``methods.oracle.question_score``: the tokens the question is about first, versions 2
+    and 3); empty when no such evaluation is asked for."""
     from ...methods.oracle import pooled_coverage, question_score
     version = getattr(args, "version", 1)
     seed = S.split_seeds(version)["val"]
     selectors = {sel for sel, _, _ in getattr(args, "eval_pruned_specs", [])}
-    if "question" in selectors and version != 2:
-        raise ValueError("--eval-pruned question:...: the question focus needs --version 2 (the version-2 world "
-                         "records which objects each question is about)")
+    if "question" in selectors and version < 2:
+        raise ValueError("--eval-pruned question:...: the question focus needs --version 2 or 3 (those worlds "
+                         "record which objects each question is about)")
     items = []
     frames = np.arange(S.NUM_FRAMES)
     for task in S.TASKS:

@@ -72,13 +72,13 @@ def draw_plan(rng: np.random.Generator, rows: int, n_video: int, args, coverage=
     """A training plan, or None (the batch runs unpruned), from ``--prune-prob``, ``--prune-retain LO:HI``
     (retained share, uniform), ``--prune-merge-prob`` and ``--original-positions-prob``; with
     ``--prune-informed-prob`` that share of the pruned batches draws its tokens object-biased
-    (:func:`weighted_keep`, bias log-uniform in [1, 1000]; ``coverage``: per row, each frame token's object
+    (:func:`weighted_keep`, bias log-uniform in [1, 1000], or ``--prune-informed-bias``'s range; ``coverage``: per row, each frame token's object
     coverage). The draws happen in a fixed order whatever the outcome, so the stream stays aligned across steps
     (and runs without ``--prune-informed-prob`` draw exactly what they drew before it existed)."""
     u, retain, m, o = rng.random(), rng.uniform(*args.prune_retain_range), rng.random(), rng.random()
     keep = random_keep(rng, rows, n_video, retain)
     if getattr(args, "prune_informed_prob", 0) > 0:
-        informed, bias = rng.random(), float(10 ** rng.uniform(0, 3))
+        informed, bias = rng.random(), float(10 ** rng.uniform(*getattr(args, "prune_informed_bias_range", (0, 3))))
         if informed < args.prune_informed_prob and coverage is not None:
             keep = weighted_keep(rng, coverage, retain, bias)
     if u >= args.prune_prob:
