@@ -3,15 +3,17 @@
 test split through the kit's runner, write the model card.
 
     python data_scripts/ship_demo_model.py --run runs/demo_model            # -> prunevid/assets/demo_model/
+    python data_scripts/ship_demo_model.py --run runs/demo_v3 --version 3   # a model of the version-3 world
 
 Steps (all through ``prunevid.harness.runner``, the same code path as ``python -m prunevid eval``):
 
 1. copy ``<run>/model`` (safetensors, config, tokenizer, ``training.json``) and ``<run>/log.jsonl``;
 2. write ``prunevid_defaults.json``: the official MVBench protocol at 16 frames and PruneVid's
-   ``selected_layer``, chosen on the **validation** split (``synthetic-val``) as the layer with the best
-   accuracy at 25% retained tokens (ties: the earlier, cheaper layer);
-3. evaluate the shipped model unpruned on the **test** split (``synthetic``) and write ``eval.json`` (overall
-   and per-task accuracy, chance levels, the layer sweep) and the model card ``README.md``.
+   ``selected_layer``, chosen on the **validation** split (``synthetic-val``; ``synthetic-v<N>-val`` with
+   ``--version N``) as the layer with the best accuracy at 25% retained tokens (ties: the earlier, cheaper layer);
+3. evaluate the shipped model unpruned on the **test** split (``synthetic``, ``synthetic-v<N>``) and write
+   ``eval.json`` (overall and per-task accuracy, chance levels, the layer sweep, the world version) and the model
+   card ``README.md``.
 
 The test numbers in ``eval.json`` are what CI checks the shipped model against (``tests/test_demo_model.py``).
 """
@@ -37,6 +39,12 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "to
 TARGET, FALLBACK, MARGIN = 85.0, 70.0, 15.0
 
 
+def split_names(version: int):
+    """(validation, test) benchmark names of the synthetic world ``version``."""
+    S.split_seeds(version)                                        # refuses an unknown version
+    return ("synthetic-val", "synthetic") if version == 1 else (f"synthetic-v{version}-val", f"synthetic-v{version}")
+
+
 def evaluate(model_dir, benchmark, data_root, out, method="none", params=None) -> dict:
     res = runner.evaluate(benchmark=benchmark, model=model_dir, method=method, data_root=data_root,
                           output_dir=out, params=params or {}, progress=False)
@@ -57,8 +65,11 @@ def verdict(ev: dict) -> str:
             f"above chance): worst task {worst:+.1f} points vs chance")
 
 
-def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, defaults: dict, seconds=None) -> str:
+def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, defaults: dict, seconds=None,
+               version: int = 1) -> str:
     a = training.get("args", {})
+    val_name, test_name = split_names(version)
+    world = "" if version == 1 else f" (version {version} of its world, `--version {version}`)"
     rows = "\n".join(f"| {t} | {ev['by_category'][t]:.1f} | {100 * S.CHANCE[t]:.1f} | "
                      f"{ev['by_category'][t] - 100 * S.CHANCE[t]:+.1f} |" for t in S.TASKS)
     chance = sum(100 * S.CHANCE[t] for t in S.TASKS) / len(S.TASKS)
@@ -84,7 +95,7 @@ def model_card(training: dict, log: list, ev: dict, sweep: dict, k: int, default
     return f"""# PruneVid Kit demo model
 
 A plain `LlavaOnevisionForConditionalGeneration` (SigLIP vision tower, 2-layer MLP projector, Qwen2 LLM) trained
-from scratch on CPU on the kit's synthetic video-QA benchmark (`prunevid.synthetic`, training items drawn in
+from scratch on CPU on the kit's synthetic video-QA benchmark{world} (`prunevid.synthetic`, training items drawn in
 memory from the generator's `train` seed; the test and validation splits are never trained on). It exists so
 that the kit's pruning study measures real accuracy offline. It knows nothing outside this synthetic world.
 
@@ -97,7 +108,7 @@ that the kit's pruning study measures real accuracy offline. It knows nothing ou
   option.`, answer prefix `Best option:(`), in the LLaVA-OneVision chat template; it answers `B) red`.
 - Kit defaults (`prunevid_defaults.json`): `{json.dumps(defaults)}`.
 
-## Test split (through `python -m prunevid eval --benchmark synthetic --model demo --method none`)
+## Test split (through `python -m prunevid eval --benchmark {test_name} --model demo --method none`)
 
 Overall accuracy **{ev['accuracy']:.1f}%** on {ev['n']} items (mean chance {chance:.1f}%): {verdict(ev)}.
 
@@ -107,7 +118,7 @@ Overall accuracy **{ev['accuracy']:.1f}%** on {ev['n']} items (mean chance {chan
 
 ## PruneVid's `selected_layer`, chosen on the validation split
 
-PruneVid at 25% retained visual tokens (`retain=0.25`) with K = 0 .. L-2 on `synthetic-val`; unpruned on the same
+PruneVid at 25% retained visual tokens (`retain=0.25`) with K = 0 .. L-2 on `{val_name}`; unpruned on the same
 split: {sweep.get('none', {}).get('accuracy', float('nan')):.1f}%. Chosen: **K = {k}** (best accuracy; ties go to
 the earlier, cheaper layer).
 
@@ -177,7 +188,7 @@ def write_card_only(args, src: str) -> int:
     if log:
         shutil.copy2(os.path.join(args.run, "log.jsonl"), os.path.join(args.dest, "training_log.jsonl"))
     write_card(args, model_card(training, log, record["test"], record["layer_sweep_val"], record["selected_layer"],
-                                defaults, record.get("ship_seconds")))
+                                defaults, record.get("ship_seconds"), record.get("version", 1)))
     print(f"[ship] {args.dest}: model card rewritten from eval.json")
     return 0
 
@@ -188,6 +199,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dest", default=models.DEMO_MODEL_DIR)
     ap.add_argument("--data-root", default=None, help="benchmark data root (default: $PRUNEVID_DATA or ./DATAS)")
     ap.add_argument("--retain", type=float, default=0.25, help="budget of the layer sweep")
+    ap.add_argument("--version", type=int, default=1, choices=list(S.VERSIONS),
+                    help="the synthetic world the model was trained on: its validation and test splits are used")
     ap.add_argument("--layer", type=int, default=None, help="skip the sweep and ship this selected_layer")
     ap.add_argument("--notes", default=None, help="markdown file appended to the model card (findings, limits)")
     ap.add_argument("--card-only", action="store_true",
@@ -201,6 +214,7 @@ def main(argv=None) -> int:
     if args.card_only:
         return write_card_only(args, src)
     data_root = os.path.abspath(args.data_root or runner.default_data_root())
+    val_name, test_name = split_names(args.version)
     os.makedirs(args.dest, exist_ok=True)
     for name in os.listdir(args.dest):
         if name != ".gitattributes":
@@ -222,11 +236,11 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="ship-demo-")
     sweep = {}
     if args.layer is None:
-        print("[ship] layer sweep on synthetic-val ...", flush=True)
-        sweep["none"] = evaluate(args.dest, "synthetic-val", data_root, os.path.join(work, "val-none"))
+        print(f"[ship] layer sweep on {val_name} ...", flush=True)
+        sweep["none"] = evaluate(args.dest, val_name, data_root, os.path.join(work, "val-none"))
         print(f"[ship] unpruned: {sweep['none']['accuracy']:.1f}%", flush=True)
         for k in range(n_layers - 1):
-            sweep[str(k)] = evaluate(args.dest, "synthetic-val", data_root, os.path.join(work, f"val-k{k}"),
+            sweep[str(k)] = evaluate(args.dest, val_name, data_root, os.path.join(work, f"val-k{k}"),
                                      "prunevid", {"retain": args.retain, "selected_layer": k})
             print(f"[ship] K={k}: {sweep[str(k)]['accuracy']:.1f}% at {sweep[str(k)]['retained_ratio']:.3f}")
         best = max(range(n_layers - 1), key=lambda k: (sweep[str(k)]["accuracy"], -k))
@@ -234,13 +248,14 @@ def main(argv=None) -> int:
         with open(os.path.join(args.dest, models.KIT_DEFAULTS_FILE), "w") as f:
             json.dump(defaults, f, indent=1)
     print(f"[ship] selected_layer {defaults['selected_layer']}; evaluating the test split ...", flush=True)
-    ev = evaluate(args.dest, "synthetic", data_root, os.path.join(work, "test-none"))
-    record = {"test": ev, "chance": {t: 100 * c for t, c in S.CHANCE.items()}, "layer_sweep_val": sweep,
+    ev = evaluate(args.dest, test_name, data_root, os.path.join(work, "test-none"))
+    record = {"test": ev, "version": args.version, "benchmarks": {"val": val_name, "test": test_name}, "chance": {t: 100 * c for t, c in S.CHANCE.items()}, "layer_sweep_val": sweep,
               "selected_layer": defaults["selected_layer"], "verdict": verdict(ev),
               "ship_seconds": round(time.time() - t0, 1)}
     with open(os.path.join(args.dest, "eval.json"), "w") as f:
         json.dump(record, f, indent=1)
-    card = model_card(training, log, ev, sweep, defaults["selected_layer"], defaults, time.time() - t0)
+    card = model_card(training, log, ev, sweep, defaults["selected_layer"], defaults, time.time() - t0,
+                      args.version)
     write_card(args, card)
     shutil.rmtree(work, ignore_errors=True)
     print(f"[ship] {args.dest}: test accuracy {ev['accuracy']:.1f}% ({verdict(ev)}); "

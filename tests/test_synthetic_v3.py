@@ -189,14 +189,26 @@ def test_why_version_3_random_keep_at_25_percent_misses_the_evidence_only_there(
 
 
 def test_the_shipping_check_runs_on_either_validation_split():
-    """check_demo_candidate.py applies the same rule on synthetic-v3-val (--benchmark); other names are refused."""
+    """check_demo_candidate.py applies the same rule on synthetic-v3-val (--benchmark); the test split only with
+    --test-split; other names are refused."""
     from prunevid import benchmarks
     from test_synthetic_v2 import _check_script
     C = _check_script()
     assert C.BENCHMARK == "synthetic-v2-val" and "synthetic-v3-val" in C.BENCHMARKS
     assert all(benchmarks.get(b).split == "val" for b in C.BENCHMARKS)
-    with pytest.raises(SystemExit):
-        C.main(["--model", "nowhere", "--benchmark", "synthetic-v3"])
+    # a test split only when the run says it is the one after the decision, and never a validation split with it
+    for bad in (["--benchmark", "synthetic-v3"], ["--benchmark", "synthetic-v3-val", "--test-split"],
+                ["--benchmark", "synthetic-v4-val"]):
+        with pytest.raises(SystemExit):
+            C.main(["--model", "nowhere", *bad])
+    # the issue's wording of the black-frames check is reported beside the rule's interval form
+    ids = [f"{t}/{i}" for t in S.TASKS for i in range(20)]
+    runs = {name: {i: True for i in ids} for name in C.RUNS}
+    runs["black"] = {i: i.endswith(("/0", "/1", "/2", "/3", "/4")) for i in ids}       # 25% on every task
+    rep = C.verdict(runs)["reported"]
+    (name, r), = rep.items()
+    assert "issue 24" in name and r["per_task"]["object_existence"] == pytest.approx(25.0 - 50.0)
+    assert not r["holds"] and r["value"] == pytest.approx(25.0)
 
 
 def test_the_ideal_reader_script(capsys):

@@ -650,6 +650,25 @@ def test_ship_card_only_rewrites_the_card_of_the_shipped_weights_and_refuses_oth
         ship.main(["--run", str(run), "--dest", str(dest), "--card-only"])
 
 
+def test_ship_names_the_splits_of_the_world_the_model_was_trained_on():
+    """--version N ships against synthetic-v<N>-val (the layer sweep) and synthetic-v<N> (the test split); the card
+    says which; version 1 keeps its names; an unknown version is refused."""
+    spec = importlib.util.spec_from_file_location("ship_demo_model", _SHIP)
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    assert ship.split_names(1) == ("synthetic-val", "synthetic")
+    assert ship.split_names(3) == ("synthetic-v3-val", "synthetic-v3")
+    with pytest.raises(ValueError, match="unknown synthetic benchmark version"):
+        ship.split_names(7)
+    ev = {"accuracy": 86.0, "n": 2100, "by_category": {t: 86.0 for t in S.TASKS}}
+    training = {"command": "--version 3", "args": {"size": "s8"}, "step": 10}
+    card = ship.model_card(training, [], ev, {"none": {"accuracy": 85.0}}, 2, {}, version=3)
+    assert "--benchmark synthetic-v3 --model demo" in card and "`synthetic-v3-val`" in card
+    assert "version 3 of its world" in card
+    old = ship.model_card(training, [], ev, {"none": {"accuracy": 85.0}}, 2, {})
+    assert "--benchmark synthetic --model demo" in old and "`synthetic-val`" in old and "of its world" not in old
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Pruned input (issue 24): the demo model trains on subsets of its video tokens
 # ---------------------------------------------------------------------------------------------------------------
