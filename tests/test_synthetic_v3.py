@@ -178,7 +178,7 @@ def test_why_version_3_random_keep_at_25_percent_misses_the_evidence_only_there(
     """Measured here (25 items per task, 3 random draws each): version 2, random keep 95.9% against the oracle's
     97.0% at 25% retained, so no model, however good, can show the oracle 10 points ahead of random keep there;
     version 3, 70.9% against 97.0% (at 10%: version 2 78.4 / 89.6, version 3 51.4 / 90.5)."""
-    v2, v3 = (V3.ideal_accuracy(v, N_IDEAL, 0.25) for v in (2, 3))
+    v2, v3 = (S.ideal_accuracy(v, N_IDEAL, 0.25) for v in (2, 3))
     r2, o2, r3, o3 = v2["random"]["all"], v2["oracle"]["all"], v3["random"]["all"], v3["oracle"]["all"]
     assert r2 > 90 and o2 - r2 < 5
     assert r3 < 80 and o3 - r3 > 15

@@ -6,7 +6,9 @@ prompt, options, each task's question maker, captions, vocabulary); ``version2.p
 (clutter, more and smaller objects, the question drawn before the video so no text-only rule beats chance);
 ``version3.py`` version 3 (version 2's questions, the evidence on screen for a few frames only) and the ideal
 reader that measures how much evidence a kept token set holds; ``splits.py`` items and splits (per-item seeds,
-files on disk, checksums, in-memory training draws; ``version=2`` or ``3`` selects a later version); ``demo_model.py`` the demo model's tokenizer and architecture.
+files on disk, checksums, in-memory training draws; ``version=2`` or ``3`` selects a later version; and
+``ideal_accuracy``, the ideal reader over a world's items); ``demo_model.py`` the demo model's tokenizer and
+architecture.
 Each file imports only the ones listed before it, and none imports ``prunevid.benchmarks``
 (``benchmarks/synthetic.py`` imports this package). Every public name but ``demo_model``'s is re-exported here;
 ``demo_model`` needs torch and transformers, so it is imported on its own (``prunevid.synthetic.demo_model``), and
@@ -21,11 +23,11 @@ from .questions import (NUMBERS, OPTION_LETTERS, QUESTION_MAKERS, SYNTHETIC_ANSW
                         vocabulary_strings)
 from .version2 import (CLUTTER_COLORS, GENERATOR_VERSION_V2, Clutter, VideoV2, ask, cluttered_background,
                        covered_share, make_question_and_video, question_pixels, question_tracks)
-from .version3 import GENERATOR_VERSION_V3, evidence_survives, ideal_accuracy, make_question_and_video_v3
-from .splits import (BENCHMARK_DIR, BENCHMARK_DIR_V2, BENCHMARK_DIR_V3, SPLIT_SEEDS_V3, DEFAULT_N_PER_TASK, DEFAULT_N_PER_TASK_V2, SPLIT_SEEDS,
-                     SPLIT_SEEDS_V2, VERSIONS, Sample, default_n_per_task, ensure_split, frames_tensor, item_rng,
-                     make_item, named_track, sample, split_checksum, split_dir, split_items, split_seeds, video_name,
-                     write_split)
+from .version3 import GENERATOR_VERSION_V3, evidence_survives, make_question_and_video_v3
+from .splits import (BENCHMARK_DIR, BENCHMARK_DIR_V2, BENCHMARK_DIR_V3, DEFAULT_N_PER_TASK, DEFAULT_N_PER_TASK_V2,
+                     SPLIT_SEEDS, SPLIT_SEEDS_V2, SPLIT_SEEDS_V3, VERSIONS, Sample, default_n_per_task, ensure_split,
+                     frames_tensor, ideal_accuracy, item_rng, make_item, named_track, sample, split_checksum,
+                     split_dir, split_items, split_seeds, video_name, write_split)
 
 __all__ = ["COLORS", "FILE_FRAMES", "FPS", "FRAME_SIZE", "NUM_FRAMES", "SCENES", "make_background", "object_pixels",
            "render", "shape_mask", "token_coverage", "write_mp4",

@@ -37,10 +37,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .questions import QUESTION_MAKERS, all_questions, describe
-from .pixels import COLORS, FILE_FRAMES, FPS, FRAME_SIZE, NUM_FRAMES, write_mp4
+from .pixels import COLORS, FILE_FRAMES, FPS, FRAME_SIZE, NUM_FRAMES, token_coverage, write_mp4
 from .world import CHANCE, GENERATOR_VERSION, NUM_OPTIONS, SHAPES, TASKS, VIDEO_MAKERS, Track, Video, _PlacementError
 from .version2 import GENERATOR_VERSION_V2, covered_share, make_question_and_video
-from .version3 import GENERATOR_VERSION_V3, make_question_and_video_v3
+from .version3 import GENERATOR_VERSION_V3, evidence_survives, make_question_and_video_v3
 
 BENCHMARK_DIR = "Synthetic"
 SPLIT_SEEDS = {"test": 20261124, "val": 777, "train": 1}
@@ -278,3 +278,31 @@ def frames_tensor(samples: List[Sample]):
     import torch
     return torch.from_numpy(np.stack([s.frames for s in samples]))
 
+
+def ideal_accuracy(version: int, n_per_task: int, retain: float, *, draws: int = 3, seed: int = 2024,
+                   grid: int = 7) -> Dict[str, Dict[str, float]]:
+    """The ideal reader's accuracy (%) per task (and ``"all"``, the task mean) on ``n_per_task`` items of world
+    ``version`` (item streams ``item_rng(seed, task, i)``) under two kept sets at ``retain``: ``random`` (a uniform
+    draw of the frame tokens, ``draws`` per item) and ``oracle`` (the tokens the objects cover, most covered first,
+    then random background: the kit's ``oracle`` method). No model: what the world lets a selector gain
+    (:func:`~prunevid.synthetic.version3.evidence_survives` on each item)."""
+    rng = np.random.default_rng(0)
+    n = NUM_FRAMES * grid * grid
+    k = min(n, max(1, int(round(retain * n))))
+    out: Dict[str, Dict[str, float]] = {"random": {}, "oracle": {}}
+    for task in TASKS:
+        rand, orc = [], []
+        for i in range(n_per_task):
+            s = make_item(task, item_rng(seed, task, i), version=version)
+            for _ in range(draws):
+                kept = np.zeros(n, bool)
+                kept[rng.choice(n, k, replace=False)] = True
+                rand.append(evidence_survives(task, s.item, s.video, kept.reshape(NUM_FRAMES, -1), grid))
+            cover = sum((token_coverage(tr, grid) for tr in s.video.tracks), np.zeros((NUM_FRAMES, grid * grid)))
+            kept = np.zeros(n, bool)
+            kept[np.lexsort((rng.random(n), -cover.reshape(-1)))[:k]] = True
+            orc.append(evidence_survives(task, s.item, s.video, kept.reshape(NUM_FRAMES, -1), grid))
+        out["random"][task], out["oracle"][task] = 100 * float(np.mean(rand)), 100 * float(np.mean(orc))
+    for sel in out:
+        out[sel]["all"] = float(np.mean([out[sel][t] for t in TASKS]))
+    return out

@@ -22,7 +22,7 @@ Version 1 and 2 (``world.py``, ``version2.py``) are untouched: their items and c
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -253,31 +253,3 @@ def evidence_survives(task: str, item: dict, video: VideoV2, kept: np.ndarray, g
         return 1.0 if len(seen[0]) else 0.0
     raise AssertionError(task)  # pragma: no cover - every task is handled above
 
-
-def ideal_accuracy(version: int, n_per_task: int, retain: float, *, draws: int = 3, seed: int = 2024,
-                   grid: int = 7) -> Dict[str, Dict[str, float]]:
-    """The ideal reader's accuracy (%) per task (and ``"all"``, the task mean) on ``n_per_task`` items of world
-    ``version`` (item streams ``item_rng(seed, task, i)``) under two kept sets at ``retain``: ``random`` (a uniform
-    draw of the frame tokens, ``draws`` per item) and ``oracle`` (the tokens the objects cover, most covered first,
-    then random background: the kit's ``oracle`` method). No model: what the world lets a selector gain."""
-    from .splits import item_rng, make_item
-    rng = np.random.default_rng(0)
-    n = NUM_FRAMES * grid * grid
-    k = min(n, max(1, int(round(retain * n))))
-    out: Dict[str, Dict[str, float]] = {"random": {}, "oracle": {}}
-    for task in TASKS:
-        rand, orc = [], []
-        for i in range(n_per_task):
-            s = make_item(task, item_rng(seed, task, i), version=version)
-            for _ in range(draws):
-                kept = np.zeros(n, bool)
-                kept[rng.choice(n, k, replace=False)] = True
-                rand.append(evidence_survives(task, s.item, s.video, kept.reshape(NUM_FRAMES, -1), grid))
-            cover = sum((token_coverage(tr, grid) for tr in s.video.tracks), np.zeros((NUM_FRAMES, grid * grid)))
-            kept = np.zeros(n, bool)
-            kept[np.lexsort((rng.random(n), -cover.reshape(-1)))[:k]] = True
-            orc.append(evidence_survives(task, s.item, s.video, kept.reshape(NUM_FRAMES, -1), grid))
-        out["random"][task], out["oracle"][task] = 100 * float(np.mean(rand)), 100 * float(np.mean(orc))
-    for sel in out:
-        out[sel]["all"] = float(np.mean([out[sel][t] for t in TASKS]))
-    return out
