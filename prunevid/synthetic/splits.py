@@ -294,14 +294,16 @@ def ideal_accuracy(version: int, n_per_task: int, retain: float, *, draws: int =
         rand, orc = [], []
         for i in range(n_per_task):
             s = make_item(task, item_rng(seed, task, i), version=version)
+            cov = (np.stack([token_coverage(tr, grid) for tr in s.video.tracks]) if s.video.tracks
+                   else np.zeros((0, NUM_FRAMES, grid * grid)))                    # once per item
             for _ in range(draws):
                 kept = np.zeros(n, bool)
                 kept[rng.choice(n, k, replace=False)] = True
-                rand.append(evidence_survives(task, s.item, s.video, kept.reshape(NUM_FRAMES, -1), grid))
-            cover = sum((token_coverage(tr, grid) for tr in s.video.tracks), np.zeros((NUM_FRAMES, grid * grid)))
+                rand.append(evidence_survives(task, s.item, s.video, kept.reshape(NUM_FRAMES, -1), grid,
+                                              coverage=cov))
             kept = np.zeros(n, bool)
-            kept[np.lexsort((rng.random(n), -cover.reshape(-1)))[:k]] = True
-            orc.append(evidence_survives(task, s.item, s.video, kept.reshape(NUM_FRAMES, -1), grid))
+            kept[np.lexsort((rng.random(n), -cov.sum(0).reshape(-1)))[:k]] = True
+            orc.append(evidence_survives(task, s.item, s.video, kept.reshape(NUM_FRAMES, -1), grid, coverage=cov))
         out["random"][task], out["oracle"][task] = 100 * float(np.mean(rand)), 100 * float(np.mean(orc))
     for sel in out:
         out[sel]["all"] = float(np.mean([out[sel][t] for t in TASKS]))

@@ -259,16 +259,23 @@ def _ask_object_existence(rng):
             "answer": answer}, {"pair": (color, shape)}
 
 
-def _video_object_existence(rng, q, plan):
+def _existence_pairs(rng, q, plan) -> List[Tuple[str, str]]:
+    """The (colour, shape) names of an existence video: the same 3-5 objects whether the answer is yes or no, the
+    asked pair first when it is yes, the others mostly sharing the asked colour or shape (version 3 draws the same)."""
     asked = plan["pair"]
     near = [p for p in _pairs_except(asked) if p[0] == asked[0] or p[1] == asked[1]]
     far = [p for p in _pairs_except(asked) if p not in near]
-    n = int(rng.integers(3, 6))                       # the same 3-5 objects whether the answer is yes or no
+    n = int(rng.integers(3, 6))
     pairs = [asked] if q["answer"] == "yes" else []
-    while len(pairs) < n:                             # others: mostly sharing the asked colour or shape
+    while len(pairs) < n:
         p = _one(rng, near) if rng.random() < 0.6 else _one(rng, far)
         if p not in pairs:
             pairs.append(p)
+    return pairs
+
+
+def _video_object_existence(rng, q, plan):
+    pairs = _existence_pairs(rng, q, plan)
     tracks: List[Track] = []
     for c, s in pairs:
         vis = None

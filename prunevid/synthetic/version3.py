@@ -28,7 +28,7 @@ import numpy as np
 
 from .pixels import FRAME_SIZE, NUM_FRAMES, token_coverage
 from .questions import NUMBERS
-from .version2 import (ASKERS, OBJECT_SIZE, SPEED, VIDEO_MAKERS_V2, VideoV2, _one, _pairs_except, _shuffled,
+from .version2 import (ASKERS, OBJECT_SIZE, SPEED, VIDEO_MAKERS_V2, VideoV2, _existence_pairs, _one, _pairs_except,
                        _video)
 from .world import (COLOR_NAMES, DIRECTIONS, NUM_OPTIONS, SHAPES, TASKS, Track, _add, _new_track,
                     _PlacementError)
@@ -161,15 +161,7 @@ def _video_state_change(rng, q, plan):
 
 
 def _video_object_existence(rng, q, plan):
-    asked = plan["pair"]
-    near = [p for p in _pairs_except(asked) if p[0] == asked[0] or p[1] == asked[1]]
-    far = [p for p in _pairs_except(asked) if p not in near]
-    n = int(rng.integers(3, 6))                       # the same 3-5 objects whether the answer is yes or no
-    pairs = [asked] if q["answer"] == "yes" else []
-    while len(pairs) < n:
-        p = _one(rng, near) if rng.random() < 0.6 else _one(rng, far)
-        if p not in pairs:
-            pairs.append(p)
+    pairs = _existence_pairs(rng, q, plan)
     tracks: List[Track] = []
     for c, s in pairs:
         moving = _one(rng, DIRECTIONS) if rng.random() < 0.3 else None
@@ -207,19 +199,22 @@ SHOWS = 0.25        # a token shows an object when it holds at least this share 
 
 
 def evidence_survives(task: str, item: dict, video: VideoV2, kept: np.ndarray, grid: int = 7,
-                      shows: float = SHOWS) -> float:
+                      shows: float = SHOWS, coverage: Optional[np.ndarray] = None) -> float:
     """The chance that an ideal reader answers ``item`` right from the tokens ``kept`` ((T, grid * grid) bool): it
     reads every kept token perfectly and needs only the least evidence the question allows, guessing among the
     options otherwise. Direction and moving colour: the mover shown on two kept frames at least half a cell apart;
     counting: every object shown on some kept token; order: the objects' first kept frames in the right order;
     state change: the named shape shown after the change; scene transition: kept background in both scenes;
     existence: the asked object shown (a "no" is always right). For any world version; an upper bound on what any
-    model can do with that kept set, so ``ideal(oracle) - ideal(random)`` bounds what a selector can gain."""
+    model can do with that kept set, so ``ideal(oracle) - ideal(random)`` bounds what a selector can gain.
+    ``coverage``: the tracks' ``token_coverage`` stacked, (K, T, grid * grid), when the caller has it (reused over
+    several kept sets of one item)."""
     if task not in NUM_OPTIONS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     chance = 1.0 / NUM_OPTIONS[task]
-    cov = (np.stack([token_coverage(tr, grid) for tr in video.tracks]) if video.tracks
-           else np.zeros((0,) + kept.shape))                                    # (K, T, grid * grid)
+    cov = coverage if coverage is not None else (
+        np.stack([token_coverage(tr, grid) for tr in video.tracks]) if video.tracks
+        else np.zeros((0,) + kept.shape))                                        # (K, T, grid * grid)
     share = cov / np.maximum(cov.sum(-1, keepdims=True), 1e-12)                 # of each object's pixels
     seen = [np.flatnonzero(((c >= shows) & kept).any(1)) for c in share]         # kept frames showing each object
     cell = FRAME_SIZE / grid
