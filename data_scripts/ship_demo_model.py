@@ -36,7 +36,7 @@ from prunevid import synthetic as S  # noqa: E402
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
                "training.json")
-TARGET, FALLBACK, MARGIN = 85.0, 70.0, 15.0
+TARGET, FALLBACK, MARGIN, DIRECTION = 85.0, 70.0, 15.0, 70.0
 
 
 def split_names(version: int):
@@ -53,9 +53,20 @@ def evaluate(model_dir, benchmark, data_root, out, method="none", params=None) -
             "flops_ratio": (res.get("flops") or {}).get("ratio_vs_unpruned")}
 
 
-def verdict(ev: dict) -> str:
+def verdict(ev: dict, version: int = 1) -> str:
+    """The model's standing against its issue's accuracy target: version 1's (85% with every task above
+    chance, or the fallback 70% with every task 15 points above) or, for a model of a later world, issue 24's
+    (85% and every task 15 points above chance and moving direction >= 70%)."""
     chance = {t: 100 * c for t, c in S.CHANCE.items()}
     worst = min(ev["by_category"][t] - chance[t] for t in S.TASKS)
+    if version >= 2:
+        direction = ev["by_category"]["moving_direction"]
+        if ev["accuracy"] >= TARGET and worst >= MARGIN and direction >= DIRECTION:
+            return (f"meets the target (>= {TARGET:.0f}% overall, every task >= {MARGIN:.0f} points above chance, "
+                    f"moving direction >= {DIRECTION:.0f}%)")
+        return (f"below the target (>= {TARGET:.0f}% overall, every task >= {MARGIN:.0f} points above chance, "
+                f"moving direction >= {DIRECTION:.0f}%): {ev['accuracy']:.1f}%, worst task {worst:+.1f} points vs "
+                f"chance, moving direction {direction:.1f}%")
     if ev["accuracy"] >= TARGET and worst > 0:
         return f"meets the target (>= {TARGET:.0f}% overall, every task above chance)"
     if ev["accuracy"] >= FALLBACK and worst >= MARGIN:
@@ -110,7 +121,7 @@ that the kit's pruning study measures real accuracy offline. It knows nothing ou
 
 ## Test split (through `python -m prunevid eval --benchmark {test_name} --model demo --method none`)
 
-Overall accuracy **{ev['accuracy']:.1f}%** on {ev['n']} items (mean chance {chance:.1f}%): {verdict(ev)}.
+Overall accuracy **{ev['accuracy']:.1f}%** on {ev['n']} items (mean chance {chance:.1f}%): {verdict(ev, version)}.
 
 | task | accuracy % | chance % | vs chance |
 |---|---|---|---|
@@ -250,7 +261,7 @@ def main(argv=None) -> int:
     print(f"[ship] selected_layer {defaults['selected_layer']}; evaluating the test split ...", flush=True)
     ev = evaluate(args.dest, test_name, data_root, os.path.join(work, "test-none"))
     record = {"test": ev, "version": args.version, "benchmarks": {"val": val_name, "test": test_name}, "chance": {t: 100 * c for t, c in S.CHANCE.items()}, "layer_sweep_val": sweep,
-              "selected_layer": defaults["selected_layer"], "verdict": verdict(ev),
+              "selected_layer": defaults["selected_layer"], "verdict": verdict(ev, args.version),
               "ship_seconds": round(time.time() - t0, 1)}
     with open(os.path.join(args.dest, "eval.json"), "w") as f:
         json.dump(record, f, indent=1)
@@ -258,7 +269,7 @@ def main(argv=None) -> int:
                       args.version)
     write_card(args, card)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"[ship] {args.dest}: test accuracy {ev['accuracy']:.1f}% ({verdict(ev)}); "
+    print(f"[ship] {args.dest}: test accuracy {ev['accuracy']:.1f}% ({verdict(ev, args.version)}); "
           f"selected_layer {defaults['selected_layer']}")
     return 0
 

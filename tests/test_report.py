@@ -242,3 +242,21 @@ def test_sweep_reruns_cells_whose_weights_changed_and_force_starts_from_scratch(
         assert f"{mdir}: {models.fingerprint_of(str(mdir))}" in (tmp_path / "rec" / "RECORD.md").read_text()
     finally:
         os.environ["PYTHONPATH"] = old
+
+
+@pytest.mark.parametrize("benchmark,split,version", [("synthetic", "test", 1), ("synthetic-val", "val", 1),
+                                                     ("synthetic-v3", "test", 3), ("synthetic-v3-val", "val", 3)])
+def test_demo_command_prepares_the_split_and_world_of_the_sweep_s_benchmark(tmp_path, monkeypatch, benchmark, split,
+                                                                            version):
+    """`prunevid demo` generates the synthetic split its sweep reads before the cells start: the split and world
+    version of the benchmark named in the sweep's base (a version-3 study must not prepare version 1's files)."""
+    from prunevid import synthetic
+    from prunevid.harness import cli
+    calls = []
+    monkeypatch.setattr(synthetic, "ensure_split", lambda root, s="test", *, version=1, **kw: calls.append((s, version)))
+    monkeypatch.setattr(report, "run_sweep", lambda sweep, reports, **kw: {"cell": "done"})
+    (tmp_path / "d.yaml").write_text(f"name: study\nnotebook: {tmp_path / 'fake.ipynb'}\n"
+                                     f"base: {{benchmark: {benchmark}, model: tiny}}\ncells: [{{method: none}}]\n")
+    assert cli.main(["demo", "--sweep", str(tmp_path / "d.yaml"), "--reports", str(tmp_path / "reports"),
+                     "--data-root", str(tmp_path / "data")]) == 0
+    assert calls == [(split, version)]

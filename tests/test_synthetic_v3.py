@@ -226,3 +226,37 @@ def test_the_ideal_reader_script(capsys):
     for bad in (["--versions", "9"], ["--retain", "0"], ["--n-per-task", "0"]):
         with pytest.raises(SystemExit):
             mod.main(bad)
+
+
+def test_the_existence_error_script_separates_a_colour_only_reader(tmp_path, capsys):
+    """data_scripts/existence_errors.py on a run whose answers follow "yes iff the asked colour is on screen": every
+    "yes" right, every "no" whose video holds the colour wrong, every other "no" right; missing input is refused."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_scripts",
+                        "existence_errors.py")
+    spec = importlib.util.spec_from_file_location("existence_errors", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = 24
+    rows = []
+    for _, i, s in S.split_items(S.split_seeds(3)["val"], n, tasks=("object_existence",), version=3):
+        colour = s.item["question"][len(mod.PREFIX):-len(mod.SUFFIX)].split(" ")[0]
+        says_yes = any(colour in set(t.color) for t in s.video.tracks)
+        rows.append({"id": f"object_existence/{i}", "category": "object_existence", "error": None,
+                     "correct": says_yes == (s.item["answer"] == "yes")})
+    table = mod.existence_breakdown({r["id"]: r for r in rows}, 3, "val", n_per_task=n)
+    assert sum(t for _, t in table.values()) == n
+    assert table[("yes", "asked")][0] == table[("yes", "asked")][1] > 0
+    assert not any(k[0] == "yes" and k[1] != "asked" for k in table)
+    for (truth, kind), (ok, total) in table.items():
+        if truth == "no":
+            assert kind != "asked" and ok == (0 if "colour" in kind else total), (kind, ok, total)
+    assert any(k == ("no", "colour and shape") or k == ("no", "colour") for k in table)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert mod.main([str(run), "--version", "3", "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "| no | colour and shape |" in out or "| no | colour |" in out
+    with pytest.raises(SystemExit):
+        mod.main([str(tmp_path / "nowhere")])

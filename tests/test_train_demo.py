@@ -129,6 +129,42 @@ def test_one_training_step_and_evaluation_run(T, enc):
     assert r["n"] == 2 and 0.0 <= r["accuracy"] <= 1.0
 
 
+def test_shape_weight_adds_the_object_patches_shape_loss_alone(T, enc):
+    """--shape-weight W adds W x the shape cross-entropy over the patches an object covers (background excluded),
+    computed from the same per-patch head; it needs the per-patch loss on and refuses a negative weight."""
+    import torch.nn.functional as F
+    base = ["--batch", "1", "--size", "xs", "--questions-per-video", "2", "--no-bf16"]
+    losses = {}
+    for w in (0.0, 2.0):
+        args = T.parse_args(base + ["--shape-weight", str(w)])
+        args.paren_id, args.letter_ids = enc.tok.convert_tokens_to_ids("("), enc.letter_ids
+        torch.manual_seed(0)
+        model, _ = D.build_demo_model(enc.tok, "xs", seed=0)
+        model.eval()                                          # no dropout: the two losses differ by the term alone
+        head = torch.nn.Linear(model.config.text_config.hidden_size, sum(T.N_AUX))
+        torch.nn.init.normal_(head.weight, std=0.5)
+        capture = T.AuxCapture(model)
+        seen = []                                             # the projector output, kept for the expected value
+        hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+        batch = T.make_batch(0, args, enc)
+        losses[w] = T.train_loss(model, head, capture, batch, args)
+        hook.remove()
+        if w:
+            z = head(seen[0]).float()
+            logits = torch.split(z, list(T.N_AUX), dim=-1)[1].reshape(-1, T.N_AUX[1])
+            target = batch[4][..., 1].reshape(-1)
+            on = target > 0
+            assert 0 < on.sum() < len(target)                  # objects, and background left out
+            expect = F.cross_entropy(logits[on], target[on])
+        capture.handle.remove()
+    (l0, s0), (l2, s2) = losses[0.0], losses[2.0]
+    assert "shape" not in s0 and s2["shape"] == pytest.approx(float(expect), rel=1e-4)
+    assert float(l2 - l0) == pytest.approx(2.0 * s2["shape"], rel=1e-3)
+    for bad in (["--shape-weight", "-1"], ["--shape-weight", "1", "--aux-weight", "0"]):
+        with pytest.raises(SystemExit):
+            T.parse_args(bad)
+
+
 def test_frames_schedule(T, enc):
     args = T.parse_args(["--batch", "1", "--frames-schedule", "4:10,8:20"])
     assert [T.frames_at(s, args) for s in (0, 9, 10, 19, 20)] == [4, 4, 8, 8, 16]
@@ -667,6 +703,26 @@ def test_ship_names_the_splits_of_the_world_the_model_was_trained_on():
     assert "version 3 of its world" in card
     old = ship.model_card(training, [], ev, {"none": {"accuracy": 85.0}}, 2, {})
     assert "--benchmark synthetic --model demo" in old and "`synthetic-val`" in old and "of its world" not in old
+
+
+def test_ship_verdict_uses_the_bars_of_the_model_s_world():
+    """Version 1 keeps its target and fallback; a model of a later world is held to issue 24's bars: 85% overall,
+    every task 15 points above chance, moving direction >= 70%."""
+    spec = importlib.util.spec_from_file_location("ship_demo_model", _SHIP)
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+
+    def ev(overall, **task):
+        return {"accuracy": overall, "by_category": {t: task.get(t, 90.0) for t in S.TASKS}}
+
+    assert ship.verdict(ev(86.0), 3).startswith("meets the target")
+    assert ship.verdict(ev(84.9), 3).startswith("below the target")
+    assert ship.verdict(ev(86.0, moving_direction=69.0), 3).startswith("below the target")
+    assert ship.verdict(ev(86.0, object_existence=64.0), 3).startswith("below the target")      # chance 50: +14
+    assert ship.verdict(ev(86.0, object_existence=65.0), 3).startswith("meets the target")
+    # version 1: every task above chance is enough at 85%, and 70% with 15-point margins is the fallback
+    assert ship.verdict(ev(86.0, object_existence=55.0), 1).startswith("meets the target")
+    assert ship.verdict(ev(75.0, object_existence=65.0), 1).startswith("meets the fallback")
 
 
 # ---------------------------------------------------------------------------------------------------------------

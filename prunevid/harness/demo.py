@@ -103,8 +103,10 @@ def run_study(args) -> int:
         base["model"] = "tiny"
         sweep["description"] = note + "\n\n" + str(sweep.get("description") or "")
     if str(base.get("benchmark", "synthetic")).startswith("synthetic"):
-        split = "val" if base.get("benchmark") == "synthetic-val" else "test"
-        synthetic.ensure_split(base["data_root"], split, log=lambda m: print(f"[demo] {m}", flush=True))
+        from .. import benchmarks                  # the split and world version the sweep's benchmark reads
+        bench = benchmarks.get(str(base.get("benchmark", "synthetic")))
+        synthetic.ensure_split(base["data_root"], bench.split, version=getattr(bench, "version", 1),
+                               log=lambda m: print(f"[demo] {m}", flush=True))
     cells = report.expand_cells(sweep)
     print(f"[demo] {len(cells)} cells of {sweep['notebook']} -> {os.path.join(args.reports, sweep['name'])}/",
           flush=True)

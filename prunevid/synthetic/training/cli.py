@@ -29,6 +29,10 @@ def parse_args(argv=None):
                     help="loss weight of the option letter, the one token the benchmark scores (others: 1)")
     ap.add_argument("--letter-weight-from", type=int, default=0, help="step from which --letter-weight applies")
     ap.add_argument("--aux-weight", type=float, default=0.3, help="weight of the per-patch loss (0: off)")
+    ap.add_argument("--shape-weight", type=float, default=0.0,
+                    help="weight of an extra per-patch shape loss on the patches an object covers only (0: off); the "
+                         "per-patch loss is a mean over every patch, mostly background, so an object's shape weighs "
+                         "little in it (trial 16: shape was near chance in the video tokens)")
     ap.add_argument("--lm-aux-weight", type=float, default=0.0,
                     help="weight of the per-video-token loss on the language model's hidden states (0: off)")
     ap.add_argument("--lm-aux-layer", type=int, default=-2,
@@ -182,4 +186,7 @@ def parse_args(argv=None):
     args.task_mix_weights = task_weights(args.task_mix, "--task-mix")
     if args.task_mix_weights and sum(args.task_mix_weights.get(t, 1.0) for t in S.TASKS) <= 0:
         ap.error("--task-mix: every task has weight 0")
+    if args.shape_weight < 0 or (args.shape_weight > 0 and args.aux_weight <= 0):
+        ap.error(f"--shape-weight {args.shape_weight}: expected >= 0, and > 0 only with the per-patch loss on "
+                 "(--aux-weight > 0), whose labels it reads")
     return args

@@ -108,6 +108,14 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
         a = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), aux[..., j].reshape(-1)) for j, p in enumerate(parts))
         stats["aux"] = a.item()
         loss = loss + args.aux_weight * a
+        if getattr(args, "shape_weight", 0.0) > 0:
+            # the shape of the object a patch belongs to, on object patches only (label 0 = no object)
+            logits, target = parts[1].reshape(-1, parts[1].shape[-1]), aux[..., 1].reshape(-1)
+            on = target > 0
+            if on.any():
+                sh = F.cross_entropy(logits[on], target[on])
+                stats["shape"] = sh.item()
+                loss = loss + args.shape_weight * sh
     if lm_aux is not None and lm_head is not None:
         # the video positions of each row, in order: the video tokens are one contiguous run per sequence
         h = lm_capture.out[ids == video_id].view(lm_aux.shape[0], lm_aux.shape[1], -1)
