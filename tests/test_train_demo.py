@@ -158,7 +158,7 @@ def test_shape_weight_adds_the_object_patches_shape_loss_alone(T, enc):
             expect = F.cross_entropy(logits[on], target[on])
         capture.handle.remove()
     (l0, s0), (l2, s2) = losses[0.0], losses[2.0]
-    assert "shape" not in s0 and s2["shape"] == pytest.approx(float(expect), rel=1e-4)
+    assert "shape" not in s0 and s2["shape"] == pytest.approx(expect.item(), rel=1e-4)
     assert float(l2 - l0) == pytest.approx(2.0 * s2["shape"], rel=1e-3)
     for bad in (["--shape-weight", "-1"], ["--shape-weight", "1", "--aux-weight", "0"]):
         with pytest.raises(SystemExit):
