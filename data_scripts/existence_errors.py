@@ -20,14 +20,14 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from prunevid import synthetic as S  # noqa: E402
-
-PREFIX, SUFFIX = "Is there a ", " in the video?"
+from prunevid.synthetic.training.labels import question_object  # noqa: E402
 
 
 def near_kind(sample) -> str:
     """What an existence video holds of the asked object's parts: "colour", "shape", "colour and shape" (objects
     of each kind, none of both), "neither"; "asked" when the asked object itself is there."""
-    colour, shape = sample.item["question"][len(PREFIX):-len(SUFFIX)].split(" ")
+    c_index, s_index = question_object(sample.item)           # the trainer's reading of the question
+    colour, shape = S.COLOR_NAMES[c_index], S.SHAPES[s_index]
     has_c = has_s = False
     for t in sample.video.tracks:
         c, s = colour in set(t.color), t.shape == shape

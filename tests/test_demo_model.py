@@ -36,15 +36,13 @@ def meets_target(acc: float, by_category: dict) -> bool:
 
 
 def _recorded_below_target() -> bool:
-    with open(EVAL) as f:
-        rec = json.load(f)["test"]
+    rec = _RECORD["test"]
     return not meets_target(rec["accuracy"], rec["by_category"])
 
 
 @pytest.fixture(scope="module")
 def record():
-    with open(EVAL) as f:
-        return json.load(f)
+    return _RECORD
 
 
 @pytest.fixture(scope="module")

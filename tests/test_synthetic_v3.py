@@ -240,7 +240,7 @@ def test_the_existence_error_script_separates_a_colour_only_reader(tmp_path, cap
     n = 24
     rows = []
     for _, i, s in S.split_items(S.split_seeds(3)["val"], n, tasks=("object_existence",), version=3):
-        colour = s.item["question"][len(mod.PREFIX):-len(mod.SUFFIX)].split(" ")[0]
+        colour = S.COLOR_NAMES[mod.question_object(s.item)[0]]
         says_yes = any(colour in set(t.color) for t in s.video.tracks)
         rows.append({"id": f"object_existence/{i}", "category": "object_existence", "error": None,
                      "correct": says_yes == (s.item["answer"] == "yes")})

@@ -102,9 +102,10 @@ def run_study(args) -> int:
         print(f"[demo] WARNING: {note}", flush=True)
         base["model"] = "tiny"
         sweep["description"] = note + "\n\n" + str(sweep.get("description") or "")
-    if str(base.get("benchmark", "synthetic")).startswith("synthetic"):
+    bench_name = str(base.get("benchmark", "synthetic"))
+    if bench_name.startswith("synthetic"):
         from .. import benchmarks                  # the split and world version the sweep's benchmark reads
-        bench = benchmarks.get(str(base.get("benchmark", "synthetic")))
+        bench = benchmarks.get(bench_name)
         synthetic.ensure_split(base["data_root"], bench.split, version=getattr(bench, "version", 1),
                                log=lambda m: print(f"[demo] {m}", flush=True))
     cells = report.expand_cells(sweep)

@@ -108,7 +108,7 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
         a = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), aux[..., j].reshape(-1)) for j, p in enumerate(parts))
         stats["aux"] = a.item()
         loss = loss + args.aux_weight * a
-        if getattr(args, "shape_weight", 0.0) > 0:
+        if args.shape_weight > 0:
             # the shape of the object a patch belongs to, on object patches only (label 0 = no object)
             logits, target = parts[1].reshape(-1, parts[1].shape[-1]), aux[..., 1].reshape(-1)
             on = target > 0
