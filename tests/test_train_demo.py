@@ -976,3 +976,62 @@ def test_object_biased_plans_go_from_random_to_the_oracle(T, enc):
     assert np.mean(kept_objects("0:0")) < 2.5
     with pytest.raises(SystemExit):
         T.parse_args(["--prune-informed-bias", "3:1"])
+
+
+def test_vision_only_trains_the_tower_alone_resumes_and_hands_over_to_a_joint_run(T, tmp_path):
+    """--vision-only: the tower, the projector and the per-patch head change, every language-model weight stays
+    bit-identical; the run evaluates the object-patch shape read on val existence videos, resumes like any run, a
+    joint command refuses its checkpoint, and a joint run starts from it with --init-from."""
+    out = tmp_path / "vision"
+    base = ["--size", "xs", "--batch", "2", "--no-bf16", "--eval-n", "2", "--eval-every", "2", "--log-every", "1",
+            "--version", "3", "--lr", "1e-2", "--warmup", "1", "--pos-weight", "1", "--pos-ordinal-weight", "1"]
+    start = T.parse_args(["--size", "xs"])
+    model0, _ = D.build_demo_model(D.build_demo_tokenizer(), "xs", seed=start.seed)
+    assert T.main(base + ["--out", str(out), "--vision-only", "--shape-weight", "1", "--steps", "3"]) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3 and state["args"]["vision_only"]
+    before = model0.state_dict()
+    changed = {k for k, v in state["model"].items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in changed)
+    assert any(k.startswith("model.vision_tower.") for k in changed)
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [r["step"] for r in log] == [2, 3]
+    v = log[-1]["vision"]
+    assert v["n"] == 2 and v["object_patches"] > 0 and 0 <= v["shape_accuracy"] <= 1 and v["shape"] > 0
+    assert {"aux", "shape", "shape_accuracy", "position", "position_ordinal"} <= set(log[-1]["loss"])
+    assert v["position"] > 0 and v["position_ordinal"] > 0
+    # the position heads are trained with it (they read the same features); the ordinal one starts at zero
+    assert state["pos_ord_head"]["weight"].abs().sum() > 0
+    # resumes from its checkpoint
+    assert T.main(base + ["--out", str(out), "--vision-only", "--shape-weight", "1", "--steps", "4"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
+    # a joint command cannot continue it
+    with pytest.raises(SystemExit, match="--init-from"):
+        T.main(base + ["--out", str(out), "--steps", "5"])
+    with pytest.raises(SystemExit):
+        T.parse_args(["--vision-only"])                   # nothing to train on without the shape loss
+    # a joint run starts from it (--export writes the model it starts with, untrained)
+    from transformers import LlavaOnevisionForConditionalGeneration
+    vis = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    joint = tmp_path / "joint"
+    assert T.main(base + ["--out", str(joint), "--init-from", str(out / "checkpoint.pt"), "--export",
+                          "--no-eval-fixed"]) == 0
+    got = LlavaOnevisionForConditionalGeneration.from_pretrained(str(joint / "model")).state_dict()
+    assert set(got) == set(vis) and all(torch.equal(got[k], vis[k]) for k in vis)
+
+
+def test_the_kept_version3_state_loads_into_its_model_and_matches_its_curve(T):
+    """data_scripts/demo_checkpoint/v3/: the slim state fits the 8-layer demo model exactly, is a joint run's (a
+    sitting continues it without --vision-only), and its held-out history ends where the kept curve does."""
+    root = os.path.join(os.path.dirname(__file__), "..", "data_scripts", "demo_checkpoint", "v3")
+    state = torch.load(os.path.join(root, "checkpoint.pt"), weights_only=False, map_location="cpu")
+    assert "optimizer" not in state and not state["args"].get("vision_only")
+    model, _ = D.build_demo_model(D.build_demo_tokenizer(), state["args"]["size"], seed=0)
+    model.load_state_dict(state["model"])                    # strict: every key, every shape
+    with open(os.path.join(root, "log-joint.jsonl")) as f:
+        curve = [json.loads(line) for line in f if line.strip()]
+    assert curve[-1]["step"] == state["step"] == state["history"][-1]["step"]
+    assert curve[-1]["accuracy"] == state["history"][-1]["accuracy"]
+    with open(os.path.join(root, "log-vision.jsonl")) as f:
+        vision = [json.loads(line) for line in f if line.strip()]
+    assert all("vision" in r for r in vision) and vision[-1]["vision"]["object_patches"] > 0

@@ -14,8 +14,9 @@ One file per part, each importing only the ones listed before it: ``sequences.py
 sequences with their loss weights, padding, pixels, the answer classes), ``labels.py`` (training-only targets from
 the generator's ground truth), ``pruning.py`` (pruned input: which video tokens a batch keeps, merged or dropped,
 under re-numbered or original positions), ``batches.py`` (the curriculum and the seeded batches), ``heads.py`` (training-only
-heads and hooks, the supervised attention heads), ``losses.py`` (the objective), ``evaluation.py`` (held-out
-evaluation), ``cli.py`` (the options), ``checkpoints.py`` (checkpoint, exported model, recorded command),
+heads and hooks, the supervised attention heads), ``losses.py`` (the objective), ``vision.py`` (the vision-only
+phase: the tower, projector and per-patch head trained alone, with its held-out shape measurement),
+``evaluation.py`` (held-out evaluation), ``cli.py`` (the options), ``checkpoints.py`` (checkpoint, exported model, recorded command),
 ``loop.py`` (schedule, optimizer, ``main``). Nothing here imports ``prunevid.benchmarks`` or the harness, and
 ``prunevid.synthetic`` never imports this package: importing the world does not load the trainer.
 
@@ -61,6 +62,10 @@ as the user text after the video, and the assistant answer prefix ``Best option:
   where it was);
 - a curriculum: fewer objects, frames (``--frames-schedule``) and a fixed option order first, then the full task
   distribution, shuffled; ``--task-mix`` re-weights which task's videos are drawn (uniform by default);
+- a vision-only phase (``--vision-only``, its own run): the vision tower, the projector and the per-patch head (and
+  the position heads) trained alone on the per-patch losses with ``--shape-weight`` at their own rate, the language
+  model untouched; a joint run then starts from it (``--init-from``). Trained end to end, the tower never put an
+  object's shape into its tokens (trial 16 of data_scripts/README.md);
 - zero-initialised residual branches, bf16 autocast where the CPU has native bf16 (``--no-bf16`` otherwise),
   ``--device cuda`` on a GPU, AdamW with warmup and cosine decay.
 
@@ -83,6 +88,8 @@ from .heads import (AuxCapture, Binding, Grounding, LayerCapture, SupervisedHead
                     head_log_attention, option_spans, option_tokens)
 from .losses import (add_attention_loss, answer_loss, lookup_loss, ordinal_position_loss, position_loss,
                      train_loss)
+from .vision import (VISION_EVAL_TASK, fmt_vision_eval, make_vision_eval_set, make_vision_optimizer, vision_batch,
+                     vision_evaluate, vision_inputs, vision_loss, vision_parameters)
 from .evaluation import evaluate, fmt_eval, make_eval_set
 from .cli import DESCRIPTION, parse_args
 from .checkpoints import command_line, grow_state_dict, save_checkpoint, save_model, source_layers
@@ -99,6 +106,8 @@ __all__ = ["ANSWER_CLASSES", "CAPTION_REQUEST", "LOOKUP_POOLS", "N_VIDEO", "TOKE
            "AuxCapture", "Binding", "Grounding", "LayerCapture", "SupervisedHead", "Tracking", "head_keys",
            "head_log_attention", "option_spans", "option_tokens",
            "add_attention_loss", "answer_loss", "lookup_loss", "ordinal_position_loss", "position_loss", "train_loss",
+           "VISION_EVAL_TASK", "fmt_vision_eval", "make_vision_eval_set", "make_vision_optimizer", "vision_batch",
+           "vision_evaluate", "vision_inputs", "vision_loss", "vision_parameters",
            "evaluate", "fmt_eval", "make_eval_set",
            "DESCRIPTION", "parse_args",
            "command_line", "grow_state_dict", "save_checkpoint", "save_model", "source_layers",

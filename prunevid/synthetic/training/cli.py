@@ -33,6 +33,10 @@ def parse_args(argv=None):
                     help="weight of an extra per-patch shape loss on the patches an object covers only (0: off); the "
                          "per-patch loss is a mean over every patch, mostly background, so an object's shape weighs "
                          "little in it (trial 16: shape was near chance in the video tokens)")
+    ap.add_argument("--vision-only", action="store_true",
+                    help="train the vision tower, the projector and the per-patch head alone, on the per-patch "
+                         "losses (--aux-weight, --shape-weight), the language model untouched and not run; its own "
+                         "run (--out, --lr, --steps), which a later run starts from with --init-from")
     ap.add_argument("--lm-aux-weight", type=float, default=0.0,
                     help="weight of the per-video-token loss on the language model's hidden states (0: off)")
     ap.add_argument("--lm-aux-layer", type=int, default=-2,
@@ -189,4 +193,7 @@ def parse_args(argv=None):
     if args.shape_weight < 0 or (args.shape_weight > 0 and args.aux_weight <= 0):
         ap.error(f"--shape-weight {args.shape_weight}: expected >= 0, and > 0 only with the per-patch loss on "
                  "(--aux-weight > 0), whose labels it reads")
+    if args.vision_only and args.shape_weight <= 0:
+        ap.error("--vision-only trains on the per-patch losses: it needs --shape-weight > 0 (the object-patch shape "
+                 "loss it exists for) with --aux-weight > 0")
     return args

@@ -19,6 +19,8 @@ from .heads import AuxCapture, Binding, Grounding, LayerCapture, Tracking
 from .labels import GRID, N_AUX, N_LM_AUX
 from .losses import lookup_loss, train_loss
 from .sequences import ANSWER_CLASSES, N_VIDEO, Encoder
+from .vision import (fmt_vision_eval, make_vision_eval_set, make_vision_optimizer, vision_batch, vision_evaluate,
+                     vision_loss, vision_parameters)
 
 
 def to_device(batch, device):
@@ -91,7 +93,13 @@ def main(argv=None) -> int:
     lm_capture = LayerCapture(model, args.lm_aux_layer % n_layers) if lm_head is not None else None
     heads = torch.nn.ModuleList([aux_head] + ([lm_head] if lm_head is not None else []))
     args.paren_id, args.letter_ids = tok.convert_tokens_to_ids("("), enc.letter_ids
-    opt = make_optimizer(model, heads, args)
+    # --vision-only: AdamW over the tower, the projector and the per-patch head; of the optional heads only the
+    # position heads join it (they read the projector output too)
+    opt = make_vision_optimizer(model, aux_head, args) if args.vision_only else make_optimizer(model, heads, args)
+
+    def join(head):
+        if not args.vision_only or any(head is h for h in (pos_head, pos_ord_head)):
+            opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
     # the answer head lives in its own parameter group, added last, so runs that start without it can resume with it
     answer_head = torch.nn.Linear(hidden, len(ANSWER_CLASSES)).to(args.device) if args.answer_aux_weight > 0 else None
     answer_capture = LayerCapture(model, args.answer_aux_layer % n_layers) if answer_head is not None else None
@@ -124,6 +132,11 @@ def main(argv=None) -> int:
     step, train_seconds, history, averaged_from = 0, 0.0, [], None
     if os.path.isfile(ckpt_path) and not args.restart:
         state = torch.load(ckpt_path, weights_only=False, map_location="cpu")
+        if bool(state["args"].get("vision_only")) != args.vision_only:
+            # their optimizers hold different parameters: one run cannot continue as the other
+            raise SystemExit(f"{ckpt_path} is a {'vision-only' if state['args'].get('vision_only') else 'joint'} run's "
+                             f"checkpoint and this command {'has' if args.vision_only else 'lacks'} --vision-only: "
+                             "continue it as it was, or start a new run (--out) from it with --init-from")
         for k in ("size", "seed", "batch", "questions_per_video"):
             if state["args"].get(k) != getattr(args, k):
                 print(f"warning: checkpoint has {k}={state['args'].get(k)}, command line {getattr(args, k)}")
@@ -137,12 +150,12 @@ def main(argv=None) -> int:
         for head, key in optional:
             if head is not None and key in state:
                 head.load_state_dict(state[key])
-                opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
+                join(head)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
         for head, key in optional:
             if head is not None and key not in state:
-                opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
+                join(head)
         if opt_state is None:
             print("note: checkpoint without optimizer state (slim): AdamW moments start afresh")
         torch.set_rng_state(state["torch_rng"])
@@ -160,7 +173,7 @@ def main(argv=None) -> int:
         print(f"new run: size {args.size}, {n_params / 1e6:.2f} M parameters, seed {args.seed}")
         for head, _ in optional:
             if head is not None:
-                opt.add_param_group({"params": list(head.parameters()), "weight_decay": args.weight_decay})
+                join(head)
 
     for late in (ground_probe, track_probe, pos_ord_head):
         if late is None:
@@ -171,10 +184,16 @@ def main(argv=None) -> int:
             if any(p is late.weight for p in g["params"]):
                 g["lr_scale"] = GROUND_PROBE_LR_SCALE
 
-    eval_items = make_eval_set(args)
-    fixed_items = make_eval_set(args, shuffle=False) if args.eval_fixed else None
+    if args.vision_only:
+        vision_items = make_vision_eval_set(args)
+        eval_items = fixed_items = None
+    else:
+        eval_items = make_eval_set(args)
+        fixed_items = make_eval_set(args, shuffle=False) if args.eval_fixed else None
 
     def run_eval():
+        if args.vision_only:                         # the language model is not trained: only the per-patch read
+            return {"vision": vision_evaluate(model, aux_head, capture, vision_items, args, pos_head, pos_ord_head)}
         r = evaluate(model, enc, eval_items, args)
         if fixed_items is not None:
             rf = evaluate(model, enc, fixed_items, args)
@@ -189,9 +208,12 @@ def main(argv=None) -> int:
                 r["pruned"][":".join(str(v) for v in spec)] = {"accuracy": rp["accuracy"], "per_task": rp["per_task"]}
         return r
 
+    def show(r):
+        return fmt_vision_eval(r["vision"]) if args.vision_only else fmt_eval(r)
+
     if args.eval_only:
         r = run_eval()
-        print(f"step {step}: {fmt_eval(r)}")
+        print(f"step {step}: {show(r)}")
         return 0
     if args.slim:
         state = torch.load(ckpt_path, weights_only=False, map_location="cpu")
@@ -210,16 +232,24 @@ def main(argv=None) -> int:
         answer_capture.out = None
         return (answer_head, answer_capture) if step >= args.answer_aux_from else (None, answer_capture)
 
-    # every trained parameter: the model, the always-on heads, the optional heads
-    clipped = [*model.parameters(), *heads.parameters(),
-               *(p for head, _ in optional if head is not None for p in head.parameters())]
+    # every trained parameter: the model, the always-on heads, the optional heads (--vision-only: its own few)
+    clipped = ([*vision_parameters(model, aux_head),
+                *(p for head in (pos_head, pos_ord_head) if head is not None for p in head.parameters())]
+               if args.vision_only else
+               [*model.parameters(), *heads.parameters(),
+                *(p for head, _ in optional if head is not None for p in head.parameters())])
     t_sitting = time.time()
     ema = None
     while step < args.steps:
         t0 = time.time()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args) * g.get("lr_scale", 1.0)
-        if step < args.lookup_pretrain:              # text-only phase: learn to bind answers to option letters
+        if args.vision_only:
+            pix, labels = vision_batch(step, args)
+            t_data = time.time() - t0
+            loss, stats = vision_loss(model, aux_head, capture, pix, labels, args, pos_head, pos_ord_head)
+            stats.pop("object_patches")
+        elif step < args.lookup_pretrain:              # text-only phase: learn to bind answers to option letters
             t_data = 0.0
             loss, letter = lookup_loss(model, to_device(make_lookup_batch(step, args, enc, args.lookup_pretrain_batch),
                                                         args.device), args,
@@ -231,11 +261,11 @@ def main(argv=None) -> int:
             loss, stats = train_loss(model, aux_head, capture, batch, args, lm_head, lm_capture, enc.video_id,
                                      *answer_args(step), bind=bind, pos_head=pos_head, grounding=grounding,
                                      tracking=tracking, pos_ord_head=pos_ord_head)
-        if args.lookup > 0 and step >= args.lookup_pretrain:
+        if args.lookup > 0 and step >= args.lookup_pretrain and not args.vision_only:
             l2, stats["lookup_letter"] = lookup_loss(model, to_device(make_lookup_batch(step, args, enc), args.device), args,
                                                      *answer_args(step), bind=bind, stats=stats, prefix="lookup_")
             loss = loss + args.lookup_weight * l2
-        if args.indirect > 0 and step >= args.lookup_pretrain:
+        if args.indirect > 0 and step >= args.lookup_pretrain and not args.vision_only:
             l3, stats["indirect_letter"] = lookup_loss(model, to_device(make_indirect_batch(step, args, enc),
                                                                         args.device), args, *answer_args(step),
                                                bind=bind, stats=stats, prefix="indirect_")
@@ -261,7 +291,7 @@ def main(argv=None) -> int:
             history.append(rec)
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            print(f"eval step {step} ({train_seconds / 60:.1f} train-min): {fmt_eval(r)}", flush=True)
+            print(f"eval step {step} ({train_seconds / 60:.1f} train-min): {show(r)}", flush=True)
         if step % args.ckpt_every == 0 or done:
             save_checkpoint(ckpt_path, model, heads, opt, step, train_seconds, args, history, optional,
                             averaged_from)
