@@ -86,7 +86,7 @@ from .batches import (curriculum, frame_subset, frames_at, letter_weight_at, mak
                       make_lookup_batch, text_qa_batch)
 from .heads import (AuxCapture, Binding, Grounding, LayerCapture, SupervisedHead, Tracking, head_keys,
                     head_log_attention, option_spans, option_tokens)
-from .losses import (add_attention_loss, answer_loss, lookup_loss, ordinal_position_loss, position_loss,
+from .losses import (add_attention_loss, answer_loss, lookup_loss, ordinal_position_loss, patch_losses, position_loss,
                      train_loss)
 from .vision import (VISION_EVAL_TASK, fmt_vision_eval, make_vision_eval_set, make_vision_optimizer, vision_batch,
                      vision_evaluate, vision_inputs, vision_loss, vision_parameters)
@@ -105,7 +105,8 @@ __all__ = ["ANSWER_CLASSES", "CAPTION_REQUEST", "LOOKUP_POOLS", "N_VIDEO", "TOKE
            "make_lookup_batch", "text_qa_batch",
            "AuxCapture", "Binding", "Grounding", "LayerCapture", "SupervisedHead", "Tracking", "head_keys",
            "head_log_attention", "option_spans", "option_tokens",
-           "add_attention_loss", "answer_loss", "lookup_loss", "ordinal_position_loss", "position_loss", "train_loss",
+           "add_attention_loss", "answer_loss", "lookup_loss", "ordinal_position_loss", "patch_losses", "position_loss",
+           "train_loss",
            "VISION_EVAL_TASK", "fmt_vision_eval", "make_vision_eval_set", "make_vision_optimizer", "vision_batch",
            "vision_evaluate", "vision_inputs", "vision_loss", "vision_parameters",
            "evaluate", "fmt_eval", "make_eval_set",

@@ -63,6 +63,23 @@ def ordinal_position_loss(head, feats):
     return F.mse_loss(z, tgt.expand_as(z))
 
 
+def patch_losses(z, labels):
+    """The per-patch head's losses from its logits ``z`` (..., sum(N_AUX)) and labels (..., 3) (colour, shape,
+    scene; 0 = none): (the per-patch loss, the shape cross-entropy on the patches an object covers or None where
+    none does, its accuracy among the shapes or None, how many object patches there are). Shared by the joint
+    objective and the vision-only phase."""
+    parts = torch.split(z, list(N_AUX), dim=-1)
+    aux = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), labels[..., j].reshape(-1)) for j, p in enumerate(parts))
+    logits, target = parts[1].reshape(-1, N_AUX[1]), labels[..., 1].reshape(-1)
+    on = target > 0                                          # shape 0 = no object
+    if not on.any():
+        return aux, None, None, 0
+    shape = F.cross_entropy(logits[on], target[on])
+    with torch.no_grad():
+        acc = (logits[on][:, 1:].argmax(-1) + 1 == target[on]).float().mean()
+    return aux, shape, acc, int(on.sum())
+
+
 def add_attention_loss(loss, stats, name, r, weight, probe_weight):
     """``loss`` plus a supervised head's (attention loss, mass, probe loss or None) ``r`` (None: nothing), weighted;
     the mass and the probe loss go to ``stats`` as ``<name>_mass`` / ``<name>_probe``."""
@@ -104,18 +121,13 @@ def train_loss(model, aux_head, capture, batch, args, lm_head=None, lm_capture=N
     if aux is not None and args.aux_weight > 0:
         with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
             z = aux_head(capture.out).float()
-        parts = torch.split(z, list(N_AUX), dim=-1)
-        a = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), aux[..., j].reshape(-1)) for j, p in enumerate(parts))
+        a, sh, _, _ = patch_losses(z, aux)
         stats["aux"] = a.item()
         loss = loss + args.aux_weight * a
-        if args.shape_weight > 0:
-            # the shape of the object a patch belongs to, on object patches only (label 0 = no object)
-            logits, target = parts[1].reshape(-1, parts[1].shape[-1]), aux[..., 1].reshape(-1)
-            on = target > 0
-            if on.any():
-                sh = F.cross_entropy(logits[on], target[on])
-                stats["shape"] = sh.item()
-                loss = loss + args.shape_weight * sh
+        if args.shape_weight > 0 and sh is not None:
+            # the shape of the object a patch belongs to, on object patches only
+            stats["shape"] = sh.item()
+            loss = loss + args.shape_weight * sh
     if lm_aux is not None and lm_head is not None:
         # the video positions of each row, in order: the video tokens are one contiguous run per sequence
         h = lm_capture.out[ids == video_id].view(lm_aux.shape[0], lm_aux.shape[1], -1)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ... import synthetic as S
-from .labels import N_AUX, patch_labels
-from .losses import ordinal_position_loss, position_loss
+from .labels import patch_labels
+from .losses import ordinal_position_loss, patch_losses, position_loss
 from .sequences import pixels
 
 # the video task used for the held-out shape measurement: the one task whose answer needs colour and shape together
@@ -71,17 +70,12 @@ def vision_loss(model, aux_head, capture, pix, labels, args, pos_head=None, pos_
         pos = position_loss(pos_head, feats) if pos_head is not None else None
         pos_ord = ordinal_position_loss(pos_ord_head, feats) if pos_ord_head is not None else None
     capture.out = None
-    labels = labels.to(z.device)
-    parts = torch.split(z, list(N_AUX), dim=-1)
-    aux = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), labels[..., j].reshape(-1)) for j, p in enumerate(parts))
-    logits, target = parts[1].reshape(-1, N_AUX[1]), labels[..., 1].reshape(-1)
-    on = target > 0                                          # shape 0 = no object
-    stats = {"aux": aux.item(), "object_patches": int(on.sum())}
+    aux, shape, acc, objects = patch_losses(z, labels.to(z.device))
+    stats = {"aux": aux.item(), "object_patches": objects}
     loss = args.aux_weight * aux
-    if on.any():
-        shape = F.cross_entropy(logits[on], target[on])
+    if shape is not None:
         stats["shape"] = shape.item()
-        stats["shape_accuracy"] = (logits[on][:, 1:].argmax(-1) + 1 == target[on]).float().mean().item()
+        stats["shape_accuracy"] = acc.item()
         loss = loss + args.shape_weight * shape
     if pos is not None:
         stats["position"] = pos.item()
