@@ -16,8 +16,8 @@ the generator's ground truth), ``pruning.py`` (pruned input: which video tokens 
 under re-numbered or original positions), ``batches.py`` (the curriculum and the seeded batches), ``heads.py`` (training-only
 heads and hooks, the supervised attention heads), ``losses.py`` (the objective), ``vision.py`` (the vision-only
 phase: the tower, projector and per-patch head trained alone, with its held-out shape measurement),
-``evaluation.py`` (held-out evaluation), ``cli.py`` (the options), ``checkpoints.py`` (checkpoint, exported model, recorded command),
-``loop.py`` (schedule, optimizer, ``main``). Nothing here imports ``prunevid.benchmarks`` or the harness, and
+``evaluation.py`` (held-out evaluation), ``cli.py`` (the options), ``checkpoints.py`` (checkpoint, exported model,
+recorded command), ``loop.py`` (schedule, optimizer, ``main``). Nothing here imports ``prunevid.benchmarks`` or the harness, and
 ``prunevid.synthetic`` never imports this package: importing the world does not load the trainer.
 
 Training data is drawn fresh every step from ``prunevid.synthetic`` (in memory, no mp4) with a random stream
