@@ -139,7 +139,7 @@ the earlier, cheaper layer).
 
 ## Training
 
-{weights}{'last' if weights else 'Last'} sitting: `python data_scripts/train_demo_model.py --out runs/demo_model {cmd}` ({training.get('step')} steps,
+{weights}{'last' if weights else 'Last'} sitting: `python data_scripts/train_demo_model.py --out {a.get('out') or 'runs/demo_model'} {cmd}` ({training.get('step')} steps,
 {training.get('train_minutes')} CPU-minutes in all on a 2-core AVX2 CPU, 2 threads, fp32). The run went through
 several sittings whose recipes differ (options joined as the diagnosis advanced); `data_scripts/README.md` (the
 trials) and `data_scripts/demo_checkpoint/README.md` (the exact sittings, in order) record how to replay it.

@@ -25,6 +25,9 @@ res = results.base_results(config={"model": model, "benchmark": benchmark}, meth
                            tokens={"retained_ratio": retained}, flops={"backend": "analytic", "ratio_vs_unpruned": retained},
                            timing={"prefill_ms": 1.0})
 results.RunWriter(output_dir).write_results(res)
+import os
+with open(os.path.join(output_dir, "threads.txt"), "w") as f:     # what the kernel was started with
+    f.write(str(os.environ.get("OMP_NUM_THREADS")))
 print("accuracy", res["metrics"]["accuracy"])
 '''
 
@@ -134,8 +137,9 @@ def test_index_compares_with_unpruned_and_lists_categories(sweep_dir):
     assert none["relative"] == 1.0 and other["relative"] == other["score"] / none["score"] < 1
 
 
-def test_demo_command_runs_a_sweep_with_an_absolute_data_root(tmp_path, capsys):
+def test_demo_command_runs_a_sweep_with_an_absolute_data_root(tmp_path, capsys, monkeypatch):
     from prunevid.harness import cli
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)       # restored after the test
     _fake_notebook(tmp_path / "fake.ipynb")
     (tmp_path / "d.yaml").write_text(f"name: study\ndescription: first paragraph\nnotebook: {tmp_path / 'fake.ipynb'}\n"
                                      "base: {benchmark: fake, model: demo}\ncells: [{method: none}]\n")
@@ -150,6 +154,14 @@ def test_demo_command_runs_a_sweep_with_an_absolute_data_root(tmp_path, capsys):
     run = next((tmp_path / "reports" / "study" / "runs").glob("*/params.json"))
     params = json.loads(run.read_text())
     assert os.path.isabs(params["data_root"]) and params["limit"] == 3
+    assert (run.parent / "threads.txt").read_text() == "1"     # the demo model's cells run on one thread
+    # the limit is part of a cell's id: `report` finds the cells of `demo --limit 3` when given the same limit
+    index = ["report", "--sweep", str(tmp_path / "d.yaml"), "--reports", str(tmp_path / "reports"), "--index-only"]
+    assert cli.main(index) == 0
+    assert "1 other cell folder" in (tmp_path / "reports" / "study" / "index.html").read_text()
+    assert cli.main(index + ["--limit", "3"]) == 0
+    again = (tmp_path / "reports" / "study" / "index.html").read_text()
+    assert "other cell folder" not in again and run.parent.name in again
     page = (tmp_path / "reports" / "study" / "index.html").read_text()
     assert "first paragraph" in page
     assert "1 cells ok, 0 failed" in capsys.readouterr().out

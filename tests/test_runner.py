@@ -543,3 +543,19 @@ def test_other_architectures(arch, datas, tmp_path, monkeypatch):
     runner.evaluate(benchmark="videomme", model=arch, data_root=root, output_dir=str(tmp_path / "b"),
                     loaded=lm, progress=False, frames=4, limit=3)
     assert [r["prediction"] for r in _rows(tmp_path / "a")] == [r["prediction"] for r in _rows(tmp_path / "b")]
+
+
+def test_default_benchmark_is_the_shipped_demo_model_s_world(tmp_path, monkeypatch):
+    """`eval` and the notebooks default to the test split the shipped demo model was measured on (its eval.json)."""
+    from prunevid import models
+    record = os.path.join(models.DEMO_MODEL_DIR, "eval.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            shipped = json.load(f).get("benchmarks", {}).get("test", "synthetic")
+        assert models.demo_benchmark() == shipped == runner.DEFAULT_BENCHMARK
+    monkeypatch.setattr(models, "DEMO_MODEL_DIR", str(tmp_path))
+    assert models.demo_benchmark() == "synthetic"                           # nothing shipped: version 1
+    (tmp_path / "eval.json").write_text(json.dumps({"test": {"accuracy": 78.6}}))
+    assert models.demo_benchmark() == "synthetic"                           # a record that names no splits
+    (tmp_path / "eval.json").write_text(json.dumps({"benchmarks": {"test": "synthetic-v3", "val": "synthetic-v3-val"}}))
+    assert models.demo_benchmark() == "synthetic-v3"

@@ -214,6 +214,34 @@ def test_index_shows_intervals_paired_comparisons_and_no_absolute_time_column(tm
     assert pts["bad"][3] == pytest.approx(wilson_interval(20, 40))
 
 
+def test_ranking_compares_every_pair_of_a_budget_with_holm_and_names_what_is_resolved(tmp_path):
+    """Issue 24: the cells of one retain target ranked, every pair paired on the same items, Holm over the pairs."""
+    out = tmp_path / "sweep"
+    _cell(out, "ref", {"method": "none"}, [1] * 60)
+    _cell(out, "a", {"method": "oracle", "retain": 0.25}, [1] * 60)
+    _cell(out, "b", {"method": "visionzip", "retain": 0.25}, [0] * 20 + [1] * 40)
+    _cell(out, "c", {"method": "random", "retain": 0.25}, [0] * 22 + [1] * 38)
+    _cell(out, "d", {"method": "fastv", "retain": 0.25}, [1] * 60, ids=[f"z{i}" for i in range(60)])
+    _cell(out, "e", {"method": "vidcom2", "retain": 0.1}, [1] * 60)             # alone at its target: no ranking
+    rows = [report._row(x) for x in report.collect(str(out))]
+    groups = report.rankings(rows, str(out))
+    assert len(groups) == 1 and (groups[0]["kind"], groups[0]["budget"]) == ("retain", 0.25)
+    g = groups[0]
+    assert [r["run_id"] for r in g["cells"]] == ["a", "b", "c"]
+    assert set(g["unranked"]) == {"fastv"} and "other items" in g["unranked"]["fastv"]
+    ab, ac, bc = g["pairs"][(0, 1)], g["pairs"][(0, 2)], g["pairs"][(1, 2)]
+    # discordant: a-b 20 / 0, a-c 22 / 0, b-c 0 / 2 -> p 2^-19, 2^-21, 0.5; Holm (3 tests) 2^-18, 3 x 2^-21, 0.5
+    assert (ab["b"], ab["c"], ac["b"], ac["c"], bc["b"], bc["c"]) == (20, 0, 22, 0, 2, 0)
+    assert ab["p_holm"] == pytest.approx(2.0 ** -18) and ac["p_holm"] == pytest.approx(3 * 2.0 ** -21)
+    assert bc["p_holm"] == pytest.approx(0.5)
+    assert ab["resolved"] and ac["resolved"] and not bc["resolved"]
+    assert ab["diff"] == pytest.approx(100 / 3) and bc["diff"] == pytest.approx(100 * 2 / 60)
+    assert "diff_ci95" in ab and "diff_ci95" in bc and "diff_ci95" not in ac      # neighbours get the interval
+    page = open(report.build_index(str(out), title="t")).read()
+    assert "Ranking at each budget" in page and "retain 25% (target), 60 items" in page
+    assert "not resolved" in page and "2 of 2" in page and "fastv: scored other items than the ranked cells" in page
+
+
 def test_wilson_40_of_40_by_hand():
     # z^2/n = 0.0960365; centre (1 + 0.0480183) / 1.0960365 = 0.956192; half = 1.959964 / 1.0960365 *
     # sqrt(0 + 3.841459 / 6400) = 1.788230 * 0.0244992 = 0.0438102 -> low 0.912382

@@ -415,9 +415,10 @@ def test_command_line_round_trips(T):
     """The recipe recorded in training.json parses back to the same training options."""
     argv = ["--out", "runs/x", "--size", "s4", "--batch", "8", "--no-bf16", "--no-eval-fixed", "--minutes", "30",
             "--frames-schedule", "4:300,8:700", "--ground-weight", "1", "--ground-task-weight", "object_existence:4",
-            "--lr", "0.001"]
+            "--lr", "0.001", "--prune-prob", "0.5", "--prune-informed-bias", "1:3"]
     args = T.parse_args(argv)
     cmd = T.command_line(args)
+    assert "--prune-informed-bias 1:3" in cmd and "-range" not in cmd     # a derived value is no option
     assert "--minutes" not in cmd and "--out" not in cmd and "--no-bf16" in cmd
     again = T.parse_args(cmd.split())
     skip = set(checkpoints._SITTING_OPTIONS)

@@ -636,6 +636,119 @@ def _paired(rows: list, out_dir: str, reference: Optional[dict] = None) -> None:
             c["verdict"] = f"not shown different (n = {c['n']})"
 
 
+def rankings(rows: list, out_dir: str) -> list:
+    """The cells of each budget (a retain or a prefill-FLOPs target, per model and benchmark) ranked by accuracy, with
+    every pair compared on the same items: one dict per target with at least two rankable cells, ``benchmark``,
+    ``model``, ``kind`` ("retain" or "flops"), ``budget``, ``cells``
+    (the rows, best first), ``pairs`` ({(i, j): comparison} for i < j in that order: ``diff`` (i minus j, points),
+    ``b`` / ``c`` (items right in i only / in j only), exact McNemar ``p``, ``p_holm`` (Holm across every pair of
+    this target) and ``resolved`` (``p_holm`` below ``SIGNIFICANCE``); adjacent pairs add ``diff_ci95``, the
+    paired-bootstrap interval) and ``unranked`` ({series: why} for cells that could not be paired with the best).
+    Ties in accuracy keep the table's order (series, settings)."""
+    from ..statistics import compare_paired, holm_adjust, mcnemar_exact_p
+    groups: dict = {}
+    for r in rows:
+        if (r["status"] == "done" and r["score"] is not None and r["score_kind"] == "accuracy"
+                and isinstance(r.get("budget"), (int, float))):
+            key = (str(r["benchmark"]), str(r["model"]), r.get("budget_kind", "retain"), r["budget"])
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (bench, model, kind, budget), rs in sorted(groups.items(),
+                                                   key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "retain", -kv[0][3])):
+        rs = sorted(rs, key=lambda r: (-r["score"], str(r["series"]), str(r["settings"])))
+        outcomes, unranked = {}, {}
+        for r in rs:
+            try:
+                outcomes[r["run_id"]] = _outcomes(out_dir, r)
+            except ValueError as e:
+                unranked[r["series"]] = str(e)
+        ranked = [r for r in rs if r["run_id"] in outcomes]
+        if ranked:                      # the item set most cells scored (ties: the best cell's) is the ranking's
+            sets = [frozenset(outcomes[r["run_id"]]) for r in ranked]
+            ids = max(dict.fromkeys(sets), key=sets.count)
+            for r, got in zip(ranked, sets):
+                if got != ids:
+                    unranked[r["series"]] = f"scored other items than the ranked cells ({len(got)} vs {len(ids)})"
+            ranked = [r for r, got in zip(ranked, sets) if got == ids]
+        if len(ranked) < 2:
+            continue
+        pairs = {}
+        for i, j in itertools.combinations(range(len(ranked)), 2):
+            a, b = outcomes[ranked[i]["run_id"]], outcomes[ranked[j]["run_id"]]
+            if j == i + 1:                               # neighbours: the interval too (a bootstrap each)
+                c = compare_paired(a, b)
+            else:
+                right_i = sum(1 for k in a if a[k] and not b[k])
+                right_j = sum(1 for k in a if b[k] and not a[k])
+                c = {"n": len(a), "diff": 100 * (right_i - right_j) / len(a), "b": right_i, "c": right_j,
+                     "p": mcnemar_exact_p(right_i, right_j)}
+            pairs[(i, j)] = c
+        keys = list(pairs)
+        for k, adjusted in zip(keys, holm_adjust([pairs[k]["p"] for k in keys])):
+            pairs[k]["p_holm"] = adjusted
+            pairs[k]["resolved"] = adjusted < SIGNIFICANCE
+        out.append({"benchmark": bench, "model": model, "kind": kind, "budget": budget, "cells": ranked,
+                    "pairs": pairs, "unranked": unranked})
+    return out
+
+
+def _ranking_section(groups: list) -> str:
+    """The index's ranking section: per budget, the cells best first with the comparison to the next one down, and a
+    matrix of every pair (the row's cell minus the column's, bold where resolved)."""
+    if not groups:
+        return ""
+    several = len({(g["benchmark"], g["model"]) for g in groups}) > 1
+    parts = ["<h2>Ranking at each budget</h2><p>The cells of one budget, a retain target or a prefill-FLOPs target "
+             "(achieved ratios in the retained and FLOPs columns), best first, each pair compared on the same items: "
+             "Δ = accuracy of the row's cell minus the other's, in points; p = exact McNemar, Holm-adjusted across "
+             "every pair of that target (its "
+             f"own family, apart from the comparisons with the reference above). A difference is <b>resolved</b> "
+             f"where the adjusted p is below {SIGNIFICANCE:g}; an unresolved one is not shown at this number of "
+             "items, which is not the same as no difference. Next to each cell: the comparison with the cell ranked "
+             "just below it (paired-bootstrap 95% interval); the matrix gives every pair.</p>"]
+    for g in groups:
+        cells, pairs = g["cells"], g["pairs"]
+        where = f"{g['benchmark']} · {g['model']}, " if several else ""
+        n = pairs[(0, 1)]["n"]
+        body = []
+        for i, r in enumerate(cells):
+            nxt = "<td>–</td><td>–</td><td>–</td>"
+            if i + 1 < len(cells):
+                c = pairs[(i, i + 1)]
+                lo, hi = c["diff_ci95"]
+                nxt = (f"<td>{c['diff']:+.1f} <small>[{lo:+.1f}, {hi:+.1f}]</small></td>"
+                       f"<td>{html.escape(_p(c['p_holm']))} <small>({c['b']}+/{c['c']}−)</small></td>"
+                       f"<td>{'resolved' if c['resolved'] else 'not resolved'}</td>")
+            beats = sum(1 for j in range(i + 1, len(cells)) if pairs[(i, j)]["resolved"])
+            body.append(f"<tr><td>{i + 1}</td><td>{html.escape(str(r['series']))}</td>"
+                        f"<td>{_fmt(r['retained'], pct=True)}</td>"
+                        f"<td>{_fmt(r.get('flops_paper') if r.get('flops_paper') is not None else r['flops'])}</td>"
+                        f"<td>{_fmt(r['score'])}{_interval_text(r.get('score_ci95'))}</td>{nxt}"
+                        f"<td>{beats} of {len(cells) - i - 1}</td></tr>")
+        head = "".join(f"<th><small>{k + 1}</small></th>" for k in range(len(cells)))
+        matrix = []
+        for i in range(len(cells)):
+            tds = []
+            for j in range(len(cells)):
+                if j <= i:
+                    tds.append("<td></td>")
+                    continue
+                c = pairs[(i, j)]
+                text = f"{c['diff']:+.1f}"
+                tds.append(f'<td title="adjusted p {html.escape(_p(c["p_holm"]))}">'
+                           + (f"<b>{text}</b>" if c["resolved"] else f"<small>{text}</small>") + "</td>")
+            matrix.append(f"<tr><th><small>{i + 1}</small></th>{''.join(tds)}</tr>")
+        unranked = "".join(f"<li>{html.escape(str(k))}: {html.escape(v)}</li>" for k, v in g["unranked"].items())
+        what = "retain" if g["kind"] == "retain" else "prefill FLOPs"
+        parts.append(f"<h3>{html.escape(where)}{what} {100 * g['budget']:g}% (target), {n} items</h3>"
+                     "<table><tr><th>rank</th><th>cell</th><th>retained</th><th>FLOPs</th><th>accuracy [95% CI]</th>"
+                     "<th>Δ vs next [95% CI]</th><th>p (Holm)</th><th>vs next</th><th>resolved above</th></tr>"
+                     f"{''.join(body)}</table><p>Every pair (row minus column, points; <b>bold</b>: resolved):</p>"
+                     f"<table><tr><th></th>{head}</tr>{''.join(matrix)}</table>"
+                     + (f"<p>Not ranked:</p><ul>{unranked}</ul>" if unranked else ""))
+    return "".join(parts)
+
+
 def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
@@ -742,6 +855,7 @@ def build_index(out_dir: str, title: str = "sweep", description: str = "", cells
     sentences = budget_sentences(rows, "retain")
     images = _plots(rows, out_dir)
     matched = _matched_flops_section(rows, out_dir, images)
+    ranking = _ranking_section(rankings(rows, out_dir))
     rows = sorted(rows, key=lambda r: (str(r["benchmark"]), r["method"] != "none", str(r["method"]),
                                        -(r["retained"] or 0), str(r["settings"])))
     speed = any(r.get("speedup") is not None for r in rows)      # a column only where some cell measured one
@@ -818,7 +932,7 @@ unpruned model (achieved, not the target); FLOPs = LLM prefill FLOPs relative to
 <table><tr><th>method</th><th>settings</th><th>model</th><th>benchmark</th><th>retained</th><th>FLOPs</th>
 <th>score [95% CI]</th><th>of unpruned</th><th>Δ vs reference [95% CI]</th><th>p (Holm)</th><th>paired verdict</th>
 <th>items</th>{speed_head}<th>run</th><th>status</th></tr>
-{''.join(lines)}</table>{findings}{imgs}{matched}{''.join(cat_tables)}</body></html>"""
+{''.join(lines)}</table>{findings}{ranking}{imgs}{matched}{''.join(cat_tables)}</body></html>"""
     path = os.path.join(out_dir, "index.html")
     with open(path, "w") as f:
         f.write(page)
@@ -933,6 +1047,9 @@ def add_parser(sub) -> None:
     p.add_argument("--kernel", default=None, help="Jupyter kernel (default: prunevid-kit if installed, else python3)")
     p.add_argument("--force", action="store_true", help="rerun every cell from scratch (clears its folder)")
     p.add_argument("--index-only", action="store_true", help="only rebuild index.html from the existing runs")
+    p.add_argument("--limit", type=int, default=None,
+                   help="override the sweep's items per cell, as `python -m prunevid demo --limit` does (a limit is "
+                        "part of each cell's id: give the same one to --index-only / --record)")
     p.add_argument("--record", metavar="DEST", default=None,
                    help="copy the finished sweep's results and per-item samples.jsonl (no notebooks) to DEST with "
                         "its index and a "
@@ -942,6 +1059,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     sweep = load_sweep(args.sweep)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        sweep["base"] = dict(sweep.get("base") or {}, limit=args.limit)
     out_dir = os.path.join(args.reports, sweep["name"])
     cells = [cell_id(c) for c in expand_cells(sweep)]      # the index shows this sweep file's cells only
     if args.index_only:

@@ -26,13 +26,14 @@ from typing import Optional
 from .. import benchmarks, methods
 from .. import state as kit_state
 from ..benchmarks.base import check_protocol
+from ..models import demo_benchmark
 from . import results
 from .distributed import all_done_ids, barrier, dist_info, init_dist, logged_rows, merge_shards, share
 from .item import eos_ids, run_item
 
 # None = prunevid.models.default_model(): the shipped demo model, or the random tiny model while none is shipped.
 DEFAULT_MODEL = None
-DEFAULT_BENCHMARK = "synthetic"
+DEFAULT_BENCHMARK = demo_benchmark()      # the shipped demo model's synthetic test split (synthetic-v3)
 RUN_CONFIG = "run_config.json"
 # Keys of run_config.json that must match for a rerun to resume (device, data_root and limit may change).
 # "weights" is the model's weights fingerprint (prunevid.models.weights_fingerprint): the same name with other

@@ -71,6 +71,16 @@ def default_model() -> str:
     return "demo" if os.path.isfile(os.path.join(DEMO_MODEL_DIR, "config.json")) else "tiny"
 
 
+def demo_benchmark() -> str:
+    """The synthetic test split the shipped demo model was measured on (its ``eval.json``: ``synthetic-v3`` for a
+    model of the version-3 world), the kit's default benchmark; ``synthetic`` (version 1) while none is shipped."""
+    try:
+        with open(os.path.join(DEMO_MODEL_DIR, "eval.json")) as f:
+            return json.load(f)["benchmarks"]["test"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "synthetic"          # no shipped model, or one recorded before eval.json named its splits
+
+
 def with_kit_defaults(spec: ModelSpec, path: Optional[str]) -> ModelSpec:
     """``spec`` with the defaults of ``path/prunevid_defaults.json`` (when present) laid over its own."""
     p = os.path.join(path, KIT_DEFAULTS_FILE) if path else None

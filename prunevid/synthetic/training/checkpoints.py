@@ -14,9 +14,10 @@ def _plain_args(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("paren_id", "letter_ids", "device_type")}
 
 
-# options that steer a sitting, not the training itself (left out of the recorded command)
+# options that steer a sitting, and values parse_args derives from other options: not training options
+# of their own (left out of the recorded command)
 _SITTING_OPTIONS = ("out", "minutes", "export", "slim", "eval_only", "restart", "ground_task_weights",
-                    "task_mix_weights", "prune_retain_range", "eval_pruned_specs")
+                    "task_mix_weights", "prune_retain_range", "prune_informed_bias_range", "eval_pruned_specs")
 
 
 def command_line(args, steps: int = None, stop_at: int = None) -> str:
