@@ -32,12 +32,16 @@ def test_make_config_rejects_unknown_names_and_coerces_integral_floats():
 # ------------------------------------------------------------------------------------- defaults resolved once
 def test_apply_with_no_parameters_uses_the_studys_k():
     """``prunevid.apply(models.load(...).model)`` resolves the model's K as the runner does for the demo study."""
+    import json
+    import os
     import prunevid
     from prunevid import models
-    for name in ("demo", "tiny"):
+    with open(os.path.join(models.DEMO_MODEL_DIR, models.KIT_DEFAULTS_FILE)) as f:
+        shipped = json.load(f)["selected_layer"]            # the layer ship_demo_model.py chose (4 for version 3)
+    for name, k in (("demo", shipped), ("tiny", 2)):
         model = models.load(name).model
         prunevid.apply(model)
-        assert prunevid.state.active_config(model).selected_layer == 2, name
+        assert prunevid.state.active_config(model).selected_layer == k, name
         prunevid.remove(model)
 
 
