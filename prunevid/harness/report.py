@@ -575,7 +575,27 @@ def _outcomes(out_dir: str, r: dict) -> dict:
     return {str(x["id"]): bool(x.get("correct")) for x in rows if x.get("answer") is not None}
 
 
-def _paired(rows: list, out_dir: str, reference: Optional[dict] = None) -> None:
+class _OutcomeReader:
+    """``_outcomes`` read once per cell: the paired comparisons and the ranking of one index share it (a recorded
+    study's per-item logs run to tens of MB). Calling it raises the cell's ``_NotPaired`` every time it is asked."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir, self.cache = out_dir, {}
+
+    def __call__(self, r: dict) -> dict:
+        if r["run_id"] not in self.cache:
+            try:
+                self.cache[r["run_id"]] = _outcomes(self.out_dir, r)
+            except ValueError as e:
+                self.cache[r["run_id"]] = e
+        got = self.cache[r["run_id"]]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+
+def _paired(rows: list, out_dir: str, reference: Optional[dict] = None,
+            reader: Optional[_OutcomeReader] = None) -> None:
     """Each done cell against the reference cell of its model and benchmark (``reference``: cell parameters,
     default ``DEFAULT_REFERENCE``, the unpruned run) on the same item ids: ``row["paired"]`` =
     ``statistics.compare_paired`` (difference in points with its paired-bootstrap 95% interval, exact McNemar p)
@@ -589,18 +609,7 @@ def _paired(rows: list, out_dir: str, reference: Optional[dict] = None) -> None:
     panels: dict = {}
     for r in done:
         panels.setdefault((str(r["model"]), str(r["benchmark"])), []).append(r)
-    cache: dict = {}
-
-    def outcomes(r):
-        if r["run_id"] not in cache:
-            try:
-                cache[r["run_id"]] = _outcomes(out_dir, r)
-            except ValueError as e:
-                cache[r["run_id"]] = e
-        if isinstance(cache[r["run_id"]], Exception):
-            raise cache[r["run_id"]]
-        return cache[r["run_id"]]
-
+    outcomes = reader or _OutcomeReader(out_dir)
     wanted = ", ".join(f"{k}={v}" for k, v in reference.items())
     compared = []
     for rs in panels.values():
@@ -636,7 +645,7 @@ def _paired(rows: list, out_dir: str, reference: Optional[dict] = None) -> None:
             c["verdict"] = f"not shown different (n = {c['n']})"
 
 
-def rankings(rows: list, out_dir: str) -> list:
+def rankings(rows: list, out_dir: str, reader: Optional[_OutcomeReader] = None) -> list:
     """The cells of each budget (a retain or a prefill-FLOPs target, per model and benchmark) ranked by accuracy, with
     every pair compared on the same items: one dict per target with at least two rankable cells, ``benchmark``,
     ``model``, ``kind`` ("retain" or "flops"), ``budget``, ``cells``
@@ -646,6 +655,7 @@ def rankings(rows: list, out_dir: str) -> list:
     paired-bootstrap interval) and ``unranked`` ({series: why} for cells that could not be paired with the best).
     Ties in accuracy keep the table's order (series, settings)."""
     from ..statistics import compare_paired, holm_adjust, mcnemar_exact_p
+    read = reader or _OutcomeReader(out_dir)
     groups: dict = {}
     for r in rows:
         if (r["status"] == "done" and r["score"] is not None and r["score_kind"] == "accuracy"
@@ -659,7 +669,7 @@ def rankings(rows: list, out_dir: str) -> list:
         outcomes, unranked = {}, {}
         for r in rs:
             try:
-                outcomes[r["run_id"]] = _outcomes(out_dir, r)
+                outcomes[r["run_id"]] = read(r)
             except ValueError as e:
                 unranked[r["series"]] = str(e)
         ranked = [r for r in rs if r["run_id"] in outcomes]
@@ -851,11 +861,12 @@ def build_index(out_dir: str, title: str = "sweep", description: str = "", cells
     rows = [_row(r) for r in collect(out_dir, cells)]
     hidden = 0 if cells is None else len(set(_cell_folders(out_dir)) - set(cells))
     _relative(rows)
-    _paired(rows, out_dir, reference)
+    reader = _OutcomeReader(out_dir)
+    _paired(rows, out_dir, reference, reader)
     sentences = budget_sentences(rows, "retain")
     images = _plots(rows, out_dir)
     matched = _matched_flops_section(rows, out_dir, images)
-    ranking = _ranking_section(rankings(rows, out_dir))
+    ranking = _ranking_section(rankings(rows, out_dir, reader))
     rows = sorted(rows, key=lambda r: (str(r["benchmark"]), r["method"] != "none", str(r["method"]),
                                        -(r["retained"] or 0), str(r["settings"])))
     speed = any(r.get("speedup") is not None for r in rows)      # a column only where some cell measured one
